@@ -1,0 +1,31 @@
+# speechwire: `make demo` installs everything and runs the demo; `make test` installs and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-real bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0   # CPU wheel; an unpinned torch pulls GBs of CUDA
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/speechwire demo
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --maxfail=20 -m "not real and not gpu"
+
+test-real: install
+	$(BIN)/python -m pytest -q -m real
+
+bench: install
+	$(BIN)/python benchmarks/adapters.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

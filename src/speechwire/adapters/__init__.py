@@ -1,0 +1,16 @@
+"""Adapters: (hidden (B,T,d_enc), lengths) -> (embeds (B,T',d_llm), lengths', aux loss).
+
+Importing this package registers every adapter; `build_adapter` picks one by name.
+"""
+
+from ..config import AdapterConfig
+from ..registry import ADAPTERS
+from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, lengths_to_mask
+from . import projector  # noqa: F401  (registers base, mlp, linear)
+
+
+def build_adapter(cfg: AdapterConfig, ctx: AdapterContext) -> Adapter:
+    return ADAPTERS.get(cfg.name)(cfg, ctx)
+
+
+__all__ = ["Adapter", "AdapterContext", "AdapterOutput", "AdapterTargets", "build_adapter", "lengths_to_mask"]

@@ -1,0 +1,310 @@
+"""Typed experiment configuration: dataclasses, YAML loading, dotted command-line overrides.
+
+    cfg = load_config("configs/demo_asr.yaml", ["adapter.name=conv", "train.lr=2e-4"])
+
+Every section validates itself in `__post_init__`, reports all its problems at once, and never
+rewrites a value. Defaults are the paper's values (Verdini et al. 2025, DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more invalid configuration values; the message lists every problem."""
+
+
+def _check(problems: list[str], section: str) -> None:
+    if problems:
+        raise ConfigError("; ".join(f"{section}.{p}" for p in problems))
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen speech foundation model (SFM)."""
+
+    name: str = "whisper"  # registry key: whisper | seamless | hf (wav2vec2/HuBERT/WavLM family)
+    model: str = "openai/whisper-large-v3"  # hub id, local HF folder, or CTranslate2 Whisper folder
+    mode: str = "trimmed"  # whisper: trimmed (real length only, paper's "unrestricted") | padded (30 s)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 for the frozen weights
+    max_seconds: float = 30.0  # longer inputs are an error (Whisper's positional table is 30 s)
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.mode not in ("trimmed", "padded"):
+            p.append(f"mode={self.mode!r} must be 'trimmed' or 'padded'")
+        if self.dtype not in DTYPES:
+            p.append(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
+        if self.max_seconds <= 0:
+            p.append(f"max_seconds={self.max_seconds} must be > 0")
+        _check(p, "encoder")
+
+
+@dataclass
+class AdapterConfig:
+    """The trainable adapter between SFM and LLM. Fields unused by the chosen adapter are ignored."""
+
+    name: str = "base"  # base | mlp | linear | conv | cif | ctc | wlqformer
+    hidden_size: int = 768  # transformer width (BERT-style layers, no positional encoding)
+    num_layers: int = 4
+    num_heads: int = 12
+    ffn_size: int = 3072
+    dropout: float = 0.1
+    stack: int = 1  # mlp/linear: stack k consecutive frames into one (k:1 length reduction)
+    # conv
+    conv_layers: int = 2
+    conv_kernel: int = 3
+    conv_stride: int = 2
+    # cif (continuous integrate-and-fire)
+    cif_threshold: float = 1.0
+    cif_tail_threshold: float = 0.5  # a leftover weight >= this fires one last vector
+    quantity_loss_weight: float = 1.0
+    # ctc compression
+    ctc_loss_weight: float = 0.1
+    ctc_blank_id: int | None = None  # None: the LLM tokenizer's pad token
+    ctc_keep_blanks: bool = False  # keep blank runs as pooled vectors instead of dropping them
+    # window-level Q-Former
+    window_seconds: float = 0.333
+    queries_per_window: int = 1
+    qformer_layers: int = 4
+
+    def __post_init__(self) -> None:
+        p = []
+        for name in ("hidden_size", "num_layers", "num_heads", "ffn_size", "stack", "conv_layers",
+                     "conv_kernel", "conv_stride", "queries_per_window", "qformer_layers"):
+            if getattr(self, name) < (0 if name in ("num_layers", "conv_layers") else 1):
+                p.append(f"{name}={getattr(self, name)} must be positive")
+        if self.hidden_size % max(self.num_heads, 1):
+            p.append(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            p.append(f"dropout={self.dropout} must be in [0, 1)")
+        if self.window_seconds <= 0:
+            p.append(f"window_seconds={self.window_seconds} must be > 0; the paper uses 0.333")
+        if self.cif_threshold <= 0:
+            p.append(f"cif_threshold={self.cif_threshold} must be > 0; the paper uses 1.0")
+        _check(p, "adapter")
+
+
+@dataclass
+class LLMConfig:
+    """The frozen causal language model, its prompts and optional LoRA."""
+
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"  # hub id or local folder
+    gguf_file: str | None = None  # load a GGUF file inside `model` (dequantised by transformers)
+    dtype: str = "float32"
+    asr_prompt: str = "Can you transcribe this audio?"
+    st_prompt: str = "Can you translate this audio from {src} into {tgt}?"
+    system_prompt: str | None = None
+    audio_first: bool = True  # user turn = audio then instruction (False: instruction then audio)
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.dtype not in DTYPES:
+            p.append(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
+        if self.lora and self.lora_rank < 1:
+            p.append(f"lora_rank={self.lora_rank} must be >= 1")
+        if "{tgt}" not in self.st_prompt:
+            p.append("st_prompt must contain '{tgt}' (the target language name)")
+        _check(p, "llm")
+
+
+@dataclass
+class DataConfig:
+    train_manifest: str | None = None  # JSONL, one utterance per line (see docs/data.md)
+    dev_manifest: str | None = None
+    test_manifest: str | None = None
+    sample_rate: int = 16000  # what the encoders get; other rates are resampled on read
+    min_seconds: float = 0.1
+    max_seconds: float = 30.0
+    max_batch_seconds: float = 160.0  # total audio seconds per batch (duration bucketing)
+    max_batch_size: int = 64
+    num_buckets: int = 10
+    task_weights: dict[str, float] = field(default_factory=dict)  # e.g. {asr: 1.0, st: 2.0}
+    skip_invalid: bool = False  # skip (and count) bad manifest lines instead of failing
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.sample_rate != 16000:
+            p.append(f"sample_rate={self.sample_rate}: every supported encoder expects 16000")
+        if not 0 <= self.min_seconds < self.max_seconds:
+            p.append(f"min_seconds={self.min_seconds} must be >= 0 and < max_seconds={self.max_seconds}")
+        if self.max_batch_seconds <= 0 or self.max_batch_size < 1 or self.num_buckets < 1:
+            p.append("max_batch_seconds, max_batch_size and num_buckets must be positive")
+        for task, w in self.task_weights.items():
+            if task not in TASKS or w < 0:
+                p.append(f"task_weights[{task!r}]={w}: tasks are {TASKS}, weights >= 0")
+        _check(p, "data")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides epochs
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16 (GPU)
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    eval_every: int = 0  # 0: only at the end
+    eval_max_items: int = 200
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.lr <= 0:
+            p.append(f"lr={self.lr} must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            p.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.grad_accum < 1:
+            p.append(f"grad_accum={self.grad_accum} must be >= 1")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            p.append(f"mixed_precision={self.mixed_precision!r} must be no, bf16 or fp16")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            p.append("set epochs > 0 or max_steps > 0")
+        _check(p, "train")
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 200
+    batch_size: int = 8
+    comet_model: str | None = None  # path or id of a COMET model (needs the [comet] extra)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1")
+
+
+@dataclass
+class ExperimentConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+TASKS = ("asr", "st")
+DTYPES = {"float32", "bfloat16", "float16"}
+
+
+# --- dict <-> dataclass -----------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats. Raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}={value!r} must be a list")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r} must be a mapping")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_coerce(k, k_tp, where): _coerce(v, v_tp, f"{where}[{k!r}]") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}={value!r} must be true or false")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}={value!r} must be an integer")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}={value!r} must be of type {tp.__name__}, got {type(value).__name__}")
+    return value
+
+
+def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
+            f"known in {where or 'the top level'}: {', '.join(sorted(known))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment config (or the defaults when `path` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    apply_overrides(data, overrides or [])
+    try:
+        return from_dict(ExperimentConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
