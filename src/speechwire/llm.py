@@ -1,0 +1,191 @@
+"""The LLM side: load any Hugging Face causal LM + tokenizer frozen, build chat prompts around audio.
+
+The audio goes inside the user turn, wrapped in two new special tokens:
+
+    <user turn> <audio_start> [speech embeddings] <audio_end> Can you transcribe this audio? <end>
+    <assistant turn> target text <end-of-turn>
+
+`<audio_start>`/`<audio_end>` are added to the tokenizer only so the chat template can place them;
+their ids never reach the LLM's embedding table: SpeechLLM substitutes two trainable vectors, so
+the LLM's own weights stay untouched (no resize) and a checkpoint holds just those 2 rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+AUDIO_START = "<audio_start>"
+AUDIO_END = "<audio_end>"
+_SENTINEL = "\x01TARGET\x01"
+
+# Used when a tokenizer ships without a chat template (base models, tiny test models).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}### {{ m['role'] | capitalize }}:\n{{ m['content'] }}\n"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+)
+
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "es": "Spanish", "fr": "French", "it": "Italian",
+    "pt": "Portuguese", "nl": "Dutch", "ro": "Romanian", "ru": "Russian", "zh": "Chinese",
+    "ja": "Japanese", "ar": "Arabic", "ca": "Catalan", "et": "Estonian", "fa": "Persian",
+    "id": "Indonesian", "lv": "Latvian", "mn": "Mongolian", "sl": "Slovenian", "sv": "Swedish",
+    "ta": "Tamil", "tr": "Turkish", "cy": "Welsh", "pl": "Polish", "cs": "Czech", "ko": "Korean",
+}
+
+
+def language_name(code: str | None) -> str:
+    """ISO code -> English name for prompts ("de" -> "German"); unknown codes are returned as-is."""
+    if code is None:
+        return "the target language"
+    return LANGUAGE_NAMES.get(code.lower().split("_")[0].split("-")[0], code)
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(cfg: LLMConfig):
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.model, **kwargs)
+    except Exception as e:  # transformers raises many types here; the message is what matters
+        raise ValueError(
+            f"llm.model={cfg.model!r}: could not load its tokenizer ({type(e).__name__}: {e}). "
+            "The folder or hub repo must contain tokenizer files (tokenizer.json or tokenizer.model)."
+        ) from e
+    if not getattr(tok, "is_fast", True) and not hasattr(tok, "apply_chat_template"):
+        raise ValueError(f"llm.model={cfg.model!r}: tokenizer {type(tok).__name__} cannot render chats")
+    tok.add_special_tokens({"additional_special_tokens": [AUDIO_START, AUDIO_END]},
+                           replace_extra_special_tokens=False)
+    if tok.pad_token_id is None:
+        # Llama/Mistral ship no pad token; the pad id is only a filler (masked) and the CTC blank
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        log.warning("llm %s has no chat template; using speechwire's fallback template", cfg.model)
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def load_llm(cfg: LLMConfig) -> nn.Module:
+    """Load the causal LM frozen (eval mode, no grads); wrap it with LoRA when cfg.lora."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=_torch_dtype(cfg.dtype), **kwargs)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as e:
+            raise ValueError(f"llm.lora_target_modules={cfg.lora_target_modules}: {e}") from e
+    return model
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Token ids of one task's prompt, split where the speech embeddings go."""
+
+    before_audio: list[int]  # chat up to and excluding <audio_start>
+    after_audio: list[int]  # chat after <audio_end> up to the assistant's first token
+
+
+class ChatPrompter:
+    """Renders task prompts and targets with the LLM's own chat template."""
+
+    def __init__(self, tokenizer, cfg: LLMConfig) -> None:
+        self.tok = tokenizer
+        self.cfg = cfg
+        self.audio_start_id = tokenizer.convert_tokens_to_ids(AUDIO_START)
+        self.audio_end_id = tokenizer.convert_tokens_to_ids(AUDIO_END)
+        self._prompts: dict[tuple, Prompt] = {}
+        self.end_of_turn = self._end_of_turn()
+        self.stop_ids = self._stop_ids()
+
+    def instruction(self, task: str, src_lang: str | None = "en", tgt_lang: str | None = None) -> str:
+        if task == "asr":
+            return self.cfg.asr_prompt.format(src=language_name(src_lang))
+        if task == "st":
+            if not tgt_lang:
+                raise ValueError("task 'st' needs a target language (tgt_lang), e.g. 'de'")
+            return self.cfg.st_prompt.format(src=language_name(src_lang), tgt=language_name(tgt_lang))
+        raise ValueError(f"unknown task {task!r}; tasks are 'asr' and 'st'")
+
+    def _messages(self, user: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
+        return msgs + [{"role": "user", "content": user}]
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt(self, task: str, src_lang: str | None = "en", tgt_lang: str | None = None) -> Prompt:
+        key = (task, src_lang, tgt_lang)
+        if key not in self._prompts:
+            audio = AUDIO_START + AUDIO_END
+            instr = self.instruction(task, src_lang, tgt_lang)
+            user = f"{audio}\n{instr}" if self.cfg.audio_first else f"{instr}\n{audio}"
+            ids = self._encode(self._render(self._messages(user), generation_prompt=True))
+            if ids.count(self.audio_start_id) != 1 or self.audio_end_id not in ids:
+                raise ValueError(f"llm.model={self.cfg.model!r}: its chat template dropped the audio markers")
+            i = ids.index(self.audio_start_id)
+            assert ids[i + 1] == self.audio_end_id, "audio markers must be adjacent in the prompt"
+            self._prompts[key] = Prompt(ids[:i], ids[i + 2:])
+        return self._prompts[key]
+
+    def _end_of_turn(self) -> str:
+        """What the template writes after an assistant message (e.g. '<|im_end|>'), cut after its
+        first special token so training never teaches text beyond the stop token."""
+        msgs = self._messages("x")
+        prompt = self._render(msgs, generation_prompt=True)
+        full = self._render(msgs + [{"role": "assistant", "content": _SENTINEL}], generation_prompt=False)
+        at = full.find(_SENTINEL)
+        if at < 0 or not full.startswith(prompt) and not full[:at].endswith(prompt[-8:]):
+            return self.tok.eos_token or ""
+        tail = full[at + len(_SENTINEL):]
+        specials = sorted(
+            ((tail.find(s), s) for s in self.tok.all_special_tokens if s and s in tail), key=lambda x: x[0]
+        )
+        if specials:
+            pos, tok = specials[0]
+            return tail[: pos + len(tok)]
+        return tail.rstrip() or (self.tok.eos_token or "")
+
+    def _stop_ids(self) -> set[int]:
+        stops = set()
+        if self.tok.eos_token_id is not None:
+            stops.add(self.tok.eos_token_id)
+        end_ids = self._encode(self.end_of_turn) if self.end_of_turn else []
+        if end_ids:
+            stops.add(end_ids[-1])
+        return stops
+
+    def target_ids(self, text: str) -> list[int]:
+        """Token ids the assistant must produce: the text then the end-of-turn marker."""
+        return self._encode(text.strip() + self.end_of_turn)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Plain token ids of a text (CTC labels, CIF target lengths)."""
+        return self._encode(text.strip())
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True).strip()

@@ -1,0 +1,307 @@
+"""SpeechLLM: frozen speech encoder -> trainable adapter -> frozen causal LLM.
+
+Letters: B batch, S audio samples, T encoder frames, T' adapter outputs, L LLM sequence,
+d_llm LLM width, V vocabulary.
+
+Sequences are LEFT-padded: every item ends at the same column, so generation appends new tokens
+to all items at once; position ids count real tokens only (cumsum of the attention mask), so
+padding never changes a real item's numbers.
+
+    item i:  [pad..] prompt-before-audio <audio_start> speech_i <audio_end> prompt-after target_i
+    labels:  -100 everywhere except target_i (text + end-of-turn)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .adapters import AdapterContext, AdapterTargets, build_adapter
+from .config import ExperimentConfig, load_config, save_config
+from .encoders import SAMPLE_RATE, build_encoder
+from .llm import ChatPrompter, load_llm, load_tokenizer
+
+WEIGHTS_NAME = "trainable.safetensors"
+CONFIG_NAME = "config.yaml"
+IGNORE = -100
+
+
+@dataclass
+class SpeechLLMOutput:
+    loss: torch.Tensor  # lm_loss + adapter aux loss
+    lm_loss: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    num_target_tokens: int = 0
+    encoder_frames: int = 0  # sum over the batch, for compression ratios
+    adapter_frames: int = 0
+
+
+def _pad_sequences(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
+    """Left-pad a list of (L_i, ...) tensors to (B, max L_i, ...)."""
+    max_len = max(s.shape[0] for s in seqs)
+    out = seqs[0].new_full((len(seqs), max_len, *seqs[0].shape[1:]), value)
+    for i, s in enumerate(seqs):
+        out[i, max_len - s.shape[0]:] = s
+    return out
+
+
+class SpeechLLM(nn.Module):
+    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else build_encoder(cfg.encoder)
+        self.tokenizer = load_tokenizer(cfg.llm)
+        self.llm = load_llm(cfg.llm)
+        self.prompter = ChatPrompter(self.tokenizer, cfg.llm)
+        embedding = self.llm.get_input_embeddings()
+        d_llm = embedding.embedding_dim
+        vocab = self.llm.get_output_embeddings().weight.shape[0]
+        ctx = AdapterContext(in_dim=self.encoder.dim, out_dim=d_llm, frame_rate=self.encoder.frame_rate,
+                             vocab_size=vocab, pad_id=self.tokenizer.pad_token_id)
+        self.adapter = build_adapter(cfg.adapter, ctx)
+        # the two marker rows: start at the mean LLM embedding, the only trainable LLM-side weights
+        mean = embedding.weight.detach().float().mean(0)
+        self.audio_markers = nn.Parameter(mean.expand(2, d_llm).clone())  # (2, d_llm): start, end
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
+
+    def train(self, mode: bool = True) -> "SpeechLLM":
+        # frozen parts stay in eval mode (no dropout) unless LoRA trains inside the LLM
+        self.training = mode
+        self.adapter.train(mode)
+        self.encoder.train(False)
+        self.llm.train(mode and self.cfg.llm.lora)
+        return self
+
+    # --- parts ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.audio_markers.device
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def embed_text(self, ids: list[int]) -> torch.Tensor:
+        """(L,) ids -> (L, d_llm) with the frozen LLM table."""
+        table = self.llm.get_input_embeddings()
+        return table(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+    def encode_audio(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen SFM; a batch that already carries cached features ("hidden") skips it."""
+        if "hidden" in batch:
+            return batch["hidden"].to(self.device), batch["hidden_lengths"].to(self.device)
+        audio, lengths = batch["audio"].to(self.device), batch["audio_lengths"].to(self.device)
+        with torch.no_grad():
+            out = self.encoder(audio, lengths)
+        return out.hidden, out.lengths
+
+    def _adapter_targets(self, batch: dict) -> AdapterTargets:
+        targets = [self.prompter.text_ids(t) for t in batch["targets"]]
+        tgt_len = torch.tensor([len(t) for t in targets], device=self.device)
+        ctc = None
+        if batch.get("transcripts") is not None and all(t is not None for t in batch["transcripts"]):
+            ctc = [self.prompter.text_ids(t) for t in batch["transcripts"]]
+        if ctc is None:
+            return AdapterTargets(target_lengths=tgt_len)
+        ctc_lengths = torch.tensor([len(c) for c in ctc], device=self.device)
+        labels = torch.full((len(ctc), max(1, int(ctc_lengths.max()))), IGNORE, dtype=torch.long, device=self.device)
+        for i, c in enumerate(ctc):
+            labels[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=ctc_lengths)
+
+    def _sequences(self, batch: dict, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool):
+        """Assemble left-padded inputs_embeds (B, L, d_llm), attention mask, positions, labels."""
+        B = embeds.shape[0]
+        tasks = batch.get("tasks") or ["asr"] * B
+        src = batch.get("src_langs") or ["en"] * B
+        tgt = batch.get("tgt_langs") or [None] * B
+        llm_dtype = self.llm.get_input_embeddings().weight.dtype
+        markers = self.audio_markers.to(llm_dtype)
+        seqs, labels = [], []
+        for i in range(B):
+            prompt = self.prompter.prompt(tasks[i], src[i], tgt[i])
+            parts = [self.embed_text(prompt.before_audio), markers[:1], embeds[i, : lengths[i]].to(llm_dtype),
+                     markers[1:], self.embed_text(prompt.after_audio)]
+            n_prompt = sum(p.shape[0] for p in parts)
+            lab = [IGNORE] * n_prompt
+            if with_targets:
+                target = self.prompter.target_ids(batch["targets"][i])
+                parts.append(self.embed_text(target))
+                lab += target
+            seqs.append(torch.cat(parts))
+            labels.append(torch.tensor(lab, dtype=torch.long, device=self.device))
+        inputs = _pad_sequences(seqs, 0.0)  # (B, L, d_llm)
+        mask = _pad_sequences([torch.ones(len(s), dtype=torch.long, device=self.device) for s in seqs], 0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        return inputs, mask, positions, _pad_sequences(labels, IGNORE)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def forward(self, batch: dict) -> SpeechLLMOutput:
+        """Loss on target tokens only (prompt, speech and padding ignored) + adapter aux loss."""
+        hidden, enc_lengths = self.encode_audio(batch)
+        targets = self._adapter_targets(batch) if self.training else None
+        out = self.adapter(hidden.float(), enc_lengths, targets=targets)
+        inputs, mask, positions, labels = self._sequences(batch, out.embeds, out.lengths, with_targets=True)
+        lm_loss, n_tokens = self._target_loss(inputs, mask, positions, labels)
+        loss = lm_loss + out.aux_loss if out.aux_loss is not None else lm_loss
+        return SpeechLLMOutput(loss, lm_loss.detach(), {k: v.detach() for k, v in out.aux_losses.items()},
+                               n_tokens, int(enc_lengths.sum()), int(out.lengths.sum()))
+
+    def _target_loss(self, inputs, mask, positions, labels) -> tuple[torch.Tensor, int]:
+        """Mean cross-entropy over target tokens; logits only where a label exists (saves V x L)."""
+        decoder = self.llm.get_decoder() if hasattr(self.llm, "get_decoder") else None
+        shift_labels = labels[:, 1:]  # token t+1 is predicted at position t
+        keep = shift_labels != IGNORE  # (B, L-1)
+        if decoder is not None:
+            hidden = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions).last_hidden_state
+            logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+        else:
+            logits = self.llm(inputs_embeds=inputs, attention_mask=mask, position_ids=positions).logits[:, :-1][keep]
+        n = int(keep.sum())
+        return F.cross_entropy(logits.float(), shift_labels[keep], reduction="sum") / max(n, 1), n
+
+    # --- inference --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        audio: dict | list,
+        task: str = "asr",
+        src_lang: str = "en",
+        tgt_lang: str | None = None,
+        max_new_tokens: int | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> list[str]:
+        """Greedy decoding with a KV cache, batched; same text as decoding items one by one.
+
+        Args:
+            audio: a collated batch dict (see data.collate) or a list of 1-D 16 kHz mono waveforms.
+            task, src_lang, tgt_lang: used for a list input ("st" needs tgt_lang).
+        Returns:
+            one string per item.
+        """
+        batch = audio if isinstance(audio, dict) else self._batch_from_waveforms(audio, sample_rate, task, src_lang, tgt_lang)
+        max_new = max_new_tokens or self.cfg.eval.max_new_tokens
+        was_training = self.training
+        self.eval()
+        try:
+            ids = self._greedy(batch, max_new)
+        finally:
+            self.train(was_training)
+        return [self.prompter.decode(x) for x in ids]
+
+    def _batch_from_waveforms(self, waves: list, sample_rate: int, task: str, src_lang: str, tgt_lang: str | None) -> dict:
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError(f"audio must be 16 kHz mono; got sample_rate={sample_rate}. "
+                             "Load files with speechwire.audio.load_audio, which resamples.")
+        tensors = []
+        for i, w in enumerate(waves):
+            w = torch.as_tensor(np.asarray(w, dtype=np.float32) if not torch.is_tensor(w) else w, dtype=torch.float32)
+            if w.dim() != 1:
+                raise ValueError(f"audio item {i}: expected a 1-D mono waveform, got shape {tuple(w.shape)}; "
+                                 "downmix to mono first (speechwire.audio.load_audio does)")
+            if w.numel() == 0:
+                raise ValueError(f"audio item {i} is empty")
+            tensors.append(w)
+        lengths = torch.tensor([len(w) for w in tensors])
+        padded = torch.zeros(len(tensors), int(lengths.max()))
+        for i, w in enumerate(tensors):
+            padded[i, : len(w)] = w
+        B = len(tensors)
+        return {"audio": padded, "audio_lengths": lengths, "tasks": [task] * B,
+                "src_langs": [src_lang] * B, "tgt_langs": [tgt_lang] * B}
+
+    def _greedy(self, batch: dict, max_new: int) -> list[list[int]]:
+        hidden, enc_lengths = self.encode_audio(batch)
+        out = self.adapter(hidden.float(), enc_lengths)
+        inputs, mask, positions, _ = self._sequences(batch, out.embeds, out.lengths, with_targets=False)
+        B = inputs.shape[0]
+        stop = torch.tensor(sorted(self.prompter.stop_ids), device=self.device)
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        generated = torch.empty(B, 0, dtype=torch.long, device=self.device)
+        cache = None
+        next_pos = positions[:, -1:] + 1
+        step_inputs, step_mask, step_pos = inputs, mask, positions
+        for _ in range(max_new):
+            res = self.llm(inputs_embeds=step_inputs, attention_mask=step_mask, position_ids=step_pos,
+                           use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+            cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+            token = res.logits[:, -1].float().argmax(-1)  # (B,)
+            token = torch.where(done, torch.full_like(token, -1), token)
+            generated = torch.cat([generated, token[:, None]], dim=1)
+            done |= torch.isin(token, stop)
+            if bool(done.all()):
+                break
+            step_inputs = self.llm.get_input_embeddings()(token.clamp(min=0))[:, None]  # (B, 1, d_llm)
+            step_mask = torch.cat([step_mask, torch.ones(B, 1, dtype=step_mask.dtype, device=self.device)], 1)
+            step_pos, next_pos = next_pos, next_pos + 1
+        stops = set(self.prompter.stop_ids)
+        result = []
+        for row in generated.tolist():
+            kept = []
+            for t in row:
+                if t < 0 or t in stops:
+                    break
+                kept.append(t)
+            result.append(kept)
+        return result
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write only the trainable weights (adapter, marker rows, LoRA) + the config."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        tmp = path / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt", "speechwire": "trainable-only"})
+        tmp.replace(path / WEIGHTS_NAME)
+        save_config(self.cfg, path / CONFIG_NAME)
+        return path
+
+    def load_trainable(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        file = Path(path) / WEIGHTS_NAME if Path(path).is_dir() else Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no speechwire checkpoint here (expected {WEIGHTS_NAME})")
+        state = load_file(str(file), device=str(self.device))
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(f"{file}: checkpoint does not fit this model; missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]} - was it trained with another adapter config?")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for k, v in state.items():
+                if params[k].shape != v.shape:
+                    raise ValueError(f"{file}: {k} has shape {tuple(v.shape)}, model expects {tuple(params[k].shape)}")
+                params[k].copy_(v)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, overrides: list[str] | None = None) -> "SpeechLLM":
+        """Rebuild from a checkpoint folder: frozen parts load by name, trainable weights from file."""
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path}: not a speechwire checkpoint (no {CONFIG_NAME})")
+        model = cls(load_config(path / CONFIG_NAME, overrides))
+        model.load_trainable(path)
+        return model
+
+    def describe(self) -> dict:
+        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"encoder": self.cfg.encoder.model, "adapter": self.cfg.adapter.name, "llm": self.cfg.llm.model,
+                "trainable_params": n_train, "encoder_dim": self.encoder.dim, "frame_rate": self.encoder.frame_rate}
+
+    def __repr__(self) -> str:
+        return f"SpeechLLM({json.dumps(self.describe())})"
