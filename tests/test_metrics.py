@@ -1,0 +1,245 @@
+import json
+import math
+import sys
+
+import pytest
+import sacrebleu
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechwire.metrics import (
+    bleu,
+    chrf,
+    comet,
+    normalize_text,
+    real_time_factor,
+    score,
+    tokens_per_second,
+    wer,
+    wer_per_utterance,
+)
+
+# ---------------------------------------------------------------- normaliser
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Hello, World!", "hello world"),
+        ("  spaced\tout\n words ", "spaced out words"),
+        ("[noise] hello (laughs) there", "hello there"),
+        ("Don't stop, it’s fine", "don't stop it's fine"),
+        ("'quoted' dogs'", "quoted dogs"),
+        ("Café naïve résumé", "cafe naive resume"),
+        ("uh I um think hmm", "i think"),
+        ("ＦＵＬＬ width", "full width"),
+        ("3.5 and 1,000 and 50%", "3.5 and 1000 and 50 percent"),
+        ("end. Next", "end next"),
+    ],
+)
+def test_english_rules(text, expected):
+    assert normalize_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "words, digits",
+    [
+        ("twenty one", "21"),
+        ("twenty-one", "21"),
+        ("one hundred and five", "105"),
+        ("one hundred five", "105"),
+        ("three point five", "3.5"),
+        ("zero point two five", "0.25"),
+        ("two thousand and twenty four", "2024"),
+        ("nineteen hundred and eighty four", "1984"),
+        ("one million two hundred thousand", "1200000"),
+        ("seven", "7"),
+        ("twenty first", "21st"),
+        ("one hundred and twelfth", "112th"),
+        ("third", "3rd"),
+        ("five percent", "5%"),
+        ("one two three", "1 2 3"),  # digit by digit stays digit by digit
+    ],
+)
+def test_number_words_equal_digits(words, digits):
+    assert normalize_text(words) == normalize_text(digits)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("twenty twenty", "20 20"),  # years are not guessed
+        ("hundred", "hundred"),  # a scale on its own stays a word
+        ("one hundred and", "100 and"),  # a dangling "and" is kept
+        ("thousands of people", "thousands of people"),
+        ("point five", "point 5"),
+    ],
+)
+def test_number_edge_cases(text, expected):
+    assert normalize_text(text) == expected
+
+
+def test_basic_normaliser_keeps_accents_and_number_words():
+    out = normalize_text("¿Qué tal, Señor? [ruido] l’homme", lang="es")
+    assert out == "qué tal señor l'homme"
+    assert normalize_text("Zwanzig, EINS!", lang="de") == "zwanzig eins"
+    assert normalize_text("twenty one", lang="fr") == "twenty one"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.sampled_from(["en", "de"]))
+def test_normaliser_is_idempotent(text, lang):
+    once = normalize_text(text, lang)
+    assert normalize_text(once, lang) == once
+
+
+_NUMBERISH = st.lists(
+    st.sampled_from(
+        "one two twelve twenty hundred thousand and point first zero uh , . % 3 1,5 [x]".split()
+    )
+    | st.text(alphabet="abc' -.,0123", max_size=6)
+).map(" ".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_NUMBERISH)
+def test_normaliser_is_idempotent_on_number_words(text):
+    once = normalize_text(text)
+    assert normalize_text(once) == once
+
+
+# ---------------------------------------------------------------- WER
+
+
+def test_wer_one_deletion():
+    out = wer(["the cat sat on the mat"], ["the cat sat on mat"])
+    assert out["wer"] == pytest.approx(1 / 6)
+    assert out["wer_percent"] == pytest.approx(100 / 6)
+    assert (out["substitutions"], out["deletions"], out["insertions"], out["hits"]) == (0, 1, 0, 5)
+    assert out["ref_words"] == 6 and out["hyp_words"] == 5 and out["num_utterances"] == 1
+
+
+def test_wer_corpus_counts_all_kinds():
+    # utt 1: 1 substitution (mat -> hat); utt 2: 1 insertion (very); 7 reference words
+    out = wer(["the cat sat on the mat", "good"], ["the cat sat on the hat", "very good"])
+    assert (out["substitutions"], out["deletions"], out["insertions"]) == (1, 0, 1)
+    assert out["wer"] == pytest.approx(2 / 7)
+
+
+def test_wer_ignores_case_punctuation_and_number_form():
+    refs = ["Hello, World! I have twenty-one cats."]
+    hyps = ["hello world i have 21 cats"]
+    assert wer(refs, hyps)["wer"] == 0.0
+    assert wer(refs, hyps, normalize=False)["wer"] > 0.0
+
+
+def test_wer_empty_reference_counts_insertions():
+    out = wer(["a b", "[noise]"], ["a b", "c d"])
+    assert out["insertions"] == 2 and out["ref_words"] == 2
+    assert out["wer"] == pytest.approx(1.0)
+
+
+def test_wer_all_empty():
+    assert wer([], [])["wer"] == 0.0
+    assert wer([""], [""])["wer"] == 0.0
+    assert wer(["(laughs)"], ["oh"])["wer"] == math.inf
+
+
+def test_wer_length_mismatch_names_both_lengths():
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        wer(["a", "b"], ["a"])
+
+
+def test_wer_per_utterance():
+    refs = ["the cat sat on the mat", "a b", "", ""]
+    hyps = ["the cat sat on mat", "a b", "", "x"]
+    rates = wer_per_utterance(refs, hyps)
+    assert rates == pytest.approx([1 / 6, 0.0, 0.0, math.inf])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(), max_size=5))
+def test_wer_of_identical_text_is_zero(texts):
+    assert wer(texts, texts)["wer"] == 0.0
+    assert all(r == 0.0 for r in wer_per_utterance(texts, texts))
+
+
+# ---------------------------------------------------------------- BLEU, chrF
+
+REFS = ["The cat is on the mat.", "There is a dog in the garden today."]
+HYPS = ["The cat sat on the mat.", "A dog is in the garden."]
+
+
+def test_bleu_matches_sacrebleu():
+    out = bleu(REFS, HYPS)
+    assert out["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+    assert "tok:13a" in out["signature"] and "nrefs:1" in out["signature"]
+    assert 0.0 < out["score"] < 100.0
+
+
+def test_bleu_perfect_match_is_100():
+    assert bleu(REFS, REFS)["score"] == pytest.approx(100.0)
+
+
+def test_bleu_tokenizer_per_language():
+    zh = bleu(["我们今天去公园。"], ["我们今天去公园。"], tgt_lang="zh")
+    assert zh["tokenize"] == "zh" and "tok:zh" in zh["signature"]
+    assert zh["score"] == pytest.approx(100.0)
+    ja = bleu(["今日は晴れです"], ["今日は雨です"], tgt_lang="ja")
+    assert ja["tokenize"] in ("ja-mecab", "char")
+    if ja["tokenize"] == "char":
+        assert "sacrebleu[ja]" in ja["note"]
+
+
+def test_chrf_matches_sacrebleu():
+    out = chrf(REFS, HYPS)
+    assert out["score"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
+    assert "nc:6" in out["signature"]
+    assert chrf(REFS, REFS)["score"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("metric", [bleu, chrf])
+def test_corpus_metrics_reject_empty_and_mismatched(metric):
+    with pytest.raises(ValueError, match="no segments"):
+        metric([], [])
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        metric(REFS, HYPS[:1])
+
+
+# ---------------------------------------------------------------- COMET, score
+
+
+def test_comet_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "comet", None)  # makes `import comet` raise ImportError
+    with pytest.raises(ImportError, match=r"speechwire\[comet\]"):
+        comet(["src"], ["ref"], ["hyp"], model_path="Unbabel/wmt22-comet-da")
+
+
+def test_score_asr_and_st_are_json_serialisable():
+    asr = score("asr", ["the cat sat on the mat"], ["the cat sat on mat"])
+    assert asr["task"] == "asr" and asr["wer"] == pytest.approx(1 / 6)
+    st_ = score("st", REFS, HYPS, tgt_lang="de")
+    assert st_["bleu"] == pytest.approx(bleu(REFS, HYPS)["score"])
+    assert st_["chrf"] == pytest.approx(chrf(REFS, HYPS)["score"])
+    assert "comet" not in st_
+    for out in (asr, st_):
+        assert json.loads(json.dumps(out)) == out
+
+
+def test_score_errors():
+    with pytest.raises(ValueError, match="unknown task 'mt'; available: asr, st"):
+        score("mt", REFS, HYPS)
+    with pytest.raises(ValueError, match="srcs"):
+        score("st", REFS, HYPS, comet_model="Unbabel/wmt22-comet-da")
+
+
+# ---------------------------------------------------------------- speed
+
+
+def test_real_time_factor_and_tokens_per_second():
+    assert real_time_factor(2.0, 10.0) == pytest.approx(0.2)
+    assert tokens_per_second(50, 2.0) == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="audio_seconds=0"):
+        real_time_factor(1.0, 0.0)
+    with pytest.raises(ValueError, match="seconds=0"):
+        tokens_per_second(10, 0)
