@@ -28,8 +28,8 @@ _SENTINEL = "\x01TARGET\x01"
 
 # Used when a tokenizer ships without a chat template (base models, tiny test models).
 FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}### {{ m['role'] | capitalize }}:\n{{ m['content'] }}\n"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}\n{% endif %}{% endfor %}"
+    "{% for m in messages %}### {{ m['role'] | capitalize }}:\n{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
 

@@ -1,0 +1,154 @@
+"""SpeechLLM: what trains, what the loss sees, batching, overfitting, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speechwire.config import load_config
+from speechwire.model import IGNORE, WEIGHTS_NAME, SpeechLLM
+
+from conftest import TINY_ADAPTER, ToyEncoder, make_batch, select
+
+
+def build(tiny_llm_dir, *overrides, seed=0):
+    torch.manual_seed(seed)
+    cfg = load_config(None, [f"llm.model={tiny_llm_dir}", *TINY_ADAPTER, *overrides])
+    return SpeechLLM(cfg, encoder=ToyEncoder().freeze())
+
+
+TEXTS = ["hello world", "the cat sat", "good morning to you", "speech"]
+LENGTHS = [8000, 12000, 16000, 6400]
+
+
+def test_only_adapter_and_markers_train(tiny_llm_dir):
+    model = build(tiny_llm_dir)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("adapter.") or n == "audio_markers" for n in trainable)
+    assert "audio_markers" in trainable
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    model(make_batch(LENGTHS, TEXTS)).loss.backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == (n in trainable) or (n in trainable and p.grad is not None and p.grad.abs().sum() == 0), n
+
+
+def test_lora_adds_only_lora_weights(tiny_llm_dir):
+    model = build(tiny_llm_dir, "llm.lora=true", "llm.lora_rank=2")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    llm_side = [n for n in trainable if n.startswith("llm.")]
+    assert llm_side and all("lora_" in n for n in llm_side)
+
+
+def test_loss_ignores_prompt_audio_and_padding(tiny_llm_dir):
+    model = build(tiny_llm_dir).eval()
+    batch = make_batch([8000, 16000], ["abc", "defgh"])
+    out = model(batch)
+    assert out.num_target_tokens == len(model.prompter.target_ids("abc")) + len(model.prompter.target_ids("defgh"))
+    # garbage in the padded tail of the short item changes nothing
+    noisy = {**batch, "audio": batch["audio"].clone()}
+    noisy["audio"][0, 8000:] = 5.0
+    assert torch.allclose(model(noisy).loss, out.loss, atol=1e-6)
+    # labels cover exactly the target tokens: the loss equals a hand-computed CE over them
+    hidden, lengths = model.encode_audio(batch)
+    ad = model.adapter(hidden, lengths)
+    inputs, mask, pos, labels = model._sequences(batch, ad.embeds, ad.lengths, with_targets=True)
+    assert int((labels != IGNORE).sum()) == out.num_target_tokens
+    logits = model.llm(inputs_embeds=inputs, attention_mask=mask, position_ids=pos).logits
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                           ignore_index=IGNORE)
+    assert torch.allclose(ce, out.loss, atol=1e-5)
+
+
+def test_padding_invariance_of_loss(tiny_llm_dir):
+    model = build(tiny_llm_dir).eval()
+    batch = make_batch(LENGTHS, TEXTS, tasks=["asr", "st", "asr", "st"], tgt_langs=[None, "de", None, "fr"])
+    total = model(batch)
+    summed = 0.0
+    for i in range(4):
+        one = model(select(batch, [i]))
+        summed += one.lm_loss * one.num_target_tokens
+    assert torch.allclose(total.lm_loss * total.num_target_tokens, summed, rtol=1e-5)
+
+
+def test_overfits_four_utterances_then_generates_them(tiny_llm_dir):
+    model = build(tiny_llm_dir)
+    batch = make_batch(LENGTHS, TEXTS)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    first = None
+    for _ in range(250):
+        loss = model(batch).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    assert model.generate(batch) == TEXTS
+
+
+def test_batched_generation_equals_one_by_one(tiny_llm_dir):
+    model = build(tiny_llm_dir, seed=3)
+    batch = make_batch([3200, 16000, 9000], ["a", "b", "c"], tasks=["asr", "st", "st"], tgt_langs=[None, "de", "italian"])
+    batched = model.generate(batch, max_new_tokens=12)
+    single = [model.generate(select(batch, [i]), max_new_tokens=12)[0] for i in range(3)]
+    assert batched == single
+
+
+def test_generate_from_waveform_list(tiny_llm_dir):
+    model = build(tiny_llm_dir)
+    waves = [torch.randn(4000).numpy(), torch.randn(7000)]
+    assert len(model.generate(waves, max_new_tokens=3)) == 2
+    with pytest.raises(ValueError, match="16 kHz"):
+        model.generate(waves, sample_rate=8000)
+    with pytest.raises(ValueError, match="mono"):
+        model.generate([torch.randn(2, 4000)])
+    with pytest.raises(ValueError, match="empty"):
+        model.generate([torch.zeros(0)])
+    with pytest.raises(ValueError, match="tgt_lang"):
+        model.generate(waves, task="st")
+
+
+def test_nan_and_short_audio_are_named(tiny_llm_dir):
+    model = build(tiny_llm_dir)
+    batch = make_batch([4000, 4000], ["a", "b"])
+    batch["audio"][1, 10] = float("nan")
+    with pytest.raises(ValueError, match=r"item\(s\) \[1\].*NaN"):
+        model(batch)
+    with pytest.raises(ValueError, match="minimum"):
+        model(make_batch([100, 4000], ["a", "b"]))
+
+
+def test_save_load_round_trip(tiny_llm_dir, tmp_path, monkeypatch):
+    model = build(tiny_llm_dir, "adapter.name=mlp", "adapter.stack=2")
+    with torch.no_grad():
+        for p in model.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "ckpt")
+    state = load_file(str(tmp_path / "ckpt" / WEIGHTS_NAME))
+    assert set(state) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(k.startswith(("llm.", "encoder.")) for k in state)
+    import speechwire.model as m
+    monkeypatch.setattr(m, "build_encoder", lambda cfg: ToyEncoder().freeze())
+    loaded = SpeechLLM.from_pretrained(tmp_path / "ckpt").eval()
+    batch = make_batch([4000, 9000], ["hi", "there"])
+    assert torch.equal(model.eval()(batch).loss, loaded(batch).loss)
+    assert model.generate(batch, max_new_tokens=5) == loaded.generate(batch, max_new_tokens=5)
+    other = build(tiny_llm_dir, "adapter.name=base")
+    with pytest.raises(ValueError, match="does not fit"):
+        other.load_trainable(tmp_path / "ckpt")
+
+
+def test_unknown_adapter_lists_known(tiny_llm_dir):
+    with pytest.raises(ValueError, match=r"unknown adapter 'transformerz'; available: .*base.*mlp"):
+        build(tiny_llm_dir, "adapter.name=transformerz")
+
+
+def test_adapter_width_mismatch_is_clear(tiny_llm_dir):
+    model = build(tiny_llm_dir)
+    with pytest.raises(ValueError, match="speech encoder width 24 does not match the adapter's input width 16"):
+        model.adapter(torch.zeros(1, 5, 24), torch.tensor([5]))
