@@ -1,0 +1,17 @@
+"""`speechwire data synth`: a demo corpus built on the user's machine from Debian packages.
+
+Synthetic English speech (espeak-ng) of the `trans-de-en` sentence pairs, for ASR and
+English->German ST, plus real prompts from `asterisk-core-sounds-en` for ASR. See docs/data.md.
+"""
+
+from .build import DEFAULT_OUT, build_corpus, split_pairs, synth_main
+from .sources import MissingSystemDepsError, check_system_deps
+
+__all__ = [
+    "DEFAULT_OUT",
+    "MissingSystemDepsError",
+    "build_corpus",
+    "check_system_deps",
+    "split_pairs",
+    "synth_main",
+]

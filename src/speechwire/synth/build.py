@@ -1,0 +1,332 @@
+"""Build the demo corpus: synthetic English speech with German translations + real prompts.
+
+Layout of ``out_dir`` (default ``~/.cache/speechwire/demo_data``)::
+
+    synth/{train,dev,test}/synth-000042.wav      16 kHz mono 16-bit, espeak-ng + augmentation
+    real/{train,dev,test}/real-vm-goodbye.wav    asterisk prompts, 8 -> 16 kHz
+    synth_{split}.asr.jsonl  synth_{split}.st.jsonl  real_{split}.asr.jsonl
+    corpus.json                                  parameters, counts, hours, voices used
+
+Synthetic splits are cut BY SENTENCE from one seeded shuffle of the deduplicated pairs: test
+takes the first ``num_test``, dev the next ``num_dev``, train the next ``num_train``, so test
+and dev do not change when only ``num_train`` changes. Utterance ``i`` of that shuffle draws all
+its randomness from ``default_rng([seed, i])``: the bytes do not depend on ``workers``.
+Real prompts are split 60/20/20 by a hash of their text, independent of the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+import soxr
+from tqdm import tqdm
+
+from . import sources
+from .sources import MissingSystemDepsError, Prompt, SentencePair
+from .voice import SAMPLE_RATE, draw_params, list_variants, list_voices, render, utterance_rng
+
+CORPUS_VERSION = 1  # bump when the audio pipeline changes: stale partial builds are wiped
+DEFAULT_OUT = Path("~/.cache/speechwire/demo_data")
+SPLITS = ("train", "dev", "test")
+REAL_SPLIT_TENTHS = {"train": 6, "dev": 2, "test": 2}  # 60/20/20 by text hash
+STATE_FILE = ".build_state.json"
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int  # position in the seeded shuffle: the utterance's seed
+    utt_id: str
+    split: str
+    english: str
+    german: str
+    wav: Path
+    seed: int
+    voices: tuple[str, ...]
+    variants: tuple[str, ...]
+    max_seconds: float
+
+
+@dataclass(frozen=True)
+class _Result:
+    job: _Job
+    duration: float | None  # None: longer than max_seconds, not kept
+    voice: str
+
+
+def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+
+
+def _wav_seconds(path: Path) -> float:
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
+
+
+def _synth_one(job: _Job) -> _Result:
+    """Render one utterance (or reuse its wav from an interrupted run)."""
+    rng = utterance_rng(job.seed, job.index)
+    params = draw_params(rng, job.voices, job.variants)
+    if job.wav.is_file():
+        duration = _wav_seconds(job.wav)
+    else:
+        audio = render(job.english, params, rng)
+        duration = len(audio) / SAMPLE_RATE
+        if duration <= job.max_seconds:
+            _write_wav_atomic(job.wav, audio)
+    return _Result(job, duration if duration <= job.max_seconds else None, params.voice_name)
+
+
+def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> Iterator[_Result]:
+    bar = tqdm(total=len(jobs), desc="synthesising", unit="utt", disable=not progress)
+    if workers <= 1:
+        results: Iterable[_Result] = map(_synth_one, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(_synth_one, jobs, chunksize=4)
+    try:
+        for r in results:
+            bar.update()
+            yield r
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def split_pairs(
+    pairs: Sequence[SentencePair], num_train: int, num_dev: int, num_test: int, seed: int
+) -> dict[str, list[tuple[int, SentencePair]]]:
+    """Seeded sentence-level split: test, then dev, then train from one shuffle.
+
+    Returns:
+        split -> [(index in the shuffle, pair)], disjoint by sentence (pairs are deduplicated).
+
+    Raises:
+        ValueError: more sentences asked for than the dictionary holds.
+    """
+    total = num_train + num_dev + num_test
+    if min(num_train, num_dev, num_test) < 0 or total > len(pairs):
+        raise ValueError(
+            f"synth corpus: asked for train={num_train} dev={num_dev} test={num_test} "
+            f"sentences ({total}), the dictionary has {len(pairs)}; lower the sizes"
+        )
+    order = np.random.default_rng(seed).permutation(len(pairs))[:total]
+    bounds = {"test": (0, num_test), "dev": (num_test, num_test + num_dev),
+              "train": (num_test + num_dev, total)}  # fmt: skip
+    return {s: [(i, pairs[int(order[i])]) for i in range(a, b)] for s, (a, b) in bounds.items()}
+
+
+def real_split_of(text: str) -> str:
+    """Split of a real prompt from a hash of its case-folded text (stable across seeds)."""
+    bucket = int(hashlib.sha1(text.casefold().encode()).hexdigest()[:8], 16) % 10
+    return "train" if bucket < 6 else "dev" if bucket < 8 else "test"
+
+
+def _dedupe_prompts(prompts: list[Prompt]) -> list[Prompt]:
+    seen: set[str] = set()
+    out = []
+    for p in prompts:
+        if p.text.casefold() not in seen:
+            seen.add(p.text.casefold())
+            out.append(p)
+    return out
+
+
+def _build_real(
+    out_dir: Path, max_seconds: float, progress: bool
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    prompts = _dedupe_prompts(sources.load_asterisk_prompts())
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    dropped = 0
+    for p in tqdm(prompts, desc="real prompts", unit="utt", disable=not progress):
+        split = real_split_of(p.text)
+        utt_id = "real-" + p.name.replace("/", "-")
+        rel = Path("real") / split / f"{utt_id}.wav"
+        wav = out_dir / rel
+        if not wav.is_file():
+            audio, sr = sf.read(str(p.wav), dtype="float64", always_2d=True)
+            audio = soxr.resample(audio.mean(axis=1), sr, SAMPLE_RATE, quality="HQ")
+            _write_wav_atomic(wav, np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
+        duration = _wav_seconds(wav)
+        if duration > max_seconds:
+            dropped += 1
+            continue
+        rows[split].append({"id": utt_id, "audio": rel.as_posix(), "duration": round(duration, 4),
+                            "transcript": p.text, "task": "asr"})  # fmt: skip
+    return rows, dropped
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _manifest_names(real: bool) -> list[str]:
+    names = [f"synth_{s}.{t}.jsonl" for s in SPLITS for t in ("asr", "st")]
+    return names + ([f"real_{s}.asr.jsonl" for s in SPLITS] if real else [])
+
+
+def _prepare_state(out_dir: Path, audio_key: dict[str, Any]) -> None:
+    """Keep wavs of an interrupted build with the same audio key; else wipe our audio folders."""
+    state = out_dir / STATE_FILE
+    old = json.loads(state.read_text()) if state.is_file() else None
+    if old != audio_key:
+        for sub in ("synth", "real"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    state.write_text(json.dumps(audio_key, indent=1))
+
+
+def build_corpus(
+    out_dir: str | Path = DEFAULT_OUT,
+    num_train: int = 3000,
+    num_dev: int = 200,
+    num_test: int = 200,
+    seed: int = 0,
+    workers: int | None = None,
+    real: bool = True,
+    progress: bool = True,
+    max_seconds: float = 12.0,
+) -> dict[str, Any]:
+    """Build (or reuse) the demo corpus under ``out_dir``; deterministic given ``seed``.
+
+    Args:
+        out_dir: output folder; created if missing.
+        num_train, num_dev, num_test: synthetic sentences per split (before the length cut).
+        seed: drives the sentence split and every voice/augmentation choice.
+        workers: processes for synthesis; None = all CPU cores. Does not change the output.
+        real: also convert the asterisk prompts (real speech, ASR only).
+        progress: show tqdm bars.
+        max_seconds: utterances longer than this are dropped (synthetic and real).
+
+    Returns:
+        The summary written to ``out_dir/corpus.json`` (params, counts, hours, voices).
+
+    Raises:
+        MissingSystemDepsError: espeak-ng / trans-de-en / asterisk sounds missing.
+        ValueError: more sentences asked for than available.
+    """
+    out_dir = Path(out_dir).expanduser()
+    params = {"num_train": num_train, "num_dev": num_dev, "num_test": num_test, "seed": seed,
+              "max_seconds": max_seconds, "real": real, "version": CORPUS_VERSION}  # fmt: skip
+    summary_path = out_dir / "corpus.json"
+    if summary_path.is_file():
+        old = json.loads(summary_path.read_text())
+        if old.get("params") == params and all(
+            (out_dir / n).is_file() for n in _manifest_names(real)
+        ):
+            print(f"reusing {out_dir} (corpus.json matches seed={seed}, sizes, max_seconds)")
+            return old
+    sources.check_system_deps(real=real)
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = sources.load_sentence_pairs()
+    splits = split_pairs(pairs, num_train, num_dev, num_test, seed)
+    voices, variants = list_voices(), list_variants()
+    if not voices:
+        raise MissingSystemDepsError(
+            "espeak-ng lists no English voice (`espeak-ng --voices=en`); reinstall it: "
+            "sudo apt-get install --reinstall -y espeak-ng espeak-ng-data"
+        )
+    pairs_hash = hashlib.sha1("\n".join(p.english for p in pairs).encode()).hexdigest()
+    _prepare_state(out_dir, {"version": CORPUS_VERSION, "seed": seed, "num_test": num_test,
+                             "num_dev": num_dev, "voices": list(voices),
+                             "variants": list(variants), "pairs_sha1": pairs_hash})  # fmt: skip
+
+    jobs = [
+        _Job(index=i, utt_id=f"synth-{i:06d}", split=split, english=p.english, german=p.german,
+             wav=out_dir / "synth" / split / f"synth-{i:06d}.wav", seed=seed, voices=voices,
+             variants=variants, max_seconds=max_seconds)  # fmt: skip
+        for split in SPLITS for i, p in splits[split]
+    ]
+    results = sorted(_run_jobs(jobs, workers or os.cpu_count() or 1, progress),
+                     key=lambda r: r.job.index)  # fmt: skip
+    kept = [r for r in results if r.duration is not None]
+    manifests: dict[str, list[dict[str, Any]]] = {}
+    for split in SPLITS:
+        asr = [{"id": r.job.utt_id, "audio": r.job.wav.relative_to(out_dir).as_posix(),
+                "duration": round(r.duration or 0.0, 4), "transcript": r.job.english,
+                "task": "asr"} for r in kept if r.job.split == split]  # fmt: skip
+        st = [{**row, "translation": r.job.german, "src_lang": "en", "tgt_lang": "de", "task": "st"}
+              for row, r in zip(asr, [r for r in kept if r.job.split == split])]  # fmt: skip
+        manifests[f"synth_{split}.asr.jsonl"], manifests[f"synth_{split}.st.jsonl"] = asr, st
+    dropped = {"synth": len(results) - len(kept), "real": 0}
+    if real:
+        real_rows, dropped["real"] = _build_real(out_dir, max_seconds, progress)
+        for split in SPLITS:
+            manifests[f"real_{split}.asr.jsonl"] = real_rows[split]
+    for name, rows in manifests.items():
+        _write_jsonl_atomic(out_dir / name, rows)
+
+    def hours(rows: list[dict[str, Any]]) -> float:
+        return round(sum(r["duration"] for r in rows) / 3600, 4)
+
+    counted = {n.removesuffix(".jsonl"): rows for n, rows in manifests.items() if ".st." not in n}
+    summary = {
+        "params": params,
+        "counts": {k.removesuffix(".asr"): len(v) for k, v in counted.items()},
+        "hours": {k.removesuffix(".asr"): hours(v) for k, v in counted.items()},
+        "total_hours": round(sum(hours(v) for v in counted.values()), 4),
+        "dropped_longer_than_max_seconds": dropped,
+        "sentence_pairs_available": len(pairs),
+        "voices_available": list(voices),
+        "variants_available": list(variants),
+        "voices_used": dict(sorted(Counter(r.voice for r in kept).items())),
+        "manifests": sorted(manifests),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    tmp = summary_path.with_name("corpus.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, summary_path)
+    return summary
+
+
+def synth_main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``speechwire data synth --out DIR --train N --dev N --test N --seed S``.
+
+    Returns:
+        Process exit status (0 ok, 1 missing system packages or bad sizes).
+    """
+    ap = argparse.ArgumentParser(prog="speechwire data synth", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (%(default)s)")
+    ap.add_argument("--train", type=int, default=3000, help="synthetic train sentences")
+    ap.add_argument("--dev", type=int, default=200, help="synthetic dev sentences")
+    ap.add_argument("--test", type=int, default=200, help="synthetic test sentences")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    ap.add_argument("--max-seconds", type=float, default=12.0, help="drop longer utterances")
+    ap.add_argument("--no-real", action="store_true", help="skip the asterisk real prompts")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    try:
+        summary = build_corpus(
+            args.out, num_train=args.train, num_dev=args.dev, num_test=args.test, seed=args.seed,
+            workers=args.workers, real=not args.no_real, progress=not args.quiet,
+            max_seconds=args.max_seconds,
+        )  # fmt: skip
+    except (MissingSystemDepsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
+    print(f"demo corpus in {Path(args.out).expanduser()}: {counts}; "
+          f"{summary['total_hours']:.2f} h")  # fmt: skip
+    return 0
