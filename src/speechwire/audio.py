@@ -1,0 +1,156 @@
+"""Read, validate and resample audio: any libsndfile format (wav, flac, ogg, mp3) -> 16 kHz mono.
+
+    wav = load_audio("talk.wav", offset=12.3, duration=4.5)   # (S,) float32 at 16 kHz
+    sr, frames, channels, seconds = audio_info("talk.wav")    # header only, no decode
+
+Only the requested segment is read from disk (seek + read), channels are averaged to mono and
+other rates are resampled with soxr (band-limited, 'HQ'). Every failure raises `AudioError`,
+whose message names the file, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000  # what every supported encoder expects
+END_TOLERANCE = 0.1  # seconds a segment may run past the end of its file (codec padding, rounding)
+REENCODE_HINT = "re-encode it, e.g. `ffmpeg -i {p} -ac 1 -ar 16000 {stem}.wav`"
+
+
+class AudioError(ValueError):
+    """An audio file is missing, unreadable or invalid; the message names the file and the fix."""
+
+
+class AudioInfo(NamedTuple):
+    sample_rate: int
+    frames: int  # samples per channel
+    channels: int
+    duration: float  # seconds
+
+
+def seconds_to_samples(seconds: float, sample_rate: int) -> int:
+    """Number of samples in `seconds` at `sample_rate`, rounded to the nearest sample."""
+    return int(round(seconds * sample_rate))
+
+
+def _hint(path: Path) -> str:
+    return REENCODE_HINT.format(p=path, stem=path.stem)
+
+
+def _open(path: str | Path) -> sf.SoundFile:
+    """Open `path` with libsndfile, turning every failure into an AudioError."""
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(
+            f"{p}: audio file not found; check the path (manifest paths are resolved against "
+            f"the manifest's folder)"
+        )
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: the file is empty (0 bytes); remove it from the manifest or re-create it")
+    try:
+        return sf.SoundFile(str(p))
+    except (sf.SoundFileError, RuntimeError, TypeError) as e:
+        raise AudioError(
+            f"{p}: cannot decode audio ({e}); the file is corrupt or not a libsndfile format "
+            f"(wav, flac, ogg, mp3); {_hint(p)}"
+        ) from None
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read the header of an audio file (no decoding).
+
+    Args:
+        path: audio file readable by libsndfile.
+
+    Returns:
+        AudioInfo(sample_rate, frames, channels, duration in seconds).
+
+    Raises:
+        AudioError: missing or undecodable file.
+    """
+    with _open(path) as f:
+        sr, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
+    return AudioInfo(sr, frames, channels, frames / sr if sr else 0.0)
+
+
+def load_audio(
+    path: str | Path,
+    offset: float = 0.0,
+    duration: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    min_seconds: float | None = None,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """Load `[offset, offset + duration)` seconds of an audio file as mono float32 at `sample_rate`.
+
+    Args:
+        path: audio file readable by libsndfile (wav, flac, ogg, mp3, ...).
+        offset: start of the segment in seconds.
+        duration: length of the segment in seconds; None reads to the end of the file.
+        sample_rate: output rate; other rates are resampled with soxr 'HQ'.
+        min_seconds: if set, a shorter segment is an error.
+        max_seconds: if set, a longer segment is an error.
+
+    Returns:
+        waveform, shape (S,), float32, S = samples at `sample_rate`.
+
+    Raises:
+        AudioError: missing/corrupt/empty file, NaN or inf samples, a segment outside the file,
+            or a length outside [min_seconds, max_seconds].
+    """
+    p = Path(path)
+    if offset < 0 or (duration is not None and duration <= 0):
+        raise AudioError(f"{p}: offset={offset} must be >= 0 and duration={duration} > 0")
+    with _open(p) as f:
+        sr, total = int(f.samplerate), int(f.frames)
+        if total <= 0:
+            raise AudioError(f"{p}: the file holds no audio samples (empty); remove it from the manifest")
+        file_seconds = total / sr
+        start = seconds_to_samples(offset, sr)
+        if start >= total:
+            raise AudioError(
+                f"{p}: offset {offset:.3f} s is beyond the end of the file ({file_seconds:.3f} s); "
+                f"fix the segment's offset in the manifest"
+            )
+        if duration is None:
+            n = total - start
+        else:
+            n = seconds_to_samples(duration, sr)
+            if start + n > total + seconds_to_samples(END_TOLERANCE, sr):
+                raise AudioError(
+                    f"{p}: segment [{offset:.3f}, {offset + duration:.3f}] s runs past the end of "
+                    f"the file ({file_seconds:.3f} s); fix its offset/duration in the manifest"
+                )
+            n = min(n, total - start)
+        try:
+            f.seek(start)
+            x = f.read(frames=n, dtype="float32", always_2d=True)  # (n, channels)
+        except (sf.SoundFileError, RuntimeError) as e:
+            raise AudioError(f"{p}: decoding failed at {offset:.3f} s ({e}); {_hint(p)}") from None
+    if x.shape[0] == 0:
+        raise AudioError(f"{p}: read 0 samples at offset {offset:.3f} s; the file is truncated; {_hint(p)}")
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int(x.size - finite.sum())
+        what = "only NaN/inf" if bad == x.size else f"{bad} NaN/inf of {x.size}"
+        raise AudioError(f"{p}: the audio contains {what} samples; regenerate or remove the file")
+    wav = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
+    if sr != sample_rate:
+        wav = soxr.resample(wav, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    seconds = wav.shape[0] / sample_rate
+    if min_seconds is not None and seconds < min_seconds:
+        raise AudioError(
+            f"{p}: segment at {offset:.3f} s is {seconds:.3f} s long, shorter than min_seconds="
+            f"{min_seconds}; drop it from the manifest or lower data.min_seconds"
+        )
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioError(
+            f"{p}: segment at {offset:.3f} s is {seconds:.3f} s long, longer than max_seconds="
+            f"{max_seconds}; split it or raise data.max_seconds"
+        )
+    return np.ascontiguousarray(wav, dtype=np.float32)

@@ -1,0 +1,173 @@
+"""Dataset, collate and DataLoader: utterances -> padded 16 kHz waveform batches for the model.
+
+Letters: B batch, S samples at 16 kHz. The batch format (what SpeechLLM consumes):
+
+    {"audio": FloatTensor (B, S) zero-padded, "audio_lengths": LongTensor (B,) valid samples,
+     "ids": list[str], "tasks": list[str], "src_langs": list[str], "tgt_langs": list[str | None],
+     "targets": list[str] (text the LLM must produce), "transcripts": list[str] (source text, CTC),
+     "durations": list[float] (seconds actually loaded)}
+
+Audio is decoded in DataLoader workers (data.num_workers). A bad file raises AudioError naming
+the file and the utterance; with skip_invalid the item is dropped with a warning, so a batch may
+be smaller than planned, and it is empty (B = 0) when every item failed: skip such batches.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speechwire.audio import SAMPLE_RATE, AudioError, load_audio
+from speechwire.config import DataConfig
+from speechwire.data.manifest import Utterance, utterance_duration
+from speechwire.data.sampler import DurationBucketSampler
+
+
+class SpeechDataset(Dataset):
+    """Utterances -> dicts with the decoded waveform and the utterance's fields.
+
+    Args:
+        utts: the utterances (e.g. from load_manifest).
+        sample_rate: output rate of the waveforms.
+        min_seconds: loaded segments shorter than this are invalid.
+        max_seconds: loaded segments longer than this are invalid.
+        skip_invalid: return None (and warn) for an invalid item instead of raising.
+    """
+
+    def __init__(self, utts: Sequence[Utterance], sample_rate: int = SAMPLE_RATE,
+                 min_seconds: float | None = None, max_seconds: float | None = None,
+                 skip_invalid: bool = False) -> None:
+        self.utts = list(utts)
+        self.sample_rate, self.min_seconds, self.max_seconds = sample_rate, min_seconds, max_seconds
+        self.skip_invalid = skip_invalid
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        u = self.utts[i]
+        try:
+            wav = load_audio(u.audio, u.offset, u.duration, self.sample_rate, self.min_seconds, self.max_seconds)
+        except AudioError as e:
+            msg = f"utterance {u.id!r}: {e}"
+            if not self.skip_invalid:
+                raise AudioError(msg) from None
+            warnings.warn(f"skipping {msg}", stacklevel=2)
+            return None
+        return {
+            "audio": torch.from_numpy(wav),  # (S,)
+            "id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
+            "target": u.target, "transcript": u.transcript, "duration": len(wav) / self.sample_rate,
+        }
+
+
+def collate(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Pad a list of SpeechDataset items into the batch format (None items are dropped).
+
+    Args:
+        items: SpeechDataset outputs.
+
+    Returns:
+        the batch dict described in the module docstring; "audio" is (B, S) with
+        S = the longest item, zero beyond each item's audio_lengths.
+    """
+    items = [it for it in items if it is not None]
+    lengths = torch.tensor([it["audio"].shape[0] for it in items], dtype=torch.long)  # (B,)
+    audio = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)  # (B, S)
+    for b, it in enumerate(items):
+        audio[b, : lengths[b]] = it["audio"]
+    return {
+        "audio": audio, "audio_lengths": lengths,
+        "ids": [it["id"] for it in items], "tasks": [it["task"] for it in items],
+        "src_langs": [it["src_lang"] for it in items], "tgt_langs": [it["tgt_lang"] for it in items],
+        "targets": [it["target"] for it in items], "transcripts": [it["transcript"] for it in items],
+        "durations": [it["duration"] for it in items],
+    }
+
+
+class SpeechDataLoader(DataLoader):
+    """DataLoader over a DurationBucketSampler that counts the batches it delivered, so that
+    `state_dict()` is exact even when workers prefetch ahead of the training loop."""
+
+    def __init__(self, dataset: SpeechDataset, batch_sampler: DurationBucketSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=collate, **kwargs)
+        self._delivered = 0
+
+    @property
+    def sampler_(self) -> DurationBucketSampler:
+        assert isinstance(self.batch_sampler, DurationBucketSampler)
+        return self.batch_sampler
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._delivered = self.sampler_._skip  # resumed batches count as delivered
+        for batch in super().__iter__():
+            self._delivered += 1
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.sampler_.epoch:
+            self._delivered = 0
+        self.sampler_.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state with the number of batches the training loop actually received."""
+        return self.sampler_.state_dict(batches_done=self._delivered)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler_.load_state_dict(state)
+        self._delivered = int(state["batches_done"])
+
+
+def filter_by_duration(utts: Sequence[Utterance], min_seconds: float, max_seconds: float) -> list[Utterance]:
+    """Keep utterances with min_seconds <= duration <= max_seconds; warn with the dropped count."""
+    kept = [u for u in utts if min_seconds <= utterance_duration(u) <= max_seconds]
+    if len(kept) < len(utts):
+        warnings.warn(f"dropped {len(utts) - len(kept)} of {len(utts)} utterances outside "
+                      f"data.min_seconds={min_seconds} .. data.max_seconds={max_seconds}", stacklevel=2)
+    return kept
+
+
+def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch: int = 0,
+                    num_replicas: int = 1, rank: int = 0, shuffle: bool = True) -> SpeechDataLoader:
+    """Build the DataLoader for training (shuffle=True) or evaluation (shuffle=False).
+
+    Utterances outside [cfg.min_seconds, cfg.max_seconds] are dropped with a warning. Task
+    weights (cfg.task_weights) apply only when shuffle=True, so evaluation sees each item once.
+
+    Args:
+        utts: the utterances.
+        cfg: batching, filtering and worker settings.
+        seed: base seed of the sampler (epoch e shuffles with seed + e).
+        epoch: the epoch to start at (call loader.set_epoch(e) for the next ones).
+        num_replicas: distributed world size.
+        rank: this process's rank.
+        shuffle: shuffle and apply task weights.
+
+    Returns:
+        a SpeechDataLoader yielding batch dicts (see the module docstring), with
+        set_epoch / state_dict / load_state_dict.
+    """
+    utts = filter_by_duration(utts, cfg.min_seconds, cfg.max_seconds)
+    if not utts:
+        raise ValueError("no utterance left after the duration filter; check data.min_seconds/max_seconds")
+    ds = SpeechDataset(utts, cfg.sample_rate, skip_invalid=cfg.skip_invalid)
+    sampler = DurationBucketSampler(
+        [utterance_duration(u) for u in utts], [u.task for u in utts],
+        max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,
+        num_buckets=cfg.num_buckets, shuffle=shuffle, seed=seed,
+        task_weights=cfg.task_weights if shuffle else None, num_replicas=num_replicas, rank=rank,
+    )
+    sampler.set_epoch(epoch)
+    kwargs: dict[str, Any] = {"num_workers": cfg.num_workers}
+    if cfg.num_workers > 0:
+        kwargs.update(persistent_workers=False, prefetch_factor=2,
+                      worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(seed))
+    return SpeechDataLoader(ds, sampler, **kwargs)
+
+
+def _seed_worker(worker_id: int) -> None:
+    np.random.seed(torch.initial_seed() % 2**32)
