@@ -1,11 +1,16 @@
-"""Frozen speech encoders (SFMs) behind one interface; `build_encoder` picks one by name."""
+"""Frozen speech encoders (SFMs) behind one interface; `build_encoder` picks one by name.
+
+Importing this package registers "whisper", "seamless" and "hf" (wav2vec2 / HuBERT / WavLM / data2vec-audio).
+"""
 
 from ..config import EncoderConfig
 from ..registry import ENCODERS
+from . import seamless, ssl, whisper  # noqa: F401  (registers the encoder families)
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
 
 
 def build_encoder(cfg: EncoderConfig) -> SpeechEncoder:
+    """The frozen encoder named `cfg.name`, loaded from `cfg.model`; an unknown name lists the known ones."""
     return ENCODERS.get(cfg.name).from_config(cfg).freeze()
 
 
