@@ -82,7 +82,7 @@ class AdapterConfig:
                      "conv_kernel", "conv_stride", "queries_per_window", "qformer_layers"):
             if getattr(self, name) < (0 if name in ("num_layers", "conv_layers") else 1):
                 p.append(f"{name}={getattr(self, name)} must be positive")
-        if self.hidden_size % max(self.num_heads, 1):
+        if self.name not in ("mlp", "linear") and self.hidden_size % max(self.num_heads, 1):
             p.append(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
             p.append(f"dropout={self.dropout} must be in [0, 1)")
@@ -166,7 +166,8 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     eval_every: int = 0  # 0: only at the end
-    eval_max_items: int = 200
+    eval_max_items: int = 200  # dev utterances scored at each validation
+    report_to: str = "none"  # none | tensorboard | wandb (install the [tracking] extra)
 
     def __post_init__(self) -> None:
         p = []
@@ -178,6 +179,10 @@ class TrainConfig:
             p.append(f"grad_accum={self.grad_accum} must be >= 1")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             p.append(f"mixed_precision={self.mixed_precision!r} must be no, bf16 or fp16")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            p.append(f"report_to={self.report_to!r} must be none, tensorboard or wandb")
+        if self.keep_last < 1:
+            p.append(f"keep_last={self.keep_last} must be >= 1")
         if self.epochs <= 0 and self.max_steps <= 0:
             p.append("set epochs > 0 or max_steps > 0")
         _check(p, "train")

@@ -196,6 +196,7 @@ class SpeechLLM(nn.Module):
             ids = self._greedy(batch, max_new)
         finally:
             self.train(was_training)
+        self.last_generated_tokens = sum(len(x) for x in ids)  # for tokens/s in evaluation
         return [self.prompter.decode(x) for x in ids]
 
     def _batch_from_waveforms(self, waves: list, sample_rate: int, task: str, src_lang: str, tgt_lang: str | None) -> dict:

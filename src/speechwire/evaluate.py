@@ -1,0 +1,115 @@
+"""Batched greedy evaluation: predictions.jsonl + metrics.json (WER for ASR, BLEU/chrF/COMET for ST).
+
+    speechwire evaluate runs/demo --manifest test.jsonl
+
+Utterances are decoded in batches sorted by duration (little padding); metrics are computed per
+task (and per target language for ST) with speechwire.metrics, plus real-time factor and tokens/s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import ExperimentConfig
+from .data import SpeechDataset, Utterance, collate, load_manifest, utterance_duration
+from .metrics import score
+from .model import SpeechLLM
+
+
+def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,
+                         progress: bool = True) -> tuple[list[dict], dict]:
+    """Decode every utterance; returns one record per utterance (input order) and timing totals."""
+    order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
+    size = cfg.eval.batch_size
+    batches = [order[i:i + size] for i in range(0, len(order), size)]
+    ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.data.num_workers)
+    records: dict[str, dict] = {}
+    seconds = audio_seconds = 0.0
+    tokens = 0
+    for batch in tqdm(loader, total=len(batches), desc="evaluate", disable=not progress, dynamic_ncols=True):
+        if not batch["ids"]:
+            continue
+        t0 = time.perf_counter()
+        hyps = model.generate(batch, max_new_tokens=cfg.eval.max_new_tokens)
+        seconds += time.perf_counter() - t0
+        tokens += model.last_generated_tokens
+        audio_seconds += sum(batch["durations"])
+        for i, hyp in enumerate(hyps):
+            records[batch["ids"][i]] = {
+                "id": batch["ids"][i], "task": batch["tasks"][i], "tgt_lang": batch["tgt_langs"][i],
+                "reference": batch["targets"][i], "hypothesis": hyp, "source": batch["transcripts"][i],
+                "duration": round(batch["durations"][i], 3),
+            }
+    ordered = [records[u.id] for u in utts if u.id in records]
+    timing = {"decode_seconds": round(seconds, 3), "audio_seconds": round(audio_seconds, 3),
+              "real_time_factor": round(seconds / max(audio_seconds, 1e-9), 4),
+              "generated_tokens": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
+              "skipped": len(utts) - len(ordered)}
+    return ordered, timing
+
+
+def compute_metrics(records: list[dict], comet_model: str | None = None) -> dict:
+    """Metrics per task: {"asr": {...wer...}, "st": {...bleu, chrf...}} (ST split by target language
+    when there are several, e.g. "st-de", "st-fr")."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[r["task"]].append(r)
+    out = {}
+    for task, rs in sorted(groups.items()):
+        by_lang: dict[str | None, list[dict]] = defaultdict(list)
+        for r in rs:
+            by_lang[r["tgt_lang"] if task == "st" else None].append(r)
+        for lang, items in by_lang.items():
+            key = task if len(by_lang) == 1 else f"{task}-{lang}"
+            out[key] = score(task, [r["reference"] for r in items], [r["hypothesis"] for r in items],
+                             srcs=[r["source"] for r in items], tgt_lang=lang,
+                             comet_model=comet_model if task == "st" else None)
+    return out
+
+
+def primary_metric(metrics: dict) -> tuple[str, float, bool]:
+    """The number that picks the best checkpoint: ASR WER (lower is better) else ST BLEU."""
+    for key, m in metrics.items():
+        if key.startswith("asr"):
+            return f"{key}/wer", float(m["wer"]), False
+    for key, m in metrics.items():
+        if key.startswith("st"):
+            return f"{key}/bleu", float(m["bleu"]), True
+    raise ValueError(f"no ASR or ST metric in {sorted(metrics)}")
+
+
+def evaluate_utterances(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,
+                        out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Generate, score, and (with out_dir) write predictions.jsonl and metrics.json."""
+    if not utts:
+        raise ValueError("nothing to evaluate: the manifest has no utterances")
+    records, timing = generate_predictions(model, utts, cfg, progress=progress)
+    metrics = {**compute_metrics(records, cfg.eval.comet_model), "timing": timing, "num_utterances": len(records)}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "predictions.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def evaluate_run(run_dir: str | Path, manifest: str | Path, out_dir: str | Path | None = None,
+                 overrides: list[str] | None = None, progress: bool = True) -> dict:
+    """`speechwire evaluate`: load a run's final (or any checkpoint folder's) weights and score."""
+    model = SpeechLLM.from_pretrained(run_dir, overrides)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    utts = load_manifest(manifest, skip_invalid=model.cfg.data.skip_invalid)
+    out = Path(out_dir) if out_dir else Path(run_dir) / f"eval-{Path(manifest).stem}"
+    metrics = evaluate_utterances(model, utts, model.cfg, out, progress=progress)
+    metrics["output_dir"] = str(out)
+    return metrics

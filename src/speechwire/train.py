@@ -1,0 +1,313 @@
+"""Training loop: Accelerate (CPU, one GPU, DDP, FSDP, DeepSpeed) with exact resume.
+
+    speechwire train configs/demo_asr.yaml train.max_steps=200
+    accelerate launch --num_processes 8 -m speechwire.cli train configs/paper_mustc.yaml
+
+Run folder:
+    config.yaml, log.jsonl                  the resolved config; one JSON line per logged step
+    checkpoints/step-000500/                trainable weights, optimizer, scheduler, sampler, RNG
+    trainable.safetensors (+ config.yaml)   final weights: `SpeechLLM.from_pretrained(run_dir)`
+    best/                                   best dev checkpoint (when a dev manifest is given)
+    train_summary.json                      steps, time, throughput, final and best dev metrics
+
+Checkpoints are written to a temporary folder and renamed, so a kill never leaves a broken one;
+a rerun of the same command continues from the newest (use --no-resume to start over).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import ExperimentConfig, save_config, to_dict
+from .data import load_manifest, make_dataloader
+from .model import SpeechLLM
+
+CKPT_DIR = "checkpoints"
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at `total_steps` (pure, for LambdaLR)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    steps = sorted((run_dir / CKPT_DIR).glob("step-*[0-9]"))
+    complete = [s for s in steps if (s / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+class Trainer:
+    """setup() -> train() -> summary dict. One instance per process under `accelerate launch`."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: bool = True, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.run_dir = Path(cfg.train.output_dir)
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        if not cfg.data.train_manifest:
+            raise ValueError("data.train_manifest is not set; pass data.train_manifest=path/to/train.jsonl")
+        log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
+        # cpu=True when there is no GPU: Accelerate then runs torchrun/`accelerate launch` ranks on gloo
+        self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with,
+                               cpu=not torch.cuda.is_available(),
+                               project_dir=str(self.run_dir))
+        set_seed(cfg.train.seed)
+        self.model = SpeechLLM(cfg)
+        self.model.to(self.acc.device)
+        utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
+        self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
+                                      rank=self.acc.process_index)
+        self.dev = load_manifest(cfg.data.dev_manifest, cfg.data.skip_invalid)[: cfg.train.eval_max_items] \
+            if cfg.data.dev_manifest else None
+        batches = len(self.loader)
+        self.total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else \
+            max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        warmup = int(cfg.train.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, self.total_steps, warmup))
+        # the scheduler is stepped by hand once per optimizer step, so it is not prepared
+        self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
+        self.step, self.best, self._ids_seen = 0, None, []
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        if log_with:
+            self.acc.init_trackers(self.run_dir.name, config=_flat(to_dict(cfg)))
+        ckpt = latest_checkpoint(self.run_dir) if self.resume else None
+        if ckpt is not None:
+            self._load_checkpoint(ckpt)
+        self.acc.wait_for_everyone()
+
+    # --- loop --------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        cfg, acc = self.cfg.train, self.acc
+        model = self.model
+        model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (self.progress and acc.is_local_main_process))
+        start, audio_seconds, window = time.time(), 0.0, _Window()
+        micro = 0
+        while self.step < self.total_steps:
+            for batch in self.loader:
+                if not batch["ids"]:
+                    continue  # every item of this batch was invalid and skipped (data.skip_invalid)
+                sync = (micro + 1) % cfg.grad_accum == 0
+                with acc.no_sync(model) if not sync and acc.num_processes > 1 else _null():
+                    out = model(batch)
+                    acc.backward(out.loss / cfg.grad_accum)
+                window.add(out, batch)
+                if acc.num_processes > 1 and len(self._ids_seen) < 10000:
+                    self._ids_seen.extend(batch["ids"])
+                audio_seconds += sum(batch["durations"])
+                micro += 1
+                if not sync:
+                    continue
+                if cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    record = window.flush(self.step, self.scheduler.get_last_lr()[0], audio_seconds / (time.time() - start))
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
+                                    audio_s_per_s=f"{record['audio_s_per_s']:.1f}")
+                    self._log(record)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+                    self._validate()
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self._save_checkpoint()
+                if self.step >= self.total_steps:
+                    break
+            else:
+                self.loader.set_epoch(self.loader.sampler_.epoch + 1)
+        bar.close()
+        dev = self._validate() if self.dev else None
+        self._save_checkpoint()
+        elapsed = time.time() - start
+        summary = {"steps": self.step, "train_seconds": round(elapsed, 2),
+                   "audio_seconds_per_second": round(audio_seconds / max(elapsed, 1e-9), 3),
+                   "trainable_params": sum(p.numel() for p in self.unwrapped.parameters() if p.requires_grad),
+                   "final_dev": dev, "best_dev": self.best, "processes": acc.num_processes,
+                   "peak_memory_gib": _peak_memory_gib()}
+        if acc.is_main_process:
+            self.unwrapped.save_pretrained(self.run_dir)
+            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if acc.num_processes > 1:
+            self._write_rank_fingerprint()
+        acc.end_training()
+        return summary
+
+    @property
+    def unwrapped(self) -> SpeechLLM:
+        return self.acc.unwrap_model(self.model)
+
+    def _log(self, record: dict) -> None:
+        if self.acc.is_main_process:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.cfg.train.report_to != "none":
+            self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+
+    def _validate(self) -> dict | None:
+        """Dev metric on the main process; keeps the best checkpoint in run_dir/best."""
+        from .evaluate import evaluate_utterances, primary_metric
+
+        result = None
+        if self.acc.is_main_process:
+            model = self.unwrapped
+            metrics = evaluate_utterances(model, self.dev, self.cfg, out_dir=None, progress=False)
+            name, value, higher = primary_metric(metrics)
+            result = {"step": self.step, "metric": name, "value": value, "metrics": metrics}
+            self._log({"step": self.step, "dev": metrics})
+            if self.best is None or (value > self.best["value"] if higher else value < self.best["value"]):
+                self.best = {"step": self.step, "metric": name, "value": value}
+                model.save_pretrained(self.run_dir / "best")
+            model.train()
+        self.acc.wait_for_everyone()
+        return result
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        acc = self.acc
+        final = self.run_dir / CKPT_DIR / f"step-{self.step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.unwrapped.save_pretrained(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        acc.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"step": self.step, "data": self.loader.state_dict(), "best": self.best,
+                     "processes": acc.num_processes}
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)  # atomic: a checkpoint folder without .tmp is always complete
+            for old in sorted((self.run_dir / CKPT_DIR).glob("step-*[0-9]"))[: -self.cfg.train.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["processes"] != self.acc.num_processes:
+            raise ValueError(f"{ckpt} was written by {state['processes']} processes; resume with the same "
+                             f"number (now {self.acc.num_processes}) or pass --no-resume")
+        self.unwrapped.load_trainable(ckpt)
+        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.acc.device, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        self.loader.load_state_dict(state["data"])
+        self.step, self.best = state["step"], state["best"]
+        rng = ckpt / f"rng-rank{self.acc.process_index}.pt"
+        _set_rng_state(torch.load(rng, weights_only=False))  # our own file: python/numpy RNG tuples
+        if self.acc.is_main_process:
+            print(f"resumed from {ckpt} (step {self.step}/{self.total_steps})")
+
+    def _write_rank_fingerprint(self) -> None:
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.unwrapped.trainable_state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        out = self.run_dir / "ranks"
+        out.mkdir(exist_ok=True)
+        (out / f"rank{self.acc.process_index}.json").write_text(json.dumps(
+            {"rank": self.acc.process_index, "weights_sha256": h.hexdigest(), "ids_seen": self._ids_seen}))
+
+
+class _Window:
+    """Averages of the micro-batch losses since the last log line."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+        self.enc = self.ada = 0
+
+    def add(self, out, batch: dict) -> None:
+        self.values.setdefault("loss", []).append(float(out.loss.detach()))
+        self.values.setdefault("lm_loss", []).append(float(out.lm_loss))
+        for k, v in out.aux_losses.items():
+            self.values.setdefault(f"aux_{k}", []).append(float(v))
+        self.enc += out.encoder_frames
+        self.ada += out.adapter_frames
+
+    def flush(self, step: int, lr: float, throughput: float) -> dict:
+        record = {"step": step, **{k: sum(v) / len(v) for k, v in self.values.items()}, "lr": lr,
+                  "audio_s_per_s": throughput, "compression": self.enc / max(self.ada, 1)}
+        self.values, self.enc, self.ada = {}, 0, 0
+        return record
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _peak_memory_gib() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux: KiB
+
+
+def train(cfg: ExperimentConfig, resume: bool = True, progress: bool = True) -> dict:
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    trainer.setup()
+    return trainer.train()

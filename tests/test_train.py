@@ -1,0 +1,125 @@
+"""Training end to end: MuST-C import -> train -> SIGKILL -> resume (same weights) -> evaluate; DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speechwire.cli import main
+from speechwire.train import latest_checkpoint, lr_factor
+
+from pipeline import write_experiment, write_mustc
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+CLI = [sys.executable, "-m", "speechwire.cli"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    write_mustc(tmp / "MUSTC", "train", n=8)
+    manifest = tmp / "train.jsonl"
+    assert main(["data", "import", "mustc", "--root", str(tmp / "MUSTC"), "--tgt-lang", "de", "--split", "train",
+                 "--out", str(manifest), "--tasks", "asr", "st"]) == 0
+    return tmp, manifest
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_factor(0, 100, 10) == pytest.approx(1 / 11)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / "trainable.safetensors"))
+
+
+def test_sigkill_then_resume_gives_the_same_weights(corpus):
+    tmp, manifest = corpus
+    ref_cfg = write_experiment(tmp, manifest, tmp / "ref", {"train": {"max_steps": 24}})
+    subprocess.run([*CLI, "train", str(ref_cfg), "--quiet"], check=True, env=ENV, capture_output=True)
+
+    run = tmp / "killed"
+    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 24}})
+    proc = subprocess.Popen([*CLI, "train", str(cfg), "--quiet"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "step-000008").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "trainable.safetensors").exists(), "the run finished before the kill"
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and int(ckpt.name.split("-")[1]) < 24
+    out = subprocess.run([*CLI, "train", str(cfg), "--quiet"], check=True, env=ENV, capture_output=True, text=True)
+    assert "resumed from" in out.stdout
+    ref, resumed = _weights(tmp / "ref"), _weights(run)
+    assert ref.keys() == resumed.keys()
+    for k in ref:
+        assert torch.allclose(ref[k], resumed[k], atol=1e-6), k
+    assert len(list((run / "checkpoints").glob("step-*"))) <= 2  # keep_last
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"loss", "lm_loss", "lr", "audio_s_per_s", "compression"} <= set(log[-1])
+
+
+def test_evaluate_writes_predictions_and_metrics(corpus, tmp_path):
+    tmp, manifest = corpus
+    cfg = write_experiment(tmp, manifest, tmp / "short", {"train": {"max_steps": 3}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    assert main(["evaluate", str(tmp / "short"), "--manifest", str(manifest), "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert {"asr", "st", "timing"} <= set(metrics)
+    assert 0 <= metrics["asr"]["wer"] and "bleu" in metrics["st"] and metrics["timing"]["real_time_factor"] > 0
+    preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 16 and {"id", "reference", "hypothesis"} <= set(preds[0])
+
+
+def test_transcribe_reports_bad_files_and_continues(corpus, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    tmp, manifest = corpus
+    cfg = write_experiment(tmp, manifest, tmp / "tr", {"train": {"max_steps": 1}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    stereo = tmp_path / "stereo44k.flac"
+    sf.write(stereo, np.random.default_rng(0).standard_normal((44100, 2)).astype(np.float32) * 0.1, 44100)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....garbage")
+    code = main(["transcribe", str(tmp / "tr"), str(stereo), str(broken), str(tmp_path / "missing.wav"), "--json"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{\"file\"")]
+    assert code == 1
+    assert "text" in lines[0] and "error" in lines[1] and "broken.wav" in lines[1]["error"]
+    assert "missing.wav" in lines[2]["error"]
+
+
+def test_two_process_ddp_on_cpu(corpus):
+    tmp, manifest = corpus
+    run = tmp / "ddp"
+    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 4, "save_every": 0},
+                                                "data": {"max_batch_size": 2, "max_batch_seconds": 10.0}})
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "speechwire.cli", "train", str(cfg), "--quiet"]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert set(ranks[0]["ids_seen"]) != set(ranks[1]["ids_seen"])
+    assert json.loads((run / "train_summary.json").read_text())["processes"] == 2
