@@ -7,6 +7,7 @@ from ..config import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, lengths_to_mask
 from . import projector  # noqa: F401  (registers base, mlp, linear)
+from . import cif, conv, ctc, wlqformer  # noqa: F401  (registers the paper's other adapters)
 
 
 def build_adapter(cfg: AdapterConfig, ctx: AdapterContext) -> Adapter:

@@ -54,6 +54,9 @@ class Adapter(nn.Module):
     """Base class. Subclasses set `deterministic_length` and implement forward/output_length."""
 
     deterministic_length: bool = True
+    # data-dependent adapters (CIF, CTC) store the measured compression of their last forward here:
+    # sum(input frames) / sum(output vectors); deterministic ones leave it None (use output_length)
+    last_ratio: float | None = None
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__()

@@ -1,0 +1,127 @@
+"""CIF adapter: fire counts, exact weighted sums against a slow loop, training-time scaling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from adapter_helpers import D_LLM, build, make_batch, make_targets
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from speechwire.adapters import AdapterTargets
+from speechwire.adapters.cif import cif_fire_counts, cif_weights
+
+
+def cif_reference(alphas: list[float], h: torch.Tensor, beta: float = 1.0, tail: float = 0.5) -> list[torch.Tensor]:
+    """Slow left-to-right integrate-and-fire, one frame at a time (float64)."""
+    fired, acc, vec = [], 0.0, torch.zeros(h.shape[1], dtype=torch.float64)
+    for t, a in enumerate(alphas):
+        while acc + a >= beta:  # the frame crosses a boundary: split it
+            part = beta - acc
+            fired.append(vec + part * h[t])
+            vec, acc, a = torch.zeros_like(vec), 0.0, a - part
+        acc, vec = acc + a, vec + a * h[t]
+    if acc >= tail or not fired:  # tail rule, and at least one vector per item
+        fired.append(vec)
+    return fired
+
+
+alpha_lists = st.lists(st.floats(0.01, 0.99), min_size=1, max_size=30)
+
+
+def _away_from_edges(s: float) -> bool:
+    frac = s - math.floor(s)
+    return min(frac, 1 - frac) > 1e-3 and abs(frac - 0.5) > 1e-3
+
+
+@settings(max_examples=100, deadline=None)
+@given(alphas=alpha_lists)
+def test_fire_count_is_floor_plus_tail(alphas):
+    s = sum(alphas)
+    assume(_away_from_edges(s))
+    expected = max(1, math.floor(s) + (s - math.floor(s) >= 0.5))
+    got = cif_fire_counts(torch.tensor([s], dtype=torch.float64), 1.0, 0.5)
+    assert int(got) == expected == len(cif_reference(alphas, torch.zeros(len(alphas), 1, dtype=torch.float64)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(alphas=alpha_lists, scale=st.sampled_from([1.0, 2.5]), seed=st.integers(0, 1000))
+def test_fired_vectors_are_the_exact_weighted_sums(alphas, scale, seed):
+    """Vectorised weights == the slow loop, also for alphas > 1 (a frame firing several times)."""
+    a = [x * scale for x in alphas]
+    assume(_away_from_edges(sum(a)))
+    h = torch.randn(len(a), 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ref = torch.stack(cif_reference(a, h))  # (K, 3)
+    at = torch.tensor([a], dtype=torch.float64)  # (1, T)
+    counts = cif_fire_counts(at.sum(1), 1.0, 0.5)
+    got = torch.bmm(cif_weights(at, counts, 1.0), h[None])[0]  # (K, 3)
+    torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
+
+
+def test_batched_weights_match_per_item():
+    """Padding (alpha 0) and a batch of different sums give each item its own weights."""
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.rand(3, 20, generator=g) * 0.9
+    alphas[1, 12:] = 0
+    alphas[2, 3:] = 0
+    counts = cif_fire_counts(alphas.sum(1), 1.0, 0.5)
+    w = cif_weights(alphas, counts, 1.0)  # (3, K, 20)
+    for b in range(3):
+        alone = cif_weights(alphas[b : b + 1], counts[b : b + 1], 1.0)[0]
+        torch.testing.assert_close(w[b, : int(counts[b])], alone)
+        assert w[b, int(counts[b]) :].abs().sum() == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(alphas=st.lists(st.floats(0.001, 0.999), min_size=1, max_size=60), n=st.integers(1, 80))
+def test_scaled_alphas_fire_exactly_the_target_length(alphas, n):
+    """float32 scaling to sum N may round to N +- ulp; the fire count is still exactly N."""
+    a = torch.tensor([alphas], dtype=torch.float32)
+    scaled = a * (n / a.sum(1))[:, None]
+    assert int(cif_fire_counts(scaled.sum(1), 1.0, 0.5)) == n
+
+
+def test_training_fires_target_length_and_quantity_loss_uses_unscaled_alphas():
+    adapter = build("cif").train()
+    x, lens = make_batch([30, 17, 9], seed=1)
+    n = torch.tensor([7, 40, 1])  # 40 > 17 frames: alphas > 1, frames fire several times
+    out = adapter(x, lens, AdapterTargets(target_lengths=n))
+    assert out.lengths.tolist() == [7, 40, 1]
+    assert out.embeds.shape == (3, 40, D_LLM)
+    valid = torch.arange(30)[None, :] < lens[:, None]
+    raw = adapter.alpha(x * valid[..., None], valid)  # (B, T) unscaled
+    torch.testing.assert_close(out.aux_losses["quantity"], (raw.sum(1) - n).abs().mean())
+    torch.testing.assert_close(out.aux_loss, adapter.cfg.quantity_loss_weight * out.aux_losses["quantity"])
+    assert adapter.last_ratio == pytest.approx(56 / 48)
+
+
+def test_eval_uses_unscaled_alphas_and_always_fires_once():
+    adapter = build("cif").eval()
+    with torch.no_grad():
+        adapter.alpha.proj.bias.fill_(-20.0)  # alphas ~ 2e-9: nothing would ever fire
+    x, lens = make_batch([30, 5], seed=2)
+    out = adapter(x, lens)
+    assert out.lengths.tolist() == [1, 1]
+    with torch.no_grad():
+        adapter.alpha.proj.weight.zero_()
+        adapter.alpha.proj.bias.fill_(math.log(0.32 / 0.68))  # alpha = 0.32 on every frame
+    out = adapter(x, lens)
+    # 30 * 0.32 = 9.6 -> 9 + tail 0.6 -> 10; 5 * 0.32 = 1.6 -> 1 + tail 0.6 -> 2
+    assert out.lengths.tolist() == [10, 2]
+
+
+def test_training_without_target_lengths_is_a_clear_error():
+    adapter = build("cif").train()
+    x, lens = make_batch([10])
+    with pytest.raises(ValueError, match="target_lengths"):
+        adapter(x, lens, AdapterTargets())
+    adapter(x, lens, make_targets(lens))  # fine with targets
+
+
+def test_empty_target_still_fires_one_vector():
+    adapter = build("cif").train()
+    x, lens = make_batch([10, 6])
+    out = adapter(x, lens, AdapterTargets(target_lengths=torch.tensor([0, 3])))
+    assert out.lengths.tolist() == [1, 3]

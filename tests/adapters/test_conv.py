@@ -1,0 +1,45 @@
+"""Conv-based adapter: exact output lengths and the 4x reduction."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from adapter_helpers import D_LLM, build, make_batch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechwire.adapters.conv import conv_output_length
+
+
+def test_output_lengths_by_hand():
+    # one layer, kernel 3, stride 2, padding 1: n -> ceil(n / 2)
+    n = torch.tensor([1, 2, 3, 4, 5, 500])
+    assert conv_output_length(n, 3, 2, 1).tolist() == [1, 1, 2, 2, 3, 250]
+    # two layers: 40 -> 20 -> 10, 23 -> 12 -> 6, 5 -> 3 -> 2, 1 -> 1 -> 1, 500 -> 125
+    adapter = build("conv").eval()
+    x, lens = make_batch([40, 23, 5, 1])
+    out = adapter(x, lens)
+    assert out.lengths.tolist() == [10, 6, 2, 1]
+    assert out.embeds.shape == (4, 10, D_LLM)
+    assert adapter.output_length(torch.tensor([500])).tolist() == [125]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), kernel=st.sampled_from([3, 5]), stride=st.integers(1, 3))
+def test_conv_output_length_matches_torch(n, kernel, stride):
+    conv = torch.nn.Conv1d(1, 1, kernel, stride=stride, padding=kernel // 2)
+    got = conv_output_length(torch.tensor([n]), kernel, stride, kernel // 2)
+    assert int(got) == conv(torch.zeros(1, 1, n)).shape[-1]
+    if (kernel, stride) == (3, 2):
+        assert int(got) == math.ceil(n / 2)
+
+
+def test_padded_frames_never_reach_real_outputs():
+    adapter = build("conv").eval()
+    x, lens = make_batch([9, 30])
+    with torch.no_grad():
+        a = adapter(x, lens).embeds
+        x[0, 9:] = -1e4  # change only item 0's padding
+        b = adapter(x, lens).embeds
+    torch.testing.assert_close(a, b)

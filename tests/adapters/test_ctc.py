@@ -1,0 +1,137 @@
+"""CTC adapter: vectorised pooling vs a slow loop, the CTC loss, training, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from adapter_helpers import PAD, VOCAB, build, make_batch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechwire.adapters import AdapterTargets
+from speechwire.adapters.ctc import segment_ids, segment_mean
+
+
+def pool_reference(labels: list[int], x: torch.Tensor, blank: int, keep_blanks: bool) -> torch.Tensor:
+    """Slow loop: runs of equal labels -> mean; blank runs dropped; all blank -> mean of all frames."""
+    out, t = [], 0
+    while t < len(labels):
+        end = t
+        while end + 1 < len(labels) and labels[end + 1] == labels[t]:
+            end += 1
+        if keep_blanks or labels[t] != blank:
+            out.append(x[t : end + 1].mean(0))
+        t = end + 1
+    return torch.stack(out) if out else x[: len(labels)].mean(0, keepdim=True)
+
+
+label_seqs = st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=25), min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seqs=label_seqs, keep_blanks=st.booleans(), seed=st.integers(0, 1000))
+def test_pooling_matches_slow_reference(seqs, keep_blanks, seed):
+    B, T = len(seqs), max(map(len, seqs))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (B, T), generator=g)  # padding gets random labels too
+    for b, s in enumerate(seqs):
+        labels[b, : len(s)] = torch.tensor(s)
+    lens = torch.tensor([len(s) for s in seqs])
+    x = torch.randn(B, T, 4, generator=g)
+    seg, keep, counts = segment_ids(labels, lens, blank=0, keep_blanks=keep_blanks)
+    pooled = segment_mean(x, seg, keep, counts)  # (B, K, 4)
+    for b, s in enumerate(seqs):
+        ref = pool_reference(s, x[b], 0, keep_blanks)
+        assert int(counts[b]) == ref.shape[0]
+        torch.testing.assert_close(pooled[b, : ref.shape[0]], ref, atol=1e-5, rtol=1e-5)
+        assert pooled[b, ref.shape[0] :].abs().sum() == 0
+
+
+def test_pooling_by_hand():
+    labels = torch.tensor([[0, 0, 1, 1, 0, 2, 2, 2, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    lens = torch.tensor([10, 6])
+    x = torch.arange(10.0)[None, :, None].expand(2, 10, 1)
+    seg, keep, counts = segment_ids(labels, lens, blank=0)
+    assert counts.tolist() == [3, 1]
+    pooled = segment_mean(x, seg, keep, counts)
+    assert pooled[0, :, 0].tolist() == [2.5, 6.0, 9.0]  # runs 1,1 / 2,2,2 / 1
+    assert pooled[1, :1, 0].tolist() == [2.5]  # all blank: mean of its 6 real frames
+    seg, keep, counts = segment_ids(labels, lens, blank=0, keep_blanks=True)
+    assert counts.tolist() == [6, 1]  # 00 / 11 / 0 / 222 / 0 / 1; item 1: one blank run
+    assert segment_mean(x, seg, keep, counts)[0, :, 0].tolist() == [0.5, 2.5, 4.0, 6.0, 8.0, 9.0]
+
+
+def _targets(labels: list[list[int]]) -> AdapterTargets:
+    lens = torch.tensor([len(s) for s in labels])
+    padded = torch.full((len(labels), int(lens.max())), PAD)
+    for b, s in enumerate(labels):
+        padded[b, : len(s)] = torch.tensor(s)
+    return AdapterTargets(ctc_labels=padded, ctc_label_lengths=lens)
+
+
+def test_ctc_loss_equals_torch_ctc_loss():
+    adapter = build("ctc").train()
+    x, lens = make_batch([12, 7], seed=1)
+    targets = _targets([[3, 5, 5, 9], [7, 2]])
+    out = adapter(x, lens, targets)
+    valid = torch.arange(12)[None, :] < lens[:, None]
+    log_probs = adapter.head(x * valid[..., None]).log_softmax(-1).transpose(0, 1)  # (T, B, V)
+    expected = torch.nn.functional.ctc_loss(
+        log_probs, targets.ctc_labels, lens, targets.ctc_label_lengths, blank=PAD, zero_infinity=True
+    )
+    torch.testing.assert_close(out.aux_losses["ctc"], expected)
+    torch.testing.assert_close(out.aux_loss, 0.1 * expected)
+
+
+def test_ctc_loss_decreases_when_trained():
+    adapter = build("ctc").train()
+    x, lens = make_batch([20, 16, 12], seed=2)
+    targets = _targets([[3, 5, 9, 11], [7, 2, 2], [30, 1]])
+    opt = torch.optim.Adam(adapter.head.parameters(), lr=3e-2)
+    losses = []
+    for _ in range(30):
+        loss = adapter(x, lens, targets).aux_losses["ctc"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_training_without_transcripts_is_a_clear_error():
+    adapter = build("ctc").train()
+    x, lens = make_batch([10])
+    for targets in (None, AdapterTargets(target_lengths=torch.tensor([3]))):
+        with pytest.raises(ValueError, match="transcript"):
+            adapter(x, lens, targets)
+    adapter.eval()(x, lens)  # eval pools without the loss
+
+
+def test_labels_longer_than_frames_warn_and_zero_their_loss():
+    adapter = build("ctc").train()
+    x, lens = make_batch([3, 10], seed=3)
+    with pytest.warns(UserWarning, match=r"items \[0\] have more transcript tokens than encoder frames"):
+        out = adapter(x, lens, _targets([[1, 2, 3, 4, 5], [4, 5]]))
+    assert torch.isfinite(out.aux_loss)
+
+
+def test_blank_inside_transcript_and_blank_override():
+    adapter = build("ctc").train()
+    x, lens = make_batch([10])
+    with pytest.raises(ValueError, match="ctc_blank_id"):
+        adapter(x, lens, _targets([[3, PAD, 4]]))
+    custom = build("ctc", ctc_blank_id=VOCAB - 1)
+    assert custom.blank == VOCAB - 1
+    custom(x, lens, _targets([[3, PAD, 4]]))  # the pad id is an ordinary label now
+
+
+def test_label_padding_value_is_ignored_and_bad_ids_are_clear_errors():
+    adapter = build("ctc").train()
+    x, lens = make_batch([12, 9], seed=4)
+    t = _targets([[3, 5, 9], [7]])
+    a = adapter(x, lens, t).aux_losses["ctc"]
+    t.ctc_labels[1, 1:] = -100  # the model pads with the ignore index
+    torch.testing.assert_close(adapter(x, lens, t).aux_losses["ctc"], a)
+    t.ctc_labels[0, 0] = VOCAB  # outside the head's vocabulary
+    with pytest.raises(ValueError, match="vocab_size"):
+        adapter(x, lens, t)
