@@ -56,9 +56,13 @@ def _torch_dtype(name: str) -> torch.dtype:
 def load_tokenizer(cfg: LLMConfig):
     from transformers import AutoTokenizer
 
-    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    from .weights.resolve import resolve_model
+
+    model_path, gguf = resolve_model(cfg.model)  # `weights:NAME` -> cached local folder
+    gguf = gguf or cfg.gguf_file
+    kwargs = {"gguf_file": gguf} if gguf else {}
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.model, **kwargs)
+        tok = AutoTokenizer.from_pretrained(model_path, **kwargs)
     except Exception as e:  # transformers raises many types here; the message is what matters
         raise ValueError(
             f"llm.model={cfg.model!r}: could not load its tokenizer ({type(e).__name__}: {e}). "
@@ -82,8 +86,12 @@ def load_llm(cfg: LLMConfig) -> nn.Module:
     """Load the causal LM frozen (eval mode, no grads); wrap it with LoRA when cfg.lora."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=_torch_dtype(cfg.dtype), **kwargs)
+    from .weights.resolve import resolve_model
+
+    model_path, gguf = resolve_model(cfg.model)  # `weights:NAME` -> cached local folder
+    gguf = gguf or cfg.gguf_file
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_torch_dtype(cfg.dtype), **kwargs)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
