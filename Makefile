@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-real bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install_system_deps.sh
+	bash scripts/install_system_deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0   # CPU wheel; an unpinned torch pulls GBs of CUDA
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,hf]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,13 +20,14 @@ demo: install
 	$(BIN)/speechwire demo
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --maxfail=20 -m "not real and not gpu"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --maxfail=20 -m "not real and not gpu"
 
 test-real: install
 	$(BIN)/python -m pytest -q -m real
 
 bench: install
 	$(BIN)/python benchmarks/adapters.py
+	$(BIN)/python benchmarks/grid_cache.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

