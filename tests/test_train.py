@@ -123,3 +123,32 @@ def test_two_process_ddp_on_cpu(corpus):
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert set(ranks[0]["ids_seen"]) != set(ranks[1]["ids_seen"])
     assert json.loads((run / "train_summary.json").read_text())["processes"] == 2
+
+
+def test_validation_keeps_the_best_checkpoint(corpus):
+    tmp, manifest = corpus
+    run = tmp / "val"
+    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 4, "eval_every": 2, "save_every": 0},
+                                                "data": {"dev_manifest": str(manifest)}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["best_dev"]["metric"] == "asr/wer" and summary["final_dev"]["step"] == 4
+    assert (run / "best" / "trainable.safetensors").is_file()
+    dev_lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"dev"' in x]
+    assert [d["step"] for d in dev_lines] == [2, 4]
+
+
+def test_bf16_mixed_precision_runs_on_cpu(corpus):
+    tmp, manifest = corpus
+    run = tmp / "bf16"
+    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 2, "mixed_precision": "bf16"}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+
+
+def test_missing_train_manifest_is_clear(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {output_dir: %s}\n" % (tmp_path / "r"))
+    assert main(["train", str(cfg)]) == 2
+    assert "data.train_manifest is not set" in capsys.readouterr().err

@@ -82,18 +82,30 @@ class Trainer:
         if not cfg.data.train_manifest:
             raise ValueError("data.train_manifest is not set; pass data.train_manifest=path/to/train.jsonl")
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
+        # one process may train several runs (tests, grids) with different precisions
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
         # cpu=True when there is no GPU: Accelerate then runs torchrun/`accelerate launch` ranks on gloo
         self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with,
                                cpu=not torch.cuda.is_available(),
                                project_dir=str(self.run_dir))
         set_seed(cfg.train.seed)
-        self.model = SpeechLLM(cfg)
-        self.model.to(self.acc.device)
         utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
-        self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
-                                      rank=self.acc.process_index)
         self.dev = load_manifest(cfg.data.dev_manifest, cfg.data.skip_invalid)[: cfg.train.eval_max_items] \
             if cfg.data.dev_manifest else None
+        self.feature_cache, encoder = None, None
+        if cfg.data.feature_cache:  # frozen SFM outputs from disk: the SFM runs only for cache misses
+            from .features import prepare_feature_cache
+
+            self.feature_cache, encoder = prepare_feature_cache(
+                cfg, utts + (self.dev or []), device=self.acc.device, is_main=self.acc.is_main_process,
+                barrier=self.acc.wait_for_everyone, progress=self.progress)
+        set_seed(cfg.train.seed)  # same RNG state whether or not the cache was built
+        self.model = SpeechLLM(cfg, encoder=encoder)
+        self.model.to(self.acc.device)
+        self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
+                                      rank=self.acc.process_index, feature_cache=self.feature_cache)
         batches = len(self.loader)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else \
             max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
@@ -169,8 +181,12 @@ class Trainer:
                    "trainable_params": sum(p.numel() for p in self.unwrapped.parameters() if p.requires_grad),
                    "final_dev": dev, "best_dev": self.best, "processes": acc.num_processes,
                    "peak_memory_gib": _peak_memory_gib()}
+        if self.feature_cache is not None:
+            summary["feature_cache"] = self.feature_cache.stats_dict()
+        with self._gathered():
+            if acc.is_main_process:
+                self.unwrapped.save_pretrained(self.run_dir)
         if acc.is_main_process:
-            self.unwrapped.save_pretrained(self.run_dir)
             (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if acc.num_processes > 1:
             self._write_rank_fingerprint()
@@ -195,7 +211,8 @@ class Trainer:
         result = None
         if self.acc.is_main_process:
             model = self.unwrapped
-            metrics = evaluate_utterances(model, self.dev, self.cfg, out_dir=None, progress=False)
+            metrics = evaluate_utterances(model, self.dev, self.cfg, out_dir=None, progress=False,
+                                          feature_cache=self.feature_cache)
             name, value, higher = primary_metric(metrics)
             result = {"step": self.step, "metric": name, "value": value, "metrics": metrics}
             self._log({"step": self.step, "dev": metrics})
@@ -208,6 +225,17 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
+    def _gathered(self):
+        """Under DeepSpeed ZeRO-3 the trainable weights are sharded: gather them to save."""
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type == DistributedType.DEEPSPEED:
+            import deepspeed
+
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return _null()
+
     def _save_checkpoint(self) -> None:
         acc = self.acc
         final = self.run_dir / CKPT_DIR / f"step-{self.step:06d}"
@@ -215,7 +243,10 @@ class Trainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            self.unwrapped.save_pretrained(tmp)
+        with self._gathered():
+            if acc.is_main_process:
+                self.unwrapped.save_pretrained(tmp)
+        if acc.is_main_process:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
         acc.wait_for_everyone()
