@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--tiny", action="store_true", help="tiny random models (smoke test, no downloads)")
     m.add_argument("--out", default=None, help="run folder (default runs/demo-TASK)")
     m.add_argument("--limit", type=int, default=None, help="evaluate at most N utterances per test set")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    m.add_argument("overrides", nargs="*", help="config overrides for --train, e.g. train.max_steps=100")
     m.set_defaults(func=cmd_demo)
     return p
 

@@ -1,0 +1,153 @@
+"""Demo data: the synthetic + real speech corpus (built or reused), and a 5-tone corpus for --tiny.
+
+    data_dir = demo_data_dir()                       # ~/.cache/speechwire/demo_data
+    sets = ensure_demo_data(data_dir, "asr", train=False)
+    sets.test   # {"synthetic": path, "real": path}  (ST: {"synthetic": path})
+    sets.train, sets.dev                             # combined manifests, only when train=True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+NUM_TRAIN = 3000  # synthetic train sentences for --train (docs/data.md: 2.4 h)
+DEV_SYNTH, DEV_REAL = 60, 40  # dev items scored during training (cheap on CPU)
+
+
+@dataclass
+class DemoSets:
+    """Manifest paths of one demo run."""
+
+    test: dict[str, Path]  # test-set name ("synthetic", "real") -> manifest
+    train: Path | None = None
+    dev: Path | None = None
+    info: dict = field(default_factory=dict)
+
+
+def demo_data_dir() -> Path:
+    """`$SPEECHWIRE_CACHE/demo_data` when the variable is set, else ~/.cache/speechwire/demo_data."""
+    env = os.environ.get("SPEECHWIRE_CACHE")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "speechwire") / "demo_data"
+
+
+def _test_names(task: str) -> dict[str, str]:
+    if task == "asr":
+        return {"synthetic": "synth_test.asr.jsonl", "real": "real_test.asr.jsonl"}
+    return {"synthetic": "synth_test.st.jsonl"}
+
+
+def _concat(out: Path, parts: list[tuple[Path, int | None]]) -> Path:
+    """Write the first `n` lines (all when None) of each manifest into `out` (same folder: the
+    relative audio paths stay valid). Written atomically."""
+    lines: list[str] = []
+    for path, n in parts:
+        rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        lines += rows if n is None else rows[:n]
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = True) -> DemoSets:
+    """Build (or reuse) what the demo needs in `data_dir`.
+
+    Without training only the test manifests are needed: an existing corpus is reused whatever
+    its train size, a missing one is built with no train sentences (~20 s). With training the
+    full corpus (3000 synthetic train sentences + real speech) is built, and the combined
+    manifests `demo_{train,dev}.{task}.jsonl` are written (ASR: synthetic + real).
+
+    Args:
+        data_dir: corpus folder.
+        task: "asr" or "st".
+        train: also provide train and dev manifests.
+        progress: show the builder's progress bars.
+
+    Returns:
+        DemoSets with absolute manifest paths.
+
+    Raises:
+        speechwire.synth.MissingSystemDepsError: espeak-ng, trans-de-en or the asterisk sounds
+            are not installed (the message names the apt-get command).
+    """
+    from ..synth import build_corpus
+
+    data_dir = Path(data_dir).expanduser()
+    tests = {k: data_dir / v for k, v in _test_names(task).items()}
+    needed = list(tests.values())
+    if train:
+        needed += [data_dir / f"synth_{s}.{task}.jsonl" for s in ("train", "dev")]
+        needed += [data_dir / f"real_{s}.asr.jsonl" for s in ("train", "dev")] if task == "asr" else []
+    corpus = data_dir / "corpus.json"
+    have_train = corpus.is_file() and json.loads(corpus.read_text()).get("params", {}).get("num_train", 0) > 0
+    info: dict = {}
+    if not all(p.is_file() for p in needed) or (train and not have_train):
+        info = build_corpus(data_dir, num_train=NUM_TRAIN if train else 0, progress=progress)
+    sets = DemoSets(test=tests, info=info)
+    if train:
+        if task == "asr":
+            sets.train = _concat(data_dir / "demo_train.asr.jsonl",
+                                 [(data_dir / "synth_train.asr.jsonl", None), (data_dir / "real_train.asr.jsonl", None)])
+            sets.dev = _concat(data_dir / "demo_dev.asr.jsonl",
+                               [(data_dir / "synth_dev.asr.jsonl", DEV_SYNTH), (data_dir / "real_dev.asr.jsonl", DEV_REAL)])
+        else:
+            sets.train = data_dir / "synth_train.st.jsonl"
+            sets.dev = _concat(data_dir / "demo_dev.st.jsonl", [(data_dir / "synth_dev.st.jsonl", DEV_SYNTH + DEV_REAL)])
+    return sets
+
+
+# --- tiny corpus (--tiny: offline smoke run) ------------------------------------------------
+
+TINY_TEXTS = [  # (English, German)
+    ("one tone", "ein Ton"), ("two tones", "zwei Töne"), ("a high tone", "ein hoher Ton"),
+    ("a low tone", "ein tiefer Ton"), ("three short tones", "drei kurze Töne"),
+]
+
+
+def build_tiny_corpus(data_dir: Path, task: str, seed: int = 0) -> DemoSets:
+    """Five pure-tone clips (0.6-1.4 s) with short texts; train on all five, test on 3 + 2.
+
+    Args:
+        data_dir: folder to write `tiny/*.wav` and the manifests into.
+        task: "asr" or "st" (ST lines carry the German text as `translation`).
+        seed: noise seed.
+
+    Returns:
+        DemoSets: test {"synthetic": 3 clips, "real": 2 clips} for ASR ({"synthetic": 5} for ST),
+        train = dev = all five.
+    """
+    import soundfile as sf
+
+    data_dir = Path(data_dir)
+    (data_dir / "tiny").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (en, de) in enumerate(TINY_TEXTS):
+        seconds = 0.6 + 0.2 * i
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        wave = 0.3 * np.sin(2 * np.pi * (220.0 * (i + 1)) * t) + 0.01 * rng.standard_normal(t.shape)
+        rel = f"tiny/tone-{i}.wav"
+        sf.write(data_dir / rel, wave.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+        row = {"id": f"tone-{i}", "audio": rel, "duration": round(len(t) / SAMPLE_RATE, 4), "transcript": en, "task": task}
+        if task == "st":
+            row.update(translation=de, src_lang="en", tgt_lang="de")
+        rows.append(row)
+
+    def write(name: str, items: list[dict]) -> Path:
+        path = data_dir / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+        return path
+
+    train = write(f"tiny_train.{task}.jsonl", rows)
+    if task == "asr":
+        tests = {"synthetic": write("tiny_test_synth.asr.jsonl", rows[:3]),
+                 "real": write("tiny_test_real.asr.jsonl", rows[3:])}
+    else:
+        tests = {"synthetic": write("tiny_test_synth.st.jsonl", rows)}
+    return DemoSets(test=tests, train=train, dev=train)
