@@ -42,13 +42,18 @@ def _test_names(task: str) -> dict[str, str]:
     return {"synthetic": "synth_test.st.jsonl"}
 
 
-def _concat(out: Path, parts: list[tuple[Path, int | None]]) -> Path:
+def _concat(out: Path, parts: list[tuple[Path, int | None]], id_suffix: dict[Path, str] | None = None) -> Path:
     """Write the first `n` lines (all when None) of each manifest into `out` (same folder: the
-    relative audio paths stay valid). Written atomically."""
+    relative audio paths stay valid), appending `id_suffix[path]` to the ids of that manifest (the
+    ASR and ST manifests share ids). Written atomically."""
     lines: list[str] = []
     for path, n in parts:
         rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        lines += rows if n is None else rows[:n]
+        rows = rows if n is None else rows[:n]
+        suffix = (id_suffix or {}).get(path)
+        if suffix:
+            rows = [json.dumps({**(r := json.loads(ln)), "id": r["id"] + suffix}, ensure_ascii=False) for ln in rows]
+        lines += rows
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, out)
@@ -83,7 +88,8 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
     needed = list(tests.values())
     if train:
         needed += [data_dir / f"synth_{s}.{task}.jsonl" for s in ("train", "dev")]
-        needed += [data_dir / f"real_{s}.asr.jsonl" for s in ("train", "dev")] if task == "asr" else []
+        needed += [data_dir / f"real_{s}.asr.jsonl" for s in ("train", "dev")] if task == "asr" else \
+            [data_dir / "synth_train.asr.jsonl"]
     corpus = data_dir / "corpus.json"
     have_train = corpus.is_file() and json.loads(corpus.read_text()).get("params", {}).get("num_train", 0) > 0
     info: dict = {}
@@ -96,8 +102,10 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
                                  [(data_dir / "synth_train.asr.jsonl", None), (data_dir / "real_train.asr.jsonl", None)])
             sets.dev = _concat(data_dir / "demo_dev.asr.jsonl",
                                [(data_dir / "synth_dev.asr.jsonl", DEV_SYNTH), (data_dir / "real_dev.asr.jsonl", DEV_REAL)])
-        else:
-            sets.train = data_dir / "synth_train.st.jsonl"
+        else:  # ST + ASR on the same audio: the transcript teaches the adapter faster than translations alone
+            asr = data_dir / "synth_train.asr.jsonl"
+            sets.train = _concat(data_dir / "demo_train.st.jsonl", [(data_dir / "synth_train.st.jsonl", None), (asr, None)],
+                                 id_suffix={asr: "-asr"})
             sets.dev = _concat(data_dir / "demo_dev.st.jsonl", [(data_dir / "synth_dev.st.jsonl", DEV_SYNTH + DEV_REAL)])
     return sets
 
