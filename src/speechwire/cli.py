@@ -1,4 +1,5 @@
-"""`speechwire` command line: train | evaluate | transcribe | translate | data | convert | weights | demo.
+"""`speechwire` command line: train | evaluate | transcribe | translate | data | convert | weights | demo |
+grid | report | cache.
 
 Every command that takes a CONFIG also takes dotted overrides after it:
     speechwire train configs/demo_asr.yaml adapter.name=conv train.lr=2e-4
@@ -153,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.add_argument("overrides", nargs="*", help="config overrides for --train, e.g. train.max_steps=100")
     m.set_defaults(func=cmd_demo)
+
+    from .grid_cli import add_grid_subparsers  # grid | report | cache
+
+    add_grid_subparsers(sub)
     return p
 
 

@@ -135,9 +135,13 @@ class DataConfig:
     task_weights: dict[str, float] = field(default_factory=dict)  # e.g. {asr: 1.0, st: 2.0}
     skip_invalid: bool = False  # skip (and count) bad manifest lines instead of failing
     num_workers: int = 0
+    feature_cache: str | None = None  # folder of frozen-SFM outputs (see features.py); None: encode audio
+    feature_cache_dtype: str = "float16"  # float32 (exact) | float16 | bfloat16 on disk
 
     def __post_init__(self) -> None:
         p = []
+        if self.feature_cache_dtype not in DTYPES:
+            p.append(f"feature_cache_dtype={self.feature_cache_dtype!r} must be one of {sorted(DTYPES)}")
         if self.sample_rate != 16000:
             p.append(f"sample_rate={self.sample_rate}: every supported encoder expects 16000")
         if not 0 <= self.min_seconds < self.max_seconds:

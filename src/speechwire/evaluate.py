@@ -24,12 +24,18 @@ from .model import SpeechLLM
 
 
 def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,
-                         progress: bool = True) -> tuple[list[dict], dict]:
-    """Decode every utterance; returns one record per utterance (input order) and timing totals."""
+                         progress: bool = True, feature_cache=None) -> tuple[list[dict], dict]:
+    """Decode every utterance; returns one record per utterance (input order) and timing totals.
+    With a speechwire.features.FeatureCache the SFM outputs come from it (timing then excludes the SFM)."""
     order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
     size = cfg.eval.batch_size
     batches = [order[i:i + size] for i in range(0, len(order), size)]
-    ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
+    if feature_cache is not None:
+        from .features import CachedFeatureDataset
+
+        ds = CachedFeatureDataset(utts, feature_cache)
+    else:
+        ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
     loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.data.num_workers)
     records: dict[str, dict] = {}
     seconds = audio_seconds = 0.0
@@ -87,11 +93,11 @@ def primary_metric(metrics: dict) -> tuple[str, float, bool]:
 
 
 def evaluate_utterances(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,
-                        out_dir: str | Path | None = None, progress: bool = True) -> dict:
+                        out_dir: str | Path | None = None, progress: bool = True, feature_cache=None) -> dict:
     """Generate, score, and (with out_dir) write predictions.jsonl and metrics.json."""
     if not utts:
         raise ValueError("nothing to evaluate: the manifest has no utterances")
-    records, timing = generate_predictions(model, utts, cfg, progress=progress)
+    records, timing = generate_predictions(model, utts, cfg, progress=progress, feature_cache=feature_cache)
     metrics = {**compute_metrics(records, cfg.eval.comet_model), "timing": timing, "num_utterances": len(records)}
     if out_dir is not None:
         out_dir = Path(out_dir)

@@ -76,17 +76,32 @@ def collate(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         S = the longest item, zero beyond each item's audio_lengths.
     """
     items = [it for it in items if it is not None]
+    if items and "hidden" in items[0]:  # cached SFM output (speechwire.features) instead of audio
+        return {**_pad_hidden(items), **_fields(items)}
     lengths = torch.tensor([it["audio"].shape[0] for it in items], dtype=torch.long)  # (B,)
     audio = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)  # (B, S)
     for b, it in enumerate(items):
         audio[b, : lengths[b]] = it["audio"]
+    return {"audio": audio, "audio_lengths": lengths, **_fields(items)}
+
+
+def _fields(items: Sequence[dict[str, Any]]) -> dict[str, list]:
     return {
-        "audio": audio, "audio_lengths": lengths,
         "ids": [it["id"] for it in items], "tasks": [it["task"] for it in items],
         "src_langs": [it["src_lang"] for it in items], "tgt_langs": [it["tgt_lang"] for it in items],
         "targets": [it["target"] for it in items], "transcripts": [it["transcript"] for it in items],
         "durations": [it["duration"] for it in items],
     }
+
+
+def _pad_hidden(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """(T_i, d) cached encoder outputs -> "hidden" (B, T, d) zero-padded + "hidden_lengths" (B,)."""
+    lengths = torch.tensor([it["hidden"].shape[0] for it in items], dtype=torch.long)  # (B,)
+    first = items[0]["hidden"]
+    hidden = first.new_zeros(len(items), int(lengths.max()), first.shape[1])  # (B, T, d)
+    for b, it in enumerate(items):
+        hidden[b, : lengths[b]] = it["hidden"]
+    return {"hidden": hidden, "hidden_lengths": lengths}
 
 
 class SpeechDataLoader(DataLoader):
@@ -132,7 +147,8 @@ def filter_by_duration(utts: Sequence[Utterance], min_seconds: float, max_second
 
 
 def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch: int = 0,
-                    num_replicas: int = 1, rank: int = 0, shuffle: bool = True) -> SpeechDataLoader:
+                    num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                    feature_cache: Any = None) -> SpeechDataLoader:
     """Build the DataLoader for training (shuffle=True) or evaluation (shuffle=False).
 
     Utterances outside [cfg.min_seconds, cfg.max_seconds] are dropped with a warning. Task
@@ -146,6 +162,8 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
         num_replicas: distributed world size.
         rank: this process's rank.
         shuffle: shuffle and apply task weights.
+        feature_cache: a speechwire.features.FeatureCache: batches carry cached "hidden" (B, T, d)
+            + "hidden_lengths" instead of audio; the same items per batch (batching uses durations only).
 
     Returns:
         a SpeechDataLoader yielding batch dicts (see the module docstring), with
@@ -154,7 +172,12 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
     utts = filter_by_duration(utts, cfg.min_seconds, cfg.max_seconds)
     if not utts:
         raise ValueError("no utterance left after the duration filter; check data.min_seconds/max_seconds")
-    ds = SpeechDataset(utts, cfg.sample_rate, skip_invalid=cfg.skip_invalid)
+    if feature_cache is not None:
+        from speechwire.features import CachedFeatureDataset
+
+        ds: Dataset = CachedFeatureDataset(utts, feature_cache)
+    else:
+        ds = SpeechDataset(utts, cfg.sample_rate, skip_invalid=cfg.skip_invalid)
     sampler = DurationBucketSampler(
         [utterance_duration(u) for u in utts], [u.task for u in utts],
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,

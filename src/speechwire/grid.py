@@ -1,0 +1,323 @@
+"""Grid of experiments: SFM x adapter x LLM x task (x seed) over one base config.
+
+    speechwire grid configs/small_real_grid.yaml --dry-run      # plan + cost from a timing probe
+    speechwire grid configs/small_real_grid.yaml --shard 0/4     # every 4th run, from the first
+    speechwire report runs/small_real_grid                       # report.md, results.csv, plots
+
+A grid file (docs/grid.md has the full reference):
+
+    base: demo_asr.yaml                 # a config path (next to the grid file, else the cwd) or a mapping
+    overrides: {train.max_steps: 200}   # dotted keys (or a list of "key=value")
+    presets: {tiny_en: {encoder.name: whisper, encoder.model: "weights:whisper-tiny.en"}}
+    factors:
+      encoder: [tiny_en]                # preset names, or {name: {dotted overrides}}
+      adapter: [base, conv]             # plain names: adapter.name (llm: llm.model, encoder: encoder.model)
+      task: [asr, st-en-de]             # filters the manifests' items by task (and languages)
+    seeds: [0]
+    test_sets: {synth: data/demo/test.jsonl}
+    feature_cache: runs/features        # default <out>/features; false: always encode audio
+
+Each combination runs in <out>/<factor>=<level>__...__seed=<s>/: train (auto-resumes from its
+checkpoints), then evaluate on every test set -> eval-<test>/metrics.json, then grid_run.json
+(written last, atomically: its presence marks the run done, and a rerun skips it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, ExperimentConfig, from_dict
+
+ROLES = {"encoder": ("encoder", "enc", "sfm"), "adapter": ("adapter",), "llm": ("llm",), "task": ("task",)}
+DEFAULT_KEY = {"encoder": "encoder.model", "adapter": "adapter.name", "llm": "llm.model"}
+GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "test_sets", "feature_cache", "output_dir"}
+RUN_FILE = "grid_run.json"
+
+
+def role(factor: str) -> str | None:
+    """"encoder" | "adapter" | "llm" | "task" for the factors the runner and report understand."""
+    return next((r for r, names in ROLES.items() if factor in names), None)
+
+
+@dataclass
+class Run:
+    name: str  # stable folder name, e.g. encoder=tiny_en__adapter=cif__llm=smollm2__task=asr__seed=0
+    levels: dict[str, str]  # factor -> level name
+    seed: int
+    settings: dict[str, Any]  # dotted key -> value (presets of every level)
+    task: str | None = None  # task filter ("asr", "st", "st-en-de") or None
+
+
+@dataclass
+class GridSpec:
+    path: Path
+    base: dict
+    overrides: dict[str, Any]
+    factors: dict[str, dict[str, dict[str, Any]]]  # factor -> level -> dotted overrides
+    seeds: list[int] = field(default_factory=lambda: [0])
+    test_sets: dict[str, str] = field(default_factory=dict)
+    feature_cache: str | bool | None = None  # None: <out>/features; False: off
+    output_dir: str | None = None
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k in ("encoder", "adapter", "llm", "data", "train", "eval") and not prefix:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _dotted(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        out = {}
+        for item in value:
+            k, sep, raw = str(item).partition("=")
+            if not sep:
+                raise ConfigError(f"{where}: {item!r} must look like section.key=value")
+            out[k.strip()] = yaml.safe_load(raw)
+        return out
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of dotted keys (e.g. train.lr: 1e-4) or a list of key=value")
+    return _flatten(value)
+
+
+def _task_ok(level: str) -> bool:
+    return bool(re.fullmatch(r"asr|st|st-[a-z]{2,3}(-[a-z]{2,3})?", level))
+
+
+def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[str, dict[str, Any]]:
+    from .adapters import ADAPTERS
+
+    where = f"{spec_path.name}: factor {factor!r}"
+    if isinstance(values, dict):
+        items = [(str(k), v) for k, v in values.items()]
+    elif isinstance(values, list) and values:
+        items = [(str(v), None) for v in values]
+    else:
+        raise ConfigError(f"{where} must be a non-empty list of level names or a mapping level -> overrides")
+    out: dict[str, dict[str, Any]] = {}
+    r = role(factor)
+    for name, value in items:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise ConfigError(f"{where} level {name!r}: use letters, digits and _.+- only (it names run folders)")
+        if value is None and name in presets:
+            value = presets[name]
+        if value is not None:
+            out[name] = _dotted(value, f"{where} level {name!r}")
+        elif r == "task":
+            if not _task_ok(name):
+                raise ConfigError(f"{where} value {name!r} is not a task; use asr, st, st-TGT or st-SRC-TGT "
+                                  "(e.g. st-en-de), or define it under presets:")
+            out[name] = {}
+        elif r in DEFAULT_KEY:
+            out[name] = {DEFAULT_KEY[r]: name}
+        else:
+            raise ConfigError(f"{where} value {name!r} is not in presets:; define presets.{name} as dotted overrides")
+        adapter = out[name].get("adapter.name")
+        if adapter is not None and adapter not in ADAPTERS:
+            raise ConfigError(f"{where} value {name!r} is not a known adapter; available: "
+                              f"{', '.join(ADAPTERS.available())}")
+    return out
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    """Read and check a grid file; every error names the file, the key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"grid file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping with factors: (and base:, test_sets:, ...)")
+    unknown = sorted(set(raw) - GRID_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(GRID_KEYS)}")
+    base = raw.get("base") or {}
+    if isinstance(base, str):
+        base_path = path.parent / base if (path.parent / base).is_file() else Path(base)
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base config {base!r} not found next to the grid file or in the cwd")
+        base = yaml.safe_load(base_path.read_text()) or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base must be a config path or a mapping of sections")
+    presets = raw.get("presets") or {}
+    factors_raw = raw.get("factors")
+    if not isinstance(factors_raw, dict) or not factors_raw:
+        raise ConfigError(f"{path}: factors: must map factor names to levels, e.g. adapter: [base, conv]")
+    factors = {str(f): _levels(path, str(f), v, presets) for f, v in factors_raw.items()}
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    tests = raw.get("test_sets") or {}
+    if not isinstance(tests, dict):
+        raise ConfigError(f"{path}: test_sets must map names to manifest paths, e.g. {{synth: test.jsonl}}")
+    spec = GridSpec(path, base, _dotted(raw.get("overrides"), f"{path.name}: overrides"), factors, seeds,
+                    {str(k): str(v) for k, v in tests.items()}, raw.get("feature_cache"), raw.get("output_dir"))
+    for run in plan(spec):  # every combination must make a valid config
+        try:
+            run_config(spec, run, Path("."), cache=None)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: run {run.name}: {e}") from None
+    return spec
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+def plan(spec: GridSpec) -> list[Run]:
+    """Every combination (factors in file order, seeds last) with its stable folder name."""
+    runs = []
+    names = list(spec.factors)
+    for combo in itertools.product(*(spec.factors[f].items() for f in names)):
+        for seed in spec.seeds:
+            levels = {f: lvl for f, (lvl, _) in zip(names, combo)}
+            settings: dict[str, Any] = {}
+            for _, s in combo:
+                settings.update(s)
+            task = next((lvl for f, lvl in levels.items() if role(f) == "task" and not spec.factors[f][lvl]), None)
+            name = "__".join(f"{f}={lvl}" for f, lvl in levels.items()) + f"__seed={seed}"
+            runs.append(Run(name, levels, seed, settings, task))
+    return runs
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"i/n" -> (i, n) with 0 <= i < n (0-based, as $SLURM_ARRAY_TASK_ID)."""
+    if not text:
+        return 0, 1
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise ValueError(f"--shard {text!r} must be i/n with 0 <= i < n, e.g. --shard 0/4 (0-based)")
+    return int(m[1]), int(m[2])
+
+
+def output_root(spec: GridSpec, out: str | Path | None) -> Path:
+    return Path(out or spec.output_dir or Path("runs") / spec.path.stem)
+
+
+def cache_root(spec: GridSpec, out: Path) -> str | None:
+    if spec.feature_cache is False:
+        return None
+    if isinstance(spec.feature_cache, str):
+        return spec.feature_cache
+    return spec.base.get("data", {}).get("feature_cache") or str(out / "features")
+
+
+def _set(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def run_config(spec: GridSpec, run: Run, out: Path, cache: str | None) -> ExperimentConfig:
+    """base -> overrides -> the run's factor levels -> seed, output folder, cache, task manifests."""
+    data = json.loads(json.dumps(spec.base))
+    for k, v in {**spec.overrides, **run.settings}.items():
+        _set(data, k, v)
+    _set(data, "train.seed", run.seed)
+    _set(data, "train.output_dir", str(out / run.name))
+    _set(data, "data.feature_cache", cache)
+    for key in ("train_manifest", "dev_manifest", "test_manifest"):
+        if isinstance(data.get("data", {}).get(key), str):
+            data["data"][key] = os.path.expanduser(data["data"][key])
+    if run.task:
+        for key in ("train_manifest", "dev_manifest"):
+            src = data.get("data", {}).get(key)
+            if src:
+                _set(data, f"data.{key}", str(out / "manifests" / run.task / f"{key.split('_')[0]}.jsonl"))
+    return from_dict(ExperimentConfig, data)
+
+
+def test_manifests(spec: GridSpec, run: Run, out: Path) -> dict[str, str]:
+    tests = {k: os.path.expanduser(v) for k, v in spec.test_sets.items()}
+    if not tests:
+        base_test = spec.base.get("data", {}).get("test_manifest")
+        tests = {"test": base_test} if base_test else {}
+    if run.task:
+        tests = {k: str(out / "manifests" / run.task / f"test-{k}.jsonl") for k in tests}
+    return tests
+
+
+def keep_task(u: Any, task: str) -> bool:
+    parts = task.split("-")
+    if u.task != parts[0]:
+        return False
+    if len(parts) == 2:
+        return u.tgt_lang == parts[1]
+    return len(parts) == 1 or (u.src_lang == parts[1] and u.tgt_lang == parts[2])
+
+
+def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
+    """Per task level: the base manifests' items of that task, written once under <out>/manifests/."""
+    from .data import load_manifest, write_manifest
+
+    base_data = spec.base.get("data", {})
+    sources = {k: spec.overrides.get(f"data.{k}", base_data.get(k)) for k in ("train_manifest", "dev_manifest")}
+    for task in sorted({r.task for r in runs if r.task}):
+        folder = out / "manifests" / task
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {f"{k.split('_')[0]}.jsonl": v for k, v in sources.items() if v}
+        files.update({f"test-{k}.jsonl": v for k, v in (spec.test_sets or {}).items()})
+        for name, src in files.items():
+            kept = [u for u in load_manifest(os.path.expanduser(src)) if keep_task(u, task)]
+            if not kept:
+                raise ConfigError(f"{spec.path.name}: task {task!r} keeps no item of {src}; check the manifest's "
+                                  "task/src_lang/tgt_lang fields or the task level")
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            write_manifest(tmp, kept)
+            os.replace(tmp, folder / name)
+
+
+def run_status(run_dir: Path) -> str:
+    """done (grid_run.json written) | trained (awaiting evaluation) | partial (checkpoints) | todo."""
+    if (run_dir / RUN_FILE).is_file():
+        return "done"
+    if (run_dir / "train_summary.json").is_file():
+        return "trained"
+    return "partial" if (run_dir / "checkpoints").is_dir() else "todo"
+
+
+def count_steps(cfg: ExperimentConfig) -> int:
+    """Optimizer steps of a run (max_steps, or epochs x batches / grad_accum), from durations only."""
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    from .data import load_manifest, make_dataloader
+
+    batches = len(make_dataloader(load_manifest(cfg.data.train_manifest), cfg.data, seed=cfg.train.seed))
+    return max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
+
+
+def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2) -> float:
+    """Time `steps` training steps (from audio, no cache, no checkpoints) in a scratch folder."""
+    from dataclasses import replace
+
+    from .train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train = replace(cfg.train, output_dir=tmp, max_steps=steps, save_every=0, eval_every=0, report_to="none")
+        probe = replace(cfg, train=train, data=replace(cfg.data, feature_cache=None, dev_manifest=None))
+        t = Trainer(probe, resume=False, progress=False)
+        t.setup()
+        t0 = time.perf_counter()
+        t.train()
+        return (time.perf_counter() - t0) / steps

@@ -1,0 +1,237 @@
+"""`speechwire report GRID_DIR`: results table, factor analysis and plots from a grid's run folders.
+
+Writes into GRID_DIR: report.md, results.csv, results.json (rows + analysis), plots/*.png.
+Rows come from each run's grid_run.json, so shards run on different machines merge by copying
+their run folders into one directory. Metric columns are named `<test set>:<task>.<metric>`
+(e.g. `synth:asr.wer`); see analysis.py for the variance decomposition.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from .analysis import best_by_group, explain, label, lower_is_better, ranking, variance_shares
+from .grid import RUN_FILE, role
+
+METRICS = ("wer", "bleu", "chrf", "comet")
+COST = ("trainable_params", "train_seconds", "peak_memory_gib", "steps")
+
+
+def collect(grid_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """One flat row per finished run (sorted by name) and the factor names (in grid order)."""
+    grid_dir = Path(grid_dir)
+    files = sorted(grid_dir.glob(f"*/{RUN_FILE}"))
+    if not files:
+        raise FileNotFoundError(f"{grid_dir}: no finished run (no */{RUN_FILE}); run `speechwire grid GRID.yaml` first")
+    rows, factors = [], []
+    for f in files:
+        res = json.loads(f.read_text())
+        row: dict[str, Any] = {"run": res["name"], **res["levels"], "seed": res["seed"]}
+        for f_name in res["levels"]:
+            if f_name not in factors:
+                factors.append(f_name)
+        row.update({k: res.get(k) for k in COST})
+        for test, t in res.get("test", {}).items():
+            for task, m in t["metrics"].items():
+                if isinstance(m, dict):
+                    for metric in METRICS:
+                        if isinstance(m.get(metric), (int, float)):
+                            row[f"{test}:{task}.{metric}"] = m[metric]
+            row[f"{test}:compression"] = t.get("compression")
+            row[f"{test}:rtf"] = t.get("rtf")
+        rows.append(row)
+    return rows, factors
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if ":" in k and k.rsplit(".", 1)[-1] in METRICS and k not in cols]
+    return cols
+
+
+def metric_name(col: str) -> str:
+    test, rest = col.split(":", 1)
+    task, metric = rest.rsplit(".", 1)
+    return f"{metric.upper() if metric != 'chrf' else 'chrF'} ({task}, {test})"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str], headers: list[str] | None = None) -> list[str]:
+    lines = ["| " + " | ".join(headers or cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def analyse(rows: list[dict[str, Any]], factors: list[str]) -> dict[str, Any]:
+    """Variance shares, sentences and best adapter per SFM x LLM pair, for every metric column."""
+    enc = next((f for f in factors if role(f) == "encoder"), None)
+    llm = next((f for f in factors if role(f) == "llm"), None)
+    adapter = next((f for f in factors if role(f) == "adapter"), None)
+    out = {}
+    for col in metric_columns(rows):
+        shares = variance_shares(rows, factors, col)
+        name = metric_name(col)
+        group = [f for f in (enc, llm) if f]
+        best = best_by_group(rows, group, adapter, col) if adapter and group else []
+        out[col] = {"name": name, "shares": shares, "sentence": explain(shares, name),
+                    "ranking": ranking(shares, name), "best_adapter": best, "lower_is_better": lower_is_better(col)}
+    return out
+
+
+def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
+    """Write report.md, results.csv, results.json and plots/*.png into `grid_dir`; returns report.md."""
+    grid_dir = Path(grid_dir)
+    rows, factors = collect(grid_dir)
+    analysis = analyse(rows, factors)
+    cols = ["run", *factors, "seed"] + metric_columns(rows)
+    cols += sorted({k for r in rows for k in r if k.endswith((":compression", ":rtf"))}) + list(COST)
+    with open(grid_dir / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (grid_dir / "results.json").write_text(json.dumps({"factors": factors, "rows": rows, "analysis": analysis},
+                                                      indent=2))
+    images = make_plots(grid_dir / "plots", rows, factors, analysis) if plots else []
+    lines = [f"# Grid report: {grid_dir.name}", "", f"{len(rows)} finished run(s); factors: "
+             + ", ".join(f"{label(f)} (`{f}`: {len({r[f] for r in rows})} levels)" for f in factors) + "."]
+    expected = _expected_runs(grid_dir)
+    if expected is not None and expected > len(rows):
+        lines.append(f"**{expected - len(rows)} of {expected} planned runs are not finished**; the analysis uses "
+                     "the finished ones (sequential sums of squares handle the missing cells).")
+    lines += ["", "## What matters", ""]
+    for a in analysis.values():
+        lines += [f"- {a['sentence']}", f"  {a['ranking']}"]
+    lines += ["", "## Results", ""]
+    lines += _table(rows, [c for c in cols if c != "run"], [_short(c) for c in cols if c != "run"])
+    for col, a in analysis.items():
+        lines += ["", f"## {a['name']}", "", "Share of variance (sequential sums of squares, see docs/grid.md):", ""]
+        shares = a["shares"]
+        share_rows = [{"term": " x ".join(label(f) for f in t["factors"]), "df": t["df"],
+                       "share": f"{t['share']:.1%}"} for t in shares["terms"]]
+        share_rows.append({"term": "residual", "df": "-", "share": f"{shares['residual_share']:.1%}"})
+        lines += _table(share_rows, ["term", "df", "share"])
+        if shares["dropped"]:
+            lines.append(f"\nLeft out (a single level here): {', '.join(shares['dropped'])}.")
+        if a["best_adapter"]:
+            better = "lowest" if a["lower_is_better"] else "highest"
+            lines += ["", f"Best adapter per SFM x LLM pair ({better} mean {a['name']}):", ""]
+            keys = [k for k in a["best_adapter"][0] if k not in ("value", "runner_up")]
+            lines += _table(a["best_adapter"], keys + ["value", "runner_up"])
+    if images:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images]
+    lines.append("")
+    report = grid_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _short(col: str) -> str:
+    return metric_name(col) if ":" in col and col.rsplit(".", 1)[-1] in METRICS else col
+
+
+def _expected_runs(grid_dir: Path) -> int | None:
+    grid = grid_dir / "grid.yaml"
+    if not grid.is_file():
+        return None
+    try:
+        from .grid import load_grid, plan
+
+        return len(plan(load_grid(grid)))
+    except Exception:  # the grid file moved or names files missing here: report what exists
+        return None
+
+
+def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], analysis: dict[str, Any]) -> list[Path]:
+    """Heatmaps (adapter x (SFM, LLM)), variance-share bars, compression-vs-metric scatters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.ticker  # noqa: F401
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[Path] = []
+    adapter = next((f for f in factors if role(f) == "adapter"), None)
+    cols_of = [f for f in factors if role(f) in ("encoder", "llm")] or [f for f in factors if f != adapter][:2]
+    for col, a in analysis.items():
+        slug = col.replace(":", "_").replace(".", "_")
+        if adapter:
+            ys = sorted({r[adapter] for r in rows})
+            xs = sorted({tuple(r[f] for f in cols_of) for r in rows})
+            grid = np.full((len(ys), len(xs)), np.nan)
+            for i, y in enumerate(ys):
+                for j, x in enumerate(xs):
+                    v = [r[col] for r in rows if r[adapter] == y and tuple(r[f] for f in cols_of) == x
+                         and r.get(col) is not None]
+                    grid[i, j] = np.mean(v) if v else np.nan
+            fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(xs), 1.2 + 0.5 * len(ys)))
+            im = ax.imshow(grid, cmap="viridis_r" if a["lower_is_better"] else "viridis", aspect="auto")
+            ax.set_xticks(range(len(xs)), ["\n".join(x) for x in xs], fontsize=8)
+            ax.set_yticks(range(len(ys)), ys)
+            for i in range(len(ys)):
+                for j in range(len(xs)):
+                    if np.isfinite(grid[i, j]):
+                        bright = im.norm(grid[i, j]) > 0.6 if not a["lower_is_better"] else im.norm(grid[i, j]) < 0.4
+                        ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=8,
+                                color="black" if bright else "white")
+            ax.set_xlabel(" / ".join(label(f) for f in cols_of))
+            ax.set_ylabel("adapter")
+            ax.set_title(a["name"])
+            fig.colorbar(im, ax=ax)
+            out.append(_save(fig, folder / f"heatmap_{slug}.png"))
+        test = col.split(":", 1)[0]
+        pts = [(r.get(f"{test}:compression"), r[col], r.get(adapter) if adapter else "") for r in rows
+               if r.get(col) is not None and r.get(f"{test}:compression") is not None]
+        if pts:
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            for lvl in sorted({p[2] for p in pts}):
+                sel = [p for p in pts if p[2] == lvl]
+                ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=lvl or None)
+            xs_c = [p[0] for p in pts]
+            if max(xs_c) / max(min(xs_c), 1e-9) > 10:  # paper-scale ratios (1:1 .. 25:1)
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.set_xlabel("compression (encoder frames / adapter outputs)")
+            ax.set_ylabel(a["name"])
+            if adapter:
+                ax.legend(fontsize=7, title="adapter")
+            out.append(_save(fig, folder / f"compression_{slug}.png"))
+    if analysis:
+        terms = []
+        for a in analysis.values():
+            terms += [" x ".join(label(f) for f in t["factors"]) for t in a["shares"]["terms"] if t["term"] not in terms]
+        terms = list(dict.fromkeys(terms)) + ["residual"]
+        fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(terms), 3.6))
+        width = 0.8 / len(analysis)
+        for k, a in enumerate(analysis.values()):
+            by = {" x ".join(label(f) for f in t["factors"]): t["share"] for t in a["shares"]["terms"]}
+            by["residual"] = a["shares"]["residual_share"]
+            ax.bar(np.arange(len(terms)) + k * width, [100 * by.get(t, 0.0) for t in terms], width, label=a["name"])
+        ax.set_xticks(np.arange(len(terms)) + 0.4 - width / 2, terms, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("% of variance")
+        ax.legend(fontsize=7)
+        out.append(_save(fig, folder / "variance_shares.png"))
+    return out
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
