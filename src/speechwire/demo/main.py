@@ -81,10 +81,10 @@ def tiny_setup(out_dir: Path, task: str) -> tuple[DemoSets, ExperimentConfig, di
 
 def train_adapter(cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Train from scratch (no resume) and return the checkpoint to use: best on dev, else final."""
-    from ..train import train
+    from .train import train_demo
 
     shutil.rmtree(cfg.train.output_dir, ignore_errors=True)
-    summary = train(cfg, resume=False, progress=progress)
+    summary = train_demo(cfg, resume=False, progress=progress)
     run = Path(cfg.train.output_dir)
     best = run / "best"
     print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; best dev: {summary.get('best_dev')}")
