@@ -115,3 +115,30 @@ def test_segment_and_length_errors(tmp_path):
 def test_seconds_to_samples():
     assert seconds_to_samples(1.5, 16000) == 24000
     assert seconds_to_samples(0.00003, 16000) == 0
+
+
+def test_split_long_cuts_at_pauses_and_keeps_every_sample():
+    from hypothesis import given, settings, strategies as st
+
+    from speechwire.audio import split_long
+
+    sr = 16000
+    rng = np.random.default_rng(0)
+    speech = lambda s: (0.3 * rng.standard_normal(int(s * sr))).astype(np.float32)  # noqa: E731
+    silence = lambda s: np.zeros(int(s * sr), np.float32)  # noqa: E731
+    wav = np.concatenate([speech(8), silence(0.5), speech(3), speech(8), silence(0.4), speech(6)])  # 25.9 s
+    pieces = split_long(wav, 10.0)
+    assert np.array_equal(np.concatenate(pieces), wav)
+    assert all(len(p) <= 10 * sr for p in pieces)
+    assert abs(len(pieces[0]) / sr - 8.25) < 0.1  # cut inside the first pause
+    assert split_long(wav[: 5 * sr], 10.0)[0] is not None and len(split_long(wav[: 5 * sr], 10.0)) == 1
+
+    @settings(max_examples=30, deadline=None)
+    @given(st.integers(1, 400), st.floats(0.5, 3.0))
+    def prop(tenths, max_s):
+        x = rng.standard_normal(tenths * sr // 10).astype(np.float32)
+        parts = split_long(x, max_s)
+        assert np.array_equal(np.concatenate(parts), x)
+        assert all(0 < len(p) <= int(round(max_s * sr)) for p in parts)
+
+    prop()

@@ -98,11 +98,15 @@ def test_transcribe_reports_bad_files_and_continues(corpus, tmp_path, capsys):
     sf.write(stereo, np.random.default_rng(0).standard_normal((44100, 2)).astype(np.float32) * 0.1, 44100)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....garbage")
-    code = main(["transcribe", str(tmp / "tr"), str(stereo), str(broken), str(tmp_path / "missing.wav"), "--json"])
+    long_mp3 = tmp_path / "long.mp3"  # 40 s: longer than Whisper's 30 s, cut at a pause and decoded in pieces
+    sf.write(long_mp3, np.random.default_rng(1).standard_normal(40 * 22050).astype(np.float32) * 0.1, 22050)
+    code = main(["transcribe", str(tmp / "tr"), str(stereo), str(broken), str(tmp_path / "missing.wav"),
+                 str(long_mp3), "--json"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{\"file\"")]
     assert code == 1
     assert "text" in lines[0] and "error" in lines[1] and "broken.wav" in lines[1]["error"]
     assert "missing.wav" in lines[2]["error"]
+    assert "text" in lines[3]
 
 
 def test_two_process_ddp_on_cpu(corpus):

@@ -154,3 +154,39 @@ def load_audio(
             f"{max_seconds}; split it or raise data.max_seconds"
         )
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def split_long(wav: np.ndarray, max_seconds: float, sample_rate: int = SAMPLE_RATE,
+               search_seconds: float = 5.0, frame_seconds: float = 0.05) -> list[np.ndarray]:
+    """Cut a long recording into pieces of at most `max_seconds`, each cut at the quietest
+    `frame_seconds` frame of the last `search_seconds` of its window (a pause, usually).
+
+    Args:
+        wav: (S,) mono waveform.
+        max_seconds: longest piece (the encoder's limit, 30 s for Whisper).
+
+    Returns:
+        consecutive pieces whose concatenation is `wav`; `[wav]` when it is short enough.
+    """
+    limit = seconds_to_samples(max_seconds, sample_rate)
+    if len(wav) <= limit:
+        return [wav]
+    frame = max(1, seconds_to_samples(frame_seconds, sample_rate))
+    search = min(seconds_to_samples(search_seconds, sample_rate), limit // 2)
+    pieces, start = [], 0
+    while len(wav) - start > limit:
+        lo, hi = start + limit - search, start + limit  # cut somewhere in [lo, hi]
+        n = (hi - lo) // frame
+        energy = (wav[lo: lo + n * frame].reshape(n, frame) ** 2).mean(axis=1)  # (n,)
+        best = int(np.argmin(energy))
+        quiet = energy <= energy[best] * 1.5 + 1e-10  # the pause around the quietest frame ...
+        a, b = best, best
+        while a > 0 and quiet[a - 1]:
+            a -= 1
+        while b < n - 1 and quiet[b + 1]:
+            b += 1
+        cut = lo + (a + b + 1) * frame // 2  # ... cut in its middle
+        pieces.append(wav[start:cut])
+        start = cut
+    pieces.append(wav[start:])
+    return pieces

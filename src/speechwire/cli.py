@@ -42,21 +42,19 @@ def cmd_infer(args: argparse.Namespace, task: str) -> int:
     """transcribe/translate: one line per file; a bad file is reported and the rest still run."""
     import torch
 
-    from .audio import AudioError, load_audio
+    from .audio import AudioError, load_audio, split_long
     from .model import SpeechLLM
 
     model = SpeechLLM.from_pretrained(args.run_dir, args.overrides).eval()
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     failed = 0
-    max_samples = int(model.cfg.encoder.max_seconds * 16000)
     for path in args.files:
         try:
             wav = load_audio(path)
-            if len(wav) > max_samples:
-                raise AudioError(f"{path}: {len(wav) / 16000:.1f} s is longer than encoder.max_seconds="
-                                 f"{model.cfg.encoder.max_seconds}; split it into shorter segments")
-            text = model.generate([wav], task=task, src_lang=args.src_lang,
-                                  tgt_lang=getattr(args, "to", None))[0]
+            # long recordings: cut at pauses into pieces the encoder takes, decode them as a batch
+            pieces = split_long(wav, model.cfg.encoder.max_seconds)
+            texts = model.generate(pieces, task=task, src_lang=args.src_lang, tgt_lang=getattr(args, "to", None))
+            text = " ".join(t for t in texts if t)
         except (AudioError, ValueError) as e:
             failed += 1
             msg = str(e).splitlines()[0]
