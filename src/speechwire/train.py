@@ -90,6 +90,7 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with,
                                cpu=not torch.cuda.is_available(),
                                project_dir=str(self.run_dir))
+        self._configure_deepspeed()
         set_seed(cfg.train.seed)
         utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
         self.dev = load_manifest(cfg.data.dev_manifest, cfg.data.skip_invalid)[: cfg.train.eval_max_items] \
@@ -127,6 +128,21 @@ class Trainer:
             self._load_checkpoint(ckpt)
         self.acc.wait_for_everyone()
 
+    def _configure_deepspeed(self) -> None:
+        """Under `accelerate launch --use_deepspeed` the engine owns accumulation and clipping: hand it
+        ours. Batches vary in size (duration bucketing), so the micro-batch size is nominal (1)."""
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        self._deepspeed = plugin is not None
+        if plugin is None:
+            return
+        ds = plugin.deepspeed_config
+        for key, value in (("train_micro_batch_size_per_gpu", 1),
+                           ("gradient_accumulation_steps", self.cfg.train.grad_accum),
+                           ("gradient_clipping", self.cfg.train.grad_clip)):
+            if ds.get(key) in (None, "auto"):
+                ds[key] = value
+        self.acc.gradient_accumulation_steps = int(ds["gradient_accumulation_steps"])
+
     # --- loop --------------------------------------------------------------------------------
 
     def train(self) -> dict:
@@ -144,7 +160,8 @@ class Trainer:
                 sync = (micro + 1) % cfg.grad_accum == 0
                 with acc.no_sync(model) if not sync and acc.num_processes > 1 else _null():
                     out = model(batch)
-                    acc.backward(out.loss / cfg.grad_accum)
+                    # a DeepSpeed engine divides by its own gradient_accumulation_steps
+                    acc.backward(out.loss if self._deepspeed else out.loss / cfg.grad_accum)
                 window.add(out, batch)
                 if acc.num_processes > 1 and len(self._ids_seen) < 10000:
                     self._ids_seen.extend(batch["ids"])
