@@ -4,7 +4,14 @@ Adapters end in LayerNorm, whose output has RMS ~1 per dimension; LLM token embe
 smaller (SmolLM2-135M: std 0.136, row norm 3.2 vs the adapter's 24; Qwen2.5-0.5B: std 0.017, row
 norm 0.5 vs 30). With lr 1e-3 the LayerNorm gain needs ~1000 steps just to shrink to that scale,
 and the speech looks like noise to the LLM meanwhile. Starting the gain at the embedding std
-removes that phase (measured in docs/demo.md).
+removes that phase.
+
+A frozen LLM also needs thousands of steps before it starts to read projected speech at all (the
+loss sits at the text-only level meanwhile; measured in docs/demo.md). `TiedCTC` shortens that:
+during training it adds a CTC loss of the adapter outputs against the transcript, scored by cosine
+similarity with the LLM's own (frozen) token embeddings, so each output vector is pulled towards
+the embedding of the token spoken there. It adds no parameters: the trained adapter is a plain
+`mlp` checkpoint that loads anywhere; inference never runs it.
 """
 
 from __future__ import annotations
@@ -12,8 +19,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..adapters import AdapterOutput
 from ..config import ExperimentConfig
 from ..train import Trainer
+
+TIED_CTC_WEIGHT = 0.0  # off by default: no gain measured in 180 steps (docs/demo.md); > 0 adds it to the LLM loss
+TIED_CTC_TEMPERATURE = 0.1  # logits = cosine / temperature, in [-10, 10]
 
 
 @torch.no_grad()
@@ -37,20 +48,61 @@ def match_embedding_scale(model) -> float | None:
     return std
 
 
+class TiedCTC:
+    """Adapter forward hook: adds weight * CTC(cosine(adapter outputs, LLM token embeddings)) in training.
+
+    Letters: B batch, T' adapter outputs, V LLM vocabulary, d LLM width. Blank = the LLM's pad id
+    (as the paper's CTC adapter).
+
+    Args:
+        model: the SpeechLLM; its LLM embedding table is read once (frozen).
+        weight: loss weight.
+        temperature: cosine similarities are divided by it.
+    """
+
+    def __init__(self, model, weight: float = TIED_CTC_WEIGHT, temperature: float = TIED_CTC_TEMPERATURE) -> None:
+        table = model.llm.get_input_embeddings().weight.detach().float()  # (V, d)
+        self.table = nn.functional.normalize(table, dim=-1)
+        self.blank = int(model.tokenizer.pad_token_id)
+        self.weight, self.temperature = weight, temperature
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, out: AdapterOutput) -> AdapterOutput:
+        targets = kwargs.get("targets")
+        if not module.training or targets is None or targets.ctc_labels is None:
+            return out
+        y = nn.functional.normalize(out.embeds.float(), dim=-1)  # (B, T', d)
+        logits = y @ self.table.to(y.device).T / self.temperature  # (B, T', V)
+        logp = logits.log_softmax(-1).transpose(0, 1)  # (T', B, V)
+        labels = targets.ctc_labels.clamp(min=0)  # (B, L); padding past the lengths is ignored
+        loss = nn.functional.ctc_loss(logp, labels, out.lengths, targets.ctc_label_lengths, blank=self.blank,
+                                      zero_infinity=True)
+        aux = self.weight * loss if out.aux_loss is None else out.aux_loss + self.weight * loss
+        return AdapterOutput(out.embeds, out.lengths, aux, {**out.aux_losses, "tied_ctc": loss.detach()})
+
+
 class DemoTrainer(Trainer):
-    """Trainer whose fresh (not resumed) adapter output starts at the LLM's embedding scale."""
+    """Trainer whose fresh adapter output starts at the LLM's embedding scale, with the TiedCTC loss."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: bool = True, progress: bool = True,
+                 tied_ctc_weight: float = TIED_CTC_WEIGHT) -> None:
+        super().__init__(cfg, resume=resume, progress=progress)
+        self.tied_ctc_weight = tied_ctc_weight
 
     def setup(self) -> None:
         super().setup()
+        model = self.unwrapped
         if self.step == 0:
-            std = match_embedding_scale(self.unwrapped)
+            std = match_embedding_scale(model)
             if std is not None and self.acc.is_main_process:
                 print(f"adapter output LayerNorm gain set to the LLM embedding std {std:.4f}")
+        if self.tied_ctc_weight > 0:
+            model.adapter.register_forward_hook(TiedCTC(model, self.tied_ctc_weight), with_kwargs=True)
 
 
-def train_demo(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> dict:
+def train_demo(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
+               tied_ctc_weight: float = TIED_CTC_WEIGHT) -> dict:
     """Like speechwire.train.train, with DemoTrainer; returns the training summary."""
-    trainer = DemoTrainer(cfg, resume=resume, progress=progress)
+    trainer = DemoTrainer(cfg, resume=resume, progress=progress, tied_ctc_weight=tied_ctc_weight)
     trainer.setup()
     return trainer.train()
 
@@ -61,5 +113,8 @@ if __name__ == "__main__":  # python -m speechwire.demo.train CONFIG [overrides]
 
     from ..config import load_config
 
-    summary = train_demo(load_config(sys.argv[1], sys.argv[2:]), resume=True)
+    import os
+
+    weight = float(os.environ.get("SPEECHWIRE_TIED_CTC", TIED_CTC_WEIGHT))  # 0 turns it off (ablation)
+    summary = train_demo(load_config(sys.argv[1], sys.argv[2:]), resume=True, tied_ctc_weight=weight)
     print(json.dumps(summary, indent=2))
