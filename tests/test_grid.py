@@ -116,3 +116,13 @@ def test_grid_runs_resumes_and_reports(grid_file, tmp_path, capsys):
         "encoder", "adapter", "encoder x adapter"}
     for png in ("variance_shares.png", "heatmap_a_asr_wer.png", "compression_a_asr_wer.png"):
         assert (out / "plots" / png).stat().st_size > 1000
+
+
+def test_test_max_items_must_be_positive(tmp_path):
+    from speechwire.config import ConfigError
+    from speechwire.grid import load_grid
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {}\nfactors: {adapter: [mlp]}\ntest_max_items: 0\n")
+    with pytest.raises(ConfigError, match="test_max_items=0 must be a positive integer"):
+        load_grid(grid)

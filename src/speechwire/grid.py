@@ -41,7 +41,8 @@ from .config import ConfigError, ExperimentConfig, from_dict
 
 ROLES = {"encoder": ("encoder", "enc", "sfm"), "adapter": ("adapter",), "llm": ("llm",), "task": ("task",)}
 DEFAULT_KEY = {"encoder": "encoder.model", "adapter": "adapter.name", "llm": "llm.model"}
-GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "test_sets", "feature_cache", "output_dir"}
+GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "test_sets", "test_max_items", "feature_cache",
+             "output_dir"}
 RUN_FILE = "grid_run.json"
 
 
@@ -69,6 +70,7 @@ class GridSpec:
     test_sets: dict[str, str] = field(default_factory=dict)
     feature_cache: str | bool | None = None  # None: <out>/features; False: off
     output_dir: str | None = None
+    test_max_items: int | None = None  # score only the first N items of each test set (CPU budgets)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -170,8 +172,12 @@ def load_grid(path: str | Path) -> GridSpec:
     tests = raw.get("test_sets") or {}
     if not isinstance(tests, dict):
         raise ConfigError(f"{path}: test_sets must map names to manifest paths, e.g. {{synth: test.jsonl}}")
+    limit = raw.get("test_max_items")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"{path}: test_max_items={limit!r} must be a positive integer (or left out: all items)")
     spec = GridSpec(path, base, _dotted(raw.get("overrides"), f"{path.name}: overrides"), factors, seeds,
-                    {str(k): str(v) for k, v in tests.items()}, raw.get("feature_cache"), raw.get("output_dir"))
+                    {str(k): str(v) for k, v in tests.items()}, raw.get("feature_cache"), raw.get("output_dir"),
+                    limit)
     for run in plan(spec):  # every combination must make a valid config
         try:
             run_config(spec, run, Path("."), cache=None)

@@ -160,7 +160,7 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
     if not is_main:
         return result
     for name, manifest in test_manifests(spec, run, out).items():
-        utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)
+        utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[: spec.test_max_items]
         if fc is not None:
             fc.ensure(utts, progress=False)
         meter = _LengthMeter()

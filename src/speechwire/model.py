@@ -52,6 +52,29 @@ def _pad_sequences(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
     return out
 
 
+def match_output_scale(adapter: nn.Module, d_llm: int, token_rms: float) -> None:
+    """Start the adapter's outputs at the scale of the LLM's token embeddings.
+
+    Adapters end in LayerNorm (per-element RMS 1) or a Linear; LLM embedding tables are much
+    smaller (SmolLM2 0.14, Llama 3 ~0.01). Speech vectors 7-100x louder than text swamp the
+    residual stream and stall training, so the last LayerNorm's gain (or the last Linear's weights)
+    starts at the table's RMS instead; it stays trainable. Ultravox's projector does the same
+    with its `norm_init`.
+    """
+    with torch.no_grad():
+        norms = [m for m in adapter.modules() if isinstance(m, nn.LayerNorm) and m.normalized_shape == (d_llm,)]
+        if norms:
+            norms[-1].weight.fill_(token_rms)
+            norms[-1].bias.zero_()
+            return
+        linears = [m for m in adapter.modules() if isinstance(m, nn.Linear) and m.out_features == d_llm]
+        if linears:  # inputs ~unit RMS (normed): output RMS ~ weight std * sqrt(fan_in)
+            lin = linears[-1]
+            lin.weight.mul_(token_rms / (float(lin.weight.std()) * lin.in_features ** 0.5 + 1e-12))
+            if lin.bias is not None:
+                lin.bias.zero_()
+
+
 class SpeechLLM(nn.Module):
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -66,6 +89,7 @@ class SpeechLLM(nn.Module):
         ctx = AdapterContext(in_dim=self.encoder.dim, out_dim=d_llm, frame_rate=self.encoder.frame_rate,
                              vocab_size=vocab, pad_id=self.tokenizer.pad_token_id)
         self.adapter = build_adapter(cfg.adapter, ctx)
+        match_output_scale(self.adapter, d_llm, float(embedding.weight.detach().float().pow(2).mean().sqrt()))
         # the two marker rows: start at the mean LLM embedding, the only trainable LLM-side weights
         mean = embedding.weight.detach().float().mean(0)
         self.audio_markers = nn.Parameter(mean.expand(2, d_llm).clone())  # (2, d_llm): start, end
