@@ -156,3 +156,16 @@ def test_missing_train_manifest_is_clear(tmp_path, capsys):
     cfg.write_text("train: {output_dir: %s}\n" % (tmp_path / "r"))
     assert main(["train", str(cfg)]) == 2
     assert "data.train_manifest is not set" in capsys.readouterr().err
+
+
+def test_report_to_without_the_package_is_clear(tmp_path, monkeypatch):
+    import importlib.util
+
+    from speechwire.config import load_config
+    from speechwire.train import Trainer
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    cfg = load_config(None, ["train.report_to=wandb", f"data.train_manifest={tmp_path / 'x.jsonl'}"])
+    with pytest.raises(ValueError, match=r"pip install 'speechwire\[tracking\]'"):
+        Trainer(cfg).setup()

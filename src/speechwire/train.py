@@ -82,6 +82,13 @@ class Trainer:
         if not cfg.data.train_manifest:
             raise ValueError("data.train_manifest is not set; pass data.train_manifest=path/to/train.jsonl")
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
+        if log_with:
+            import importlib.util
+
+            module = {"tensorboard": "tensorboard", "wandb": "wandb"}[log_with]
+            if importlib.util.find_spec(module) is None:
+                raise ValueError(f"train.report_to={log_with} needs the {module} package: "
+                                 "pip install 'speechwire[tracking]' (or set train.report_to=none)")
         # one process may train several runs (tests, grids) with different precisions
         from accelerate.state import AcceleratorState
 
