@@ -152,3 +152,19 @@ def test_adapter_width_mismatch_is_clear(tiny_llm_dir):
     model = build(tiny_llm_dir)
     with pytest.raises(ValueError, match="speech encoder width 24 does not match the adapter's input width 16"):
         model.adapter(torch.zeros(1, 5, 24), torch.tensor([5]))
+
+
+def test_lora_checkpoint_round_trip(tiny_llm_dir, tmp_path, monkeypatch):
+    model = build(tiny_llm_dir, "llm.lora=true", "llm.lora_rank=2")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p) * 0.1)  # lora_B starts at 0: make LoRA change the outputs
+    model.save_pretrained(tmp_path / "ckpt")
+    state = load_file(str(tmp_path / "ckpt" / WEIGHTS_NAME))
+    assert any("lora_B" in k for k in state) and not any("lora" not in k and k.startswith("llm.") for k in state)
+    import speechwire.model as m
+    monkeypatch.setattr(m, "build_encoder", lambda cfg: ToyEncoder().freeze())
+    loaded = SpeechLLM.from_pretrained(tmp_path / "ckpt").eval()
+    batch = make_batch([4000, 9000], ["hi", "there"])
+    assert torch.allclose(model.eval()(batch).loss, loaded(batch).loss)
