@@ -125,3 +125,23 @@ def test_empty_target_still_fires_one_vector():
     x, lens = make_batch([10, 6])
     out = adapter(x, lens, AdapterTargets(target_lengths=torch.tensor([0, 3])))
     assert out.lengths.tolist() == [1, 3]
+
+
+def test_training_fires_target_length_for_any_threshold():
+    import torch
+
+    from speechwire.adapters import AdapterContext, AdapterTargets, build_adapter
+    from speechwire.config import AdapterConfig
+
+    torch.manual_seed(0)
+    for beta in (0.5, 1.0, 2.0):
+        cfg = AdapterConfig(name="cif", hidden_size=16, num_layers=1, num_heads=2, ffn_size=32, dropout=0.0,
+                            cif_threshold=beta)
+        adapter = build_adapter(cfg, AdapterContext(in_dim=8, out_dim=12, frame_rate=50.0)).train()
+        seen = {}
+        adapter.stack.register_forward_hook(lambda m, args, out: seen.update(fired=args[0]))
+        out = adapter(torch.randn(2, 30, 8).abs() + 0.1, torch.tensor([30, 17]),
+                      targets=AdapterTargets(target_lengths=torch.tensor([7, 3])))
+        assert out.lengths.tolist() == [7, 3], beta
+        fired = seen["fired"]  # (B, K, C): every one of the N vectors integrates a full beta of weight
+        assert (fired[0, :7].abs().sum(-1) > 0).all() and (fired[1, :3].abs().sum(-1) > 0).all(), beta

@@ -138,11 +138,13 @@ class CIFAdapter(Adapter):
                     "item) to scale the alphas; pass AdapterTargets(target_lengths=...) or call .eval()"
                 )
             n = targets.target_lengths.to(device=alphas.device)  # (B,)
-            quantity = (alpha_sum - n.to(alphas.dtype)).abs().mean()  # on the unscaled alphas
+            # on the unscaled alphas, in units of the threshold (N vectors need N * beta of weight)
+            quantity = (alpha_sum / cfg.cif_threshold - n.to(alphas.dtype)).abs().mean()
             aux_losses = {"quantity": quantity}
             aux_loss = cfg.quantity_loss_weight * quantity
             counts = n.long().clamp(min=1)  # exactly N (an empty target still fires one vector)
-            alphas = alphas * (counts.to(alphas.dtype) / alpha_sum.clamp(min=1e-6))[:, None]
+            target_sum = counts.to(alphas.dtype) * cfg.cif_threshold
+            alphas = alphas * (target_sum / alpha_sum.clamp(min=1e-6))[:, None]
         else:
             counts = cif_fire_counts(alpha_sum.detach(), cfg.cif_threshold, cfg.cif_tail_threshold)
 
