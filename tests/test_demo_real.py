@@ -78,7 +78,9 @@ def test_shipped_demo_on_three_clips(task, tmp_path):
     for name, systems in metrics["sets"].items():
         assert set(systems) == {"speechwire", base} and systems["speechwire"]["n"] == 3
         if task == "asr":
-            assert math.isfinite(systems["speechwire"]["wer"]) and systems[base]["wer"] < 0.6, (name, systems)
+            # plain Whisper tiny.en: ~7% WER on the real prompts, ~55% on the hard synthetic voices
+            limit = 0.3 if name == "real" else 1.5
+            assert math.isfinite(systems["speechwire"]["wer"]) and systems[base]["wer"] < limit, (name, systems)
         else:
             assert systems[base]["chrf"] > 20, systems
     rows = [json.loads(x) for x in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
