@@ -1,10 +1,8 @@
-"""Demo training: the standard Trainer, plus one init that makes short CPU runs converge.
+"""Demo training: the standard Trainer plus two opt-in auxiliary losses for short CPU runs.
 
-Adapters end in LayerNorm, whose output has RMS ~1 per dimension; LLM token embeddings are far
-smaller (SmolLM2-135M: std 0.136, row norm 3.2 vs the adapter's 24; Qwen2.5-0.5B: std 0.017, row
-norm 0.5 vs 30). With lr 1e-3 the LayerNorm gain needs ~1000 steps just to shrink to that scale,
-and the speech looks like noise to the LLM meanwhile. Starting the gain at the embedding std
-removes that phase.
+(The adapter's output scale starts at the LLM's token-embedding scale for every run:
+`speechwire.model.match_output_scale`; measured here first: SmolLM2-135M embeddings have std
+0.136 vs 1.0 for a LayerNorm output, Qwen2.5-0.5B 0.017.)
 
 A frozen LLM also needs thousands of steps before it starts to read projected speech at all (the
 loss sits at the text-only level meanwhile; measured in docs/demo.md). `TiedCTC` shortens that:
@@ -25,27 +23,6 @@ from ..train import Trainer
 
 TIED_CTC_WEIGHT = 0.0  # off by default: no gain measured in 180 steps (docs/demo.md); > 0 adds it to the LLM loss
 TIED_CTC_TEMPERATURE = 0.1  # logits = cosine / temperature, in [-10, 10]
-
-
-@torch.no_grad()
-def match_embedding_scale(model) -> float | None:
-    """Set the gain of the adapter's last output LayerNorm to the std of the LLM's token embeddings.
-
-    Args:
-        model: a SpeechLLM (untrained adapter).
-
-    Returns:
-        the std used, or None when the adapter has no LayerNorm of the LLM's width (left as is).
-    """
-    table = model.llm.get_input_embeddings().weight
-    d_llm = table.shape[1]
-    norms = [m for m in model.adapter.modules()
-             if isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (d_llm,) and m.weight is not None]
-    if not norms:
-        return None
-    std = float(table.float().std())
-    norms[-1].weight.fill_(std)
-    return std
 
 
 class TiedCTC:
@@ -126,11 +103,7 @@ class DemoTrainer(Trainer):
 
     def setup(self) -> None:
         super().setup()
-        model = self.unwrapped
-        if self.step == 0:
-            std = match_embedding_scale(model)
-            if std is not None and self.acc.is_main_process:
-                print(f"adapter output LayerNorm gain set to the LLM embedding std {std:.4f}")
+        model = self.unwrapped  # (the adapter's output scale already starts at the LLM's: model.match_output_scale)
         if self.tied_ctc_weight > 0:
             model.adapter.register_forward_hook(TiedCTC(model, self.tied_ctc_weight), with_kwargs=True)
         if self.align_weight > 0:
