@@ -168,3 +168,14 @@ def test_lora_checkpoint_round_trip(tiny_llm_dir, tmp_path, monkeypatch):
     loaded = SpeechLLM.from_pretrained(tmp_path / "ckpt").eval()
     batch = make_batch([4000, 9000], ["hi", "there"])
     assert torch.allclose(model.eval()(batch).loss, loaded(batch).loss)
+
+
+@pytest.mark.parametrize("adapter", ["mlp", "base", "wlqformer"])
+def test_adapter_output_starts_at_the_llm_embedding_scale(tiny_llm_dir, adapter):
+    model = build(tiny_llm_dir, f"adapter.name={adapter}").eval()
+    table = model.llm.get_input_embeddings().weight
+    token_rms = float(table.float().pow(2).mean().sqrt())
+    hidden, lengths = model.encode_audio(make_batch([16000], ["x"]))
+    out = model.adapter(hidden, lengths).embeds[0, : lengths[0]]
+    speech_rms = float(out.pow(2).mean().sqrt())
+    assert 0.5 * token_rms < speech_rms < 2.0 * token_rms, (speech_rms, token_rms)
