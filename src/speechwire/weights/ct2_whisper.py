@@ -334,13 +334,19 @@ def ensure_hf_whisper(ct2_dir: str | Path, cache_dir: str | Path | None = None) 
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         convert_ct2_whisper(ct2_dir, tmp)
-        if dest.exists():  # stale partial copy from an older layout, or a concurrent winner
-            if all((dest / f).is_file() for f in HF_FILES):
-                return dest
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        return publish_folder(tmp, dest, HF_FILES)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_folder(tmp: Path, dest: Path, required: tuple[str, ...] | list[str]) -> Path:
+    """Move a freshly built folder into place atomically, unless a complete one is already there
+    (a concurrent winner); a stale partial folder is replaced."""
+    if dest.exists():
+        if all((dest / f).is_file() for f in required):
+            return dest
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
     return dest
 
 

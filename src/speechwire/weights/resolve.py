@@ -21,6 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .ct2_whisper import publish_folder
+
 PREFIX = "weights:"
 LLM_CONVERTER_VERSION = 1  # part of the cache key: bump when the written checkpoint changes
 HF_LLM_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
@@ -99,14 +101,9 @@ def ensure_hf_llm(gguf: str | Path, cache_dir: str | Path | None = None) -> Path
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         convert_gguf_llm(gguf, tmp)
-        if dest.exists():  # a concurrent winner, or a stale partial folder
-            if all((dest / f).is_file() for f in HF_LLM_FILES):
-                return dest
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        return publish_folder(tmp, dest, HF_LLM_FILES)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def resolve_model(ref: str, convert_gguf: bool = True) -> tuple[str, str | None]:
