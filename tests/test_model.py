@@ -177,5 +177,5 @@ def test_adapter_output_starts_at_the_llm_embedding_scale(tiny_llm_dir, adapter)
     token_rms = float(table.float().pow(2).mean().sqrt())
     hidden, lengths = model.encode_audio(make_batch([16000], ["x"]))
     out = model.adapter(hidden, lengths).embeds[0, : lengths[0]]
-    speech_rms = float(out.pow(2).mean().sqrt())
+    speech_rms = float(out.detach().pow(2).mean().sqrt())
     assert 0.5 * token_rms < speech_rms < 2.0 * token_rms, (speech_rms, token_rms)
