@@ -66,3 +66,14 @@ def write_experiment(tmp: Path, manifest: Path, run_dir: Path, extra: dict | Non
     path = tmp / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def mustc_manifest(tmp: Path, name: str, tasks: tuple[str, ...] = ("asr", "st"), n: int = 8) -> Path:
+    """Write a MuST-C-layout corpus under `tmp` and import it with `speechwire data import mustc`."""
+    from speechwire.cli import main
+
+    write_mustc(tmp / "MUSTC", "train", n=n)
+    manifest = tmp / name
+    assert main(["data", "import", "mustc", "--root", str(tmp / "MUSTC"), "--tgt-lang", "de", "--split", "train",
+                 "--out", str(manifest), "--tasks", *tasks]) == 0
+    return manifest

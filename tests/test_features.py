@@ -14,19 +14,13 @@ from speechwire.data import load_manifest, make_dataloader
 from speechwire.features import CachedFeatureDataset, FeatureCache
 from speechwire.train import train
 
-from pipeline import write_experiment, write_mustc
+from pipeline import mustc_manifest, write_experiment
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from speechwire.cli import main
-
     tmp = tmp_path_factory.mktemp("features")
-    write_mustc(tmp / "MUSTC", "train", n=8)
-    manifest = tmp / "train.jsonl"
-    assert main(["data", "import", "mustc", "--root", str(tmp / "MUSTC"), "--tgt-lang", "de", "--split", "train",
-                 "--out", str(manifest), "--tasks", "asr"]) == 0
-    return tmp, manifest
+    return tmp, mustc_manifest(tmp, "train.jsonl", tasks=("asr",))
 
 
 def _cfg(tmp: Path, manifest: Path, name: str, cache: Path | None = None, dtype: str = "float32", steps: int = 4):

@@ -15,16 +15,13 @@ from speechwire.encoders.tiny import save_tiny_whisper
 from speechwire.grid import load_grid, parse_shard, plan
 from speechwire.tiny import save_tiny_llm
 
-from pipeline import write_mustc
+from pipeline import mustc_manifest
 
 
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grid")
-    write_mustc(tmp / "MUSTC", "train", n=8)
-    manifest = tmp / "all.jsonl"
-    assert main(["data", "import", "mustc", "--root", str(tmp / "MUSTC"), "--tgt-lang", "de", "--split", "train",
-                 "--out", str(manifest), "--tasks", "asr", "st"]) == 0
+    manifest = mustc_manifest(tmp, "all.jsonl")
     save_tiny_whisper(tmp / "w32", d_model=32, layers=1, seed=0)
     save_tiny_whisper(tmp / "w48", d_model=48, layers=1, seed=1)
     save_tiny_llm(tmp / "llm")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from speechwire.cli import main
 from speechwire.train import latest_checkpoint, lr_factor
 
-from pipeline import write_experiment, write_mustc
+from pipeline import mustc_manifest, write_experiment
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 CLI = [sys.executable, "-m", "speechwire.cli"]
@@ -26,11 +26,7 @@ CLI = [sys.executable, "-m", "speechwire.cli"]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
-    write_mustc(tmp / "MUSTC", "train", n=8)
-    manifest = tmp / "train.jsonl"
-    assert main(["data", "import", "mustc", "--root", str(tmp / "MUSTC"), "--tgt-lang", "de", "--split", "train",
-                 "--out", str(manifest), "--tasks", "asr", "st"]) == 0
-    return tmp, manifest
+    return tmp, mustc_manifest(tmp, "train.jsonl")
 
 
 def test_lr_schedule_warmup_then_cosine():
