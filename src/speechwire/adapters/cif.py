@@ -109,7 +109,6 @@ class CIFAdapter(Adapter):
         super().__init__(cfg, ctx)
         self.alpha = AlphaPredictor(ctx.in_dim)
         self.stack = TransformerStack(cfg, ctx.in_dim, ctx.out_dim)
-        self.last_ratio: float | None = None  # measured compression of the last forward
 
     def forward(
         self, hidden: torch.Tensor, lengths: torch.Tensor, targets: AdapterTargets | None = None
@@ -152,7 +151,3 @@ class CIFAdapter(Adapter):
         fired = torch.bmm(w.to(x.dtype), x)  # (B, K, T) @ (B, T, C) -> (B, K, C)
         self.last_ratio = float(lengths.sum()) / float(counts.sum())
         return AdapterOutput(self.stack(fired, counts), counts, aux_loss, aux_losses)
-
-    def output_length(self, lengths: torch.Tensor) -> None:
-        """Data-dependent: see `last_ratio` after a forward."""
-        return None

@@ -98,7 +98,6 @@ class CTCAdapter(Adapter):
             )
         self.head = nn.Linear(ctx.in_dim, ctx.vocab_size)
         self.stack = TransformerStack(cfg, ctx.in_dim, ctx.out_dim)
-        self.last_ratio: float | None = None  # measured compression of the last forward
 
     def forward(
         self, hidden: torch.Tensor, lengths: torch.Tensor, targets: AdapterTargets | None = None
@@ -167,7 +166,3 @@ class CTCAdapter(Adapter):
         return nn.functional.ctc_loss(
             log_probs, labels, lengths, label_lengths, blank=self.blank, reduction="mean", zero_infinity=True,
         )
-
-    def output_length(self, lengths: torch.Tensor) -> None:
-        """Data-dependent: see `last_ratio` after a forward."""
-        return None

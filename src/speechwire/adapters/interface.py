@@ -56,7 +56,7 @@ class Adapter(nn.Module):
     deterministic_length: bool = True
     # data-dependent adapters (CIF, CTC) store the measured compression of their last forward here:
     # sum(input frames) / sum(output vectors); deterministic ones leave it None (use output_length)
-    last_ratio: float | None = None
+    last_ratio: float | None = None  # data-dependent adapters: input frames / outputs of the last forward
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__()
