@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import LLMConfig
+from .data.manifest import language_name as manifest_language_name
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +34,12 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
 
-LANGUAGE_NAMES = {
-    "en": "English", "de": "German", "es": "Spanish", "fr": "French", "it": "Italian",
-    "pt": "Portuguese", "nl": "Dutch", "ro": "Romanian", "ru": "Russian", "zh": "Chinese",
-    "ja": "Japanese", "ar": "Arabic", "ca": "Catalan", "et": "Estonian", "fa": "Persian",
-    "id": "Indonesian", "lv": "Latvian", "mn": "Mongolian", "sl": "Slovenian", "sv": "Swedish",
-    "ta": "Tamil", "tr": "Turkish", "cy": "Welsh", "pl": "Polish", "cs": "Czech", "ko": "Korean",
-}
-
 
 def language_name(code: str | None) -> str:
     """ISO code -> English name for prompts ("de" -> "German"); unknown codes are returned as-is."""
     if code is None:
         return "the target language"
-    return LANGUAGE_NAMES.get(code.lower().split("_")[0].split("-")[0], code)
+    return manifest_language_name(code)
 
 
 def _torch_dtype(name: str) -> torch.dtype:
