@@ -21,6 +21,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,7 @@ class Trainer:
                 if not batch["ids"]:
                     continue  # every item of this batch was invalid and skipped (data.skip_invalid)
                 sync = (micro + 1) % cfg.grad_accum == 0
-                with acc.no_sync(model) if not sync and acc.num_processes > 1 else _null():
+                with acc.no_sync(model) if not sync and acc.num_processes > 1 else nullcontext():
                     out = model(batch)
                     # a DeepSpeed engine divides by its own gradient_accumulation_steps
                     acc.backward(out.loss if self._deepspeed else out.loss / cfg.grad_accum)
@@ -258,7 +259,7 @@ class Trainer:
 
             params = [p for p in self.model.parameters() if p.requires_grad]
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        return _null()
+        return nullcontext()
 
     def _save_checkpoint(self) -> None:
         acc = self.acc
@@ -334,14 +335,6 @@ class _Window:
                   "audio_s_per_s": throughput, "compression": self.enc / max(self.ada, 1)}
         self.values, self.enc, self.ada = {}, 0, 0
         return record
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
