@@ -1,5 +1,5 @@
-"""`speechwire` command line: train | evaluate | transcribe | translate | data | convert | weights | demo |
-grid | report | cache.
+"""`speechwire` command line: train | evaluate | transcribe | translate | serve | data | convert | weights |
+demo | grid | report | cache.
 
 Every command that takes a CONFIG also takes dotted overrides after it:
     speechwire train configs/demo_asr.yaml adapter.name=conv train.lr=2e-4
@@ -42,7 +42,8 @@ def cmd_infer(args: argparse.Namespace, task: str) -> int:
     """transcribe/translate: one line per file; a bad file is reported and the rest still run."""
     import torch
 
-    from .audio import AudioError, load_audio, split_long
+    from .audio import AudioError, load_audio
+    from .longform import join_text, transcribe_long
     from .model import SpeechLLM
 
     model = SpeechLLM.from_pretrained(args.run_dir, args.overrides).eval()
@@ -51,10 +52,11 @@ def cmd_infer(args: argparse.Namespace, task: str) -> int:
     for path in args.files:
         try:
             wav = load_audio(path)
-            # long recordings: cut at pauses into pieces the encoder takes, decode them as a batch
-            pieces = split_long(wav, model.cfg.encoder.max_seconds)
-            texts = model.generate(pieces, task=task, src_lang=args.src_lang, tgt_lang=getattr(args, "to", None))
-            text = " ".join(t for t in texts if t)
+            # long recordings: cut at speech pauses (Silero VAD) into pieces the encoder takes,
+            # decoded eval.batch_size at a time (bounded memory for any length)
+            segments = transcribe_long(model, wav, task=task, src_lang=args.src_lang, tgt_lang=getattr(args, "to", None),
+                                       batch_size=model.cfg.eval.batch_size, method=args.vad)
+            text = join_text(segments)
         except (AudioError, ValueError) as e:
             failed += 1
             msg = str(e).splitlines()[0]
@@ -63,7 +65,11 @@ def cmd_infer(args: argparse.Namespace, task: str) -> int:
             else:
                 print(f"error: {msg}", file=sys.stderr)
             continue
-        print(json.dumps({"file": path, "text": text}, ensure_ascii=False) if args.json else f"{path}\t{text}")
+        if args.json:
+            print(json.dumps({"file": path, "text": text, "duration": round(len(wav) / 16000, 3),
+                              "segments": [vars(s) for s in segments]}, ensure_ascii=False))
+        else:
+            print(f"{path}\t{text}")
     return 1 if failed else 0
 
 
@@ -118,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         if task == "st":
             c.add_argument("--to", required=True, help="target language code, e.g. de")
         c.add_argument("--src-lang", default="en")
-        c.add_argument("--json", action="store_true", help="one JSON object per line")
+        c.add_argument("--json", action="store_true", help="one JSON object per line (text + timed segments)")
+        c.add_argument("--vad", choices=["auto", "silero", "energy"], default="auto",
+                       help="how recordings over the encoder's limit are cut (auto: Silero VAD when installed)")
         c.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
         c.set_defaults(func=lambda a, task=task: cmd_infer(a, task))
 
@@ -152,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.add_argument("overrides", nargs="*", help="config overrides for --train, e.g. train.max_steps=100")
     m.set_defaults(func=cmd_demo)
+
+    from .serve.cli import add_serve_subparser  # serve (imports fastapi only when run)
+
+    add_serve_subparser(sub)
 
     from .grid_cli import add_grid_subparsers  # grid | report | cache
 

@@ -1,0 +1,11 @@
+"""`speechwire serve`: any run folder behind OpenAI-compatible transcription/translation endpoints.
+
+    batcher.py  one worker thread owns the model; concurrent pieces decode as one batch
+    app.py      FastAPI endpoints (/v1/audio/transcriptions, /v1/audio/translations, /v1/models, /health)
+    formats.py  json | text | verbose_json | srt | vtt bodies
+    errors.py   OpenAI-shaped JSON errors, the upload-size limit
+    run.py      the run's model id and the tasks it was trained for
+    cli.py      the command (argument parsing, model loading, uvicorn)
+
+Needs fastapi, uvicorn and python-multipart (installed with speechwire). Usage: docs/serving.md.
+"""

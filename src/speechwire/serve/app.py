@@ -1,0 +1,198 @@
+"""The HTTP API: OpenAI-compatible transcription and translation endpoints over one run folder.
+
+    app = create_app(model, run_info, max_batch=16, max_wait_ms=10, max_upload_mb=25)
+
+    POST /v1/audio/transcriptions   multipart: file, model, language, prompt, response_format, temperature
+    POST /v1/audio/translations     multipart: file, model, target_language, language, prompt, response_format, temperature
+    GET  /v1/models, /v1/models/{id}, /health
+
+Each upload is decoded (any format and rate `load_audio` reads), cut at pauses when longer than
+the encoder takes (`longform.split_recording`), and its pieces are queued on the Batcher, which
+decodes pieces of concurrent requests together. Field meanings: docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+
+from ..audio import SAMPLE_RATE
+from ..llm import language_name
+from ..longform import Segment, encoder_limit_seconds, piece_audio
+from .batcher import Batcher, QueueFull
+from .errors import APIError, BodyLimit, UploadTooLarge, install_error_handlers
+from .formats import FORMATS, Result, render
+from .run import RunInfo
+from .upload import decode_upload
+
+log = logging.getLogger(__name__)
+
+LANG_CODE = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?")  # ISO 639 code, optional region
+OPENAI_TASK = {"asr": "transcribe", "st": "translate"}
+
+
+def create_app(model, run: RunInfo, max_batch: int = 16, max_wait_ms: float = 10.0,
+               max_upload_mb: float = 25.0, vad: str = "auto", max_queue: int = 1024) -> FastAPI:
+    """The FastAPI app serving `model`; its batcher starts and stops with the app (lifespan).
+
+    Args:
+        model: a speechwire.model.SpeechLLM in eval mode; only the batcher's thread runs it.
+        run: what the run folder serves (serve.run.describe_run).
+        max_batch, max_wait_ms, max_queue: dynamic batching (serve.batcher.Batcher).
+        max_upload_mb: larger uploads get 413.
+        vad: how long recordings are cut: auto | silero | energy (longform.split_recording).
+    """
+    batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(title="speechwire", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.model, app.state.run, app.state.batcher, app.state.vad = model, run, batcher, vad
+    app.state.limit_seconds = encoder_limit_seconds(model)
+    app.state.min_samples = int(getattr(model.encoder, "min_samples", 1))
+    max_bytes = int(max_upload_mb * 2**20)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    install_error_handlers(app)
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        return await audio_endpoint(request, "asr")
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request) -> Response:
+        return await audio_endpoint(request, "st")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card(run)]}
+
+    @app.get("/v1/models/{model_id}")
+    async def one_model(model_id: str) -> dict:
+        if model_id != run.id:
+            raise APIError(404, f"model {model_id!r} not found; this server serves {run.id!r}", "model", "model_not_found")
+        return model_card(run)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": run.id, "tasks": list(run.tasks), "tasks_from": run.tasks_from,
+                "queued_pieces": batcher.waiting, "max_batch": batcher.max_batch,
+                "batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items())}}
+
+    return app
+
+
+def model_card(run: RunInfo) -> dict:
+    return {"id": run.id, "object": "model", "created": run.created, "owned_by": "speechwire",
+            "tasks": list(run.tasks), "target_languages": list(run.tgt_langs)}
+
+
+# --- the two audio endpoints ----------------------------------------------------------------------
+
+def _field(form, name: str, default: str | None = None) -> str | None:
+    value = form.get(name)
+    if value is None or isinstance(value, UploadFile):
+        return default
+    value = value.strip()
+    return value or default
+
+
+def _lang(form, name: str, default: str | None) -> str | None:
+    code = _field(form, name, default)
+    if code is not None and not LANG_CODE.fullmatch(code):
+        raise APIError(400, f"{name}={code!r} is not a language code; use ISO 639-1, e.g. 'en' or 'de'", name)
+    return code
+
+
+def _check_fields(form, task: str, run: RunInfo) -> tuple[str, str, str | None]:
+    """(response_format, source language, target language) from the form, or an APIError."""
+    if task not in run.tasks:
+        what = "translation" if task == "st" else "transcription"
+        raise APIError(400, f"model {run.id!r} was trained for {', '.join(run.tasks) or 'no task'} only and does "
+                            f"not do {what} (tasks from {run.tasks_from})", "model", "unsupported_task")
+    fmt = _field(form, "response_format", "json")
+    if fmt not in FORMATS:
+        raise APIError(400, f"response_format={fmt!r} is not supported; use one of {', '.join(FORMATS)}",
+                       "response_format", "invalid_response_format")
+    temperature = _field(form, "temperature", "0")
+    try:
+        t = float(temperature)
+    except ValueError:
+        t = float("nan")
+    if not 0.0 <= t <= 1.0:
+        raise APIError(400, f"temperature={temperature!r} must be a number between 0 and 1 "
+                            "(decoding is greedy; the value is accepted and not used)", "temperature")
+    src = _lang(form, "language", "en")
+    tgt = None
+    if task == "st":
+        default = run.tgt_langs[0] if len(run.tgt_langs) == 1 else None
+        tgt = _lang(form, "target_language", default)
+        if tgt is None:
+            raise APIError(400, "target_language is required: the language code to translate into, e.g. 'de'"
+                                + (f" (this run was trained for {', '.join(run.tgt_langs)})" if run.tgt_langs else ""),
+                           "target_language", "missing_target_language")
+        if run.tgt_langs and tgt not in run.tgt_langs:
+            raise APIError(400, f"target_language={tgt!r}: model {run.id!r} was trained to translate into "
+                                f"{', '.join(run.tgt_langs)} only", "target_language", "unsupported_language")
+    return fmt, src, tgt
+
+
+async def audio_endpoint(request: Request, task: str) -> Response:
+    """Shared body of /v1/audio/transcriptions (task "asr") and /v1/audio/translations ("st")."""
+    state = request.app.state
+    if "multipart/form-data" not in request.headers.get("content-type", ""):
+        raise APIError(400, "send the audio as multipart/form-data with a 'file' field (as the OpenAI client does)",
+                       "file", "invalid_content_type")
+    try:
+        form = await request.form(max_files=4, max_fields=64)
+    except UploadTooLarge as e:
+        raise APIError(413, str(e), "file", "upload_too_large") from None
+    except ClientDisconnect:
+        log.info("client disconnected during the upload; request dropped")
+        return Response(status_code=499)
+    try:
+        fmt, src, tgt = _check_fields(form, task, state.run)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, "no audio: the form needs a 'file' field holding the recording", "file", "missing_file")
+        data = await upload.read()
+        name = upload.filename or "upload"
+    finally:
+        await form.close()
+    if not data:
+        raise APIError(400, f"{name}: the uploaded file is empty (0 bytes)", "file", "empty_file")
+    wav, pieces = await run_in_threadpool(decode_upload, data, name, state.limit_seconds, state.vad)
+    texts = await _decode_pieces(state.batcher, [piece_audio(wav, p, state.min_samples) for p in pieces], task, src, tgt)
+    segments = [Segment(round(p.start_s, 3), round(p.end_s, 3), t) for p, t in zip(pieces, texts)]
+    out_lang = tgt if task == "st" else src
+    result = Result(OPENAI_TASK[task], language_name(out_lang).lower(), len(wav) / SAMPLE_RATE, segments)
+    body, media_type = render(fmt, result)
+    return Response(content=body, media_type=media_type)
+
+
+async def _decode_pieces(batcher: Batcher, pieces: list[np.ndarray], task: str, src: str, tgt: str | None) -> list[str]:
+    futures = []
+    try:
+        for x in pieces:
+            futures.append(batcher.submit(x, task, src, tgt))
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+    except QueueFull as e:
+        raise APIError(503, f"server busy: {e}; retry shortly", None, "server_busy", "server_busy") from None
+    except ValueError as e:
+        raise APIError(400, str(e).splitlines()[0], "file", "invalid_audio") from None
+    finally:
+        for f in futures:
+            f.cancel()  # no-op for finished pieces; drops queued ones when the request is abandoned

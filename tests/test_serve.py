@@ -1,0 +1,369 @@
+"""`speechwire serve`: the official OpenAI client against a live server on a random local port.
+
+One tiny random run (tiny Whisper + tiny LLM) serves every test; its one-by-one outputs are the
+reference each response must equal (batched decoding changes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx2") if False else None  # noqa: F841 - the openai client brings its own
+import uvicorn  # noqa: E402
+
+from speechwire.audio import load_audio  # noqa: E402
+from speechwire.config import load_config  # noqa: E402
+from speechwire.encoders.tiny import save_tiny_whisper  # noqa: E402
+from speechwire.model import SpeechLLM  # noqa: E402
+from speechwire.serve.app import create_app  # noqa: E402
+from speechwire.serve.cli import bind  # noqa: E402
+from speechwire.serve.run import describe_run  # noqa: E402
+from speechwire.tiny import save_tiny_llm  # noqa: E402
+
+from _speechaudio import SR, speech_with_pauses  # noqa: E402
+
+SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)")
+
+
+# --- fixtures: a tiny run folder, audio files, live servers -----------------------------------------
+
+def write_run(root: Path, tasks: tuple[str, ...]) -> Path:
+    """A run folder (config.yaml + trainable.safetensors) of tiny random models, trained for `tasks`."""
+    whisper, llm = root / "whisper", root / "llm"
+    if not whisper.exists():
+        save_tiny_whisper(whisper, d_model=32, layers=1)
+        save_tiny_llm(llm)
+    manifest = root / f"train-{'-'.join(tasks)}.jsonl"
+    lines = [{"audio": "a.wav", "transcript": "hello", "task": "asr"}] if "asr" in tasks else []
+    if "st" in tasks:
+        lines.append({"audio": "a.wav", "transcript": "hello", "translation": "hallo", "tgt_lang": "de"})
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = load_config(None, [
+        "encoder.name=whisper", f"encoder.model={whisper}", f"llm.model={llm}", "adapter.name=mlp",
+        "adapter.hidden_size=32", "adapter.stack=2", "adapter.dropout=0.0", "eval.max_new_tokens=6",
+        f"data.train_manifest={manifest}",
+    ])
+    torch.manual_seed(0)
+    model = SpeechLLM(cfg)
+    with torch.no_grad():  # random but audio-dependent outputs
+        for p in model.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return model.save_pretrained(root / f"run-{'-'.join(tasks)}")
+
+
+def audio_files(folder: Path, n: int = 16) -> list[Path]:
+    """n distinct short recordings in several formats, rates and channel counts."""
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(n):
+        seconds = 0.4 + 0.17 * i
+        sr, ext = [(16000, "wav"), (44100, "flac"), (8000, "wav"), (22050, "mp3")][i % 4]
+        t = np.arange(int(seconds * sr)) / sr
+        x = 0.3 * np.sin(2 * np.pi * (120 + 60 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        x = np.stack([x, x[::-1]], 1) if i % 3 == 0 else x  # some stereo
+        path = folder / f"clip{i}.{ext}"
+        sf.write(path, x.astype(np.float32), sr)
+        files.append(path)
+    return files
+
+
+class LiveServer:
+    """uvicorn serving `app` in a background thread on a random loopback port."""
+
+    def __init__(self, app) -> None:
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def client(self):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    run = write_run(root, ("asr",))
+    model = SpeechLLM.from_pretrained(run).eval()
+    files = audio_files(root / "audio")
+    refs = {f: model.generate([load_audio(f)])[0] for f in files}  # one by one, before serving
+    app = create_app(model, describe_run(run, model.cfg), max_batch=8, max_wait_ms=20, max_upload_mb=1)
+    with LiveServer(app) as server:
+        yield {"root": root, "run": run, "model": model, "files": files, "refs": refs, "server": server, "app": app}
+
+
+# --- round trips ------------------------------------------------------------------------------------
+
+def test_references_differ_between_files(world):
+    assert len(set(world["refs"].values())) >= 12  # else a swapped response could go unnoticed
+
+
+def test_text_json_and_plain_text_round_trip(world):
+    client, f = world["server"].client(), world["files"][1]
+    with open(f, "rb") as fh:
+        out = client.audio.transcriptions.create(file=fh, model="whatever")
+    assert out.text == world["refs"][f]
+    with open(f, "rb") as fh:
+        text = client.audio.transcriptions.create(file=fh, model="run", response_format="text", language="en",
+                                                   prompt="ignored", temperature=0.2)
+    assert text == world["refs"][f] + "\n"
+
+
+def test_verbose_json_and_srt_give_each_piece_its_times(world, tmp_path):
+    pytest.importorskip("silero_vad")
+    wav, spans = speech_with_pauses([1.0, 0.7, 1.5, 0.8, 1.2, 0.9, 1.1, 1.0, 0.6, 1.3, 0.8, 1.0, 0.9, 1.4])
+    assert len(wav) / SR > 35  # longer than Whisper's 30 s: cut into pieces
+    path = tmp_path / "long.flac"
+    sf.write(path, wav, SR)
+    client = world["server"].client()
+    with open(path, "rb") as fh:
+        v = client.audio.transcriptions.create(file=fh, model="run", response_format="verbose_json")
+    assert v.duration == pytest.approx(len(wav) / SR, abs=1e-3) and v.language == "english"
+    assert len(v.segments) >= 2
+    starts = [s.start for s in v.segments]
+    assert starts == sorted(starts) and all(0 <= s.start < s.end <= v.duration for s in v.segments)
+    assert all(s.end - s.start <= 30.0 for s in v.segments)
+    model, full = world["model"], load_audio(path)
+    expected = [model.generate([full[int(round(s.start * SR)): int(round(s.end * SR))]])[0] for s in v.segments]
+    assert [s.text for s in v.segments] == [e.strip() for e in expected]
+    assert v.text == " ".join(e.strip() for e in expected if e.strip())
+    with open(path, "rb") as fh:
+        srt = client.audio.transcriptions.create(file=fh, model="run", response_format="srt")
+    cues = [SRT_CUE.fullmatch(block) for block in srt.strip().split("\n\n")]
+    assert all(cues) and [int(c.group(1)) for c in cues] == list(range(1, len(cues) + 1))
+    first = cues[0].groups()
+    assert int(first[1]) * 3600 + int(first[2]) * 60 + int(first[3]) + int(first[4]) / 1000 == pytest.approx(
+        v.segments[0].start, abs=1e-3)
+    with open(path, "rb") as fh:
+        vtt = client.audio.transcriptions.create(file=fh, model="run", response_format="vtt")
+    assert vtt.startswith("WEBVTT\n\n") and "-->" in vtt
+
+
+# --- concurrency --------------------------------------------------------------------------------------
+
+def test_32_concurrent_requests_match_one_by_one(world):
+    client, files, refs = world["server"].client(), world["files"], world["refs"]
+    jobs = [files[i % len(files)] for i in range(32)]
+    batcher = world["app"].state.batcher
+    before = sum(n * c for n, c in batcher.batch_sizes.items())
+
+    def ask(f: Path) -> str:
+        with open(f, "rb") as fh:
+            return client.audio.transcriptions.create(file=fh, model="run").text
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, jobs))
+    assert answers == [refs[f] for f in jobs]
+    assert sum(n * c for n, c in batcher.batch_sizes.items()) - before == 32  # nothing lost or duplicated
+    assert max(batcher.batch_sizes) > 1  # they were batched
+
+
+# --- bad requests: a clear JSON error each, and the server keeps serving -------------------------------
+
+def _error(exc: openai.APIStatusError) -> dict:
+    return exc.response.json()["error"]
+
+
+def _raw(server, body: bytes, content_type: str, path: str = "/v1/audio/transcriptions"):
+    client = server.client()
+    return client._client.post(server.url + path, content=body, headers={"content-type": content_type})
+
+
+def _multipart(fields: dict, file: tuple[str, bytes] | None) -> tuple[bytes, str]:
+    boundary = "speechwireboundary"
+    out = b""
+    for k, v in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+    if file is not None:
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file[0]}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + file[1] + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _wav_bytes(x: np.ndarray, subtype: str = "PCM_16") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, x, SR, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def _good_request_works(world) -> None:
+    f = world["files"][2]
+    with open(f, "rb") as fh:
+        assert world["server"].client().audio.transcriptions.create(file=fh, model="run").text == world["refs"][f]
+
+
+BAD_FILES = {
+    "empty": (b"", 400, "empty"),
+    "not audio": (b"this is a text file, not a recording\n" * 20, 400, "cannot decode audio"),
+    "truncated header": (None, 400, "cannot decode audio"),
+    "nan samples": (None, 400, "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_audio_gets_a_json_400_then_the_server_still_serves(world, case):
+    data, status, message = BAD_FILES[case]
+    tone = (0.3 * np.sin(np.arange(SR) / 10)).astype(np.float32)
+    if case == "truncated header":
+        data = _wav_bytes(tone)[:30]
+    elif case == "nan samples":
+        x = tone.copy()
+        x[100:200] = np.nan
+        data = _wav_bytes(x, "FLOAT")
+    with pytest.raises(openai.BadRequestError) as err:
+        world["server"].client().audio.transcriptions.create(file=("bad.wav", data), model="run")
+    assert err.value.status_code == status
+    e = _error(err.value)
+    assert message in e["message"] and e["param"] == "file" and e["type"] == "invalid_request_error"
+    assert "Traceback" not in e["message"] and "/tmp" not in e["message"]
+    _good_request_works(world)
+
+
+def test_truncated_wav_is_refused_and_a_streamed_wav_is_not(world):
+    tone = (0.3 * np.sin(np.arange(2 * SR) / 10)).astype(np.float32)
+    data = _wav_bytes(tone)
+    with pytest.raises(openai.BadRequestError) as err:  # header promises 2 s, 0.5 s of samples arrived
+        world["server"].client().audio.transcriptions.create(file=("cut.wav", data[: 44 + SR]), model="run")
+    assert _error(err.value)["code"] == "truncated_audio" and "cut.wav" in _error(err.value)["message"]
+    streamed = data[:40] + b"\xff\xff\xff\xff" + data[44: 44 + SR]  # a streaming writer's "unknown length"
+    out = world["server"].client().audio.transcriptions.create(file=("live.wav", streamed), model="run",
+                                                               response_format="verbose_json")
+    assert out.duration == pytest.approx(0.5, abs=0.01)
+
+
+def test_request_errors_are_json_and_named(world):
+    server, client, f = world["server"], world["server"].client(), world["files"][0]
+    with pytest.raises(openai.BadRequestError) as err:
+        with open(f, "rb") as fh:
+            client.audio.transcriptions.create(file=fh, model="run", response_format="docx")
+    assert _error(err.value)["param"] == "response_format" and "srt" in _error(err.value)["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        with open(f, "rb") as fh:
+            client.audio.transcriptions.create(file=fh, model="run", temperature=7)
+    assert _error(err.value)["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as err:  # an ASR-only run refuses translation clearly
+        with open(f, "rb") as fh:
+            client.audio.translations.create(file=fh, model="run")
+    assert _error(err.value)["code"] == "unsupported_task" and "asr only" in _error(err.value)["message"]
+    body, ctype = _multipart({"model": "run"}, None)  # no file
+    r = _raw(server, body, ctype)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_file"
+    r = _raw(server, b'{"file": "x"}', "application/json")  # not a form
+    assert r.status_code == 400 and "multipart/form-data" in r.json()["error"]["message"]
+    body, ctype = _multipart({"model": "run"}, ("a.wav", b"x"))
+    r = _raw(server, body[:-30], ctype)  # the form itself is cut short
+    assert r.status_code == 400 and "error" in r.json()
+    r = client._client.get(server.url + "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    _good_request_works(world)
+
+
+def test_oversize_upload_gets_413(world):
+    big = _wav_bytes((0.1 * np.random.default_rng(0).standard_normal(40 * SR)).astype(np.float32))  # 1.3 MB
+    with pytest.raises(openai.APIStatusError) as err:
+        world["server"].client().audio.transcriptions.create(file=("big.wav", big), model="run")
+    assert err.value.status_code == 413 and "--max-upload-mb" in _error(err.value)["message"]
+    body, ctype = _multipart({"model": "run"}, ("big.wav", big))  # chunked: no Content-Length to check first
+    r = world["server"].client()._client.post(world["server"].url + "/v1/audio/transcriptions",
+                                              content=iter([body[i: i + 65536] for i in range(0, len(body), 65536)]),
+                                              headers={"content-type": ctype})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "upload_too_large"
+    _good_request_works(world)
+
+
+def test_client_disconnecting_mid_upload_does_not_hurt_the_server(world):
+    body, ctype = _multipart({"model": "run"}, ("a.wav", _wav_bytes(np.zeros(SR, np.float32))))
+    port = int(world["server"].url.rsplit(":", 1)[1])
+    for cut in (10, len(body) // 2):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:cut])
+            time.sleep(0.2)
+    _good_request_works(world)
+
+
+# --- the rest of the API --------------------------------------------------------------------------------
+
+def test_models_and_health(world):
+    client = world["server"].client()
+    models = client.models.list()
+    assert [m.id for m in models.data] == [world["run"].name]
+    r = client._client.get(world["server"].url + "/health").json()
+    assert r["status"] == "ok" and r["tasks"] == ["asr"] and "training manifest" in r["tasks_from"]
+
+
+def test_translation_run_takes_the_target_language(world):
+    run = write_run(world["root"], ("asr", "st"))
+    model = SpeechLLM.from_pretrained(run).eval()
+    f = world["files"][3]
+    want = model.generate([load_audio(f)], task="st", tgt_lang="de")[0]
+    with LiveServer(create_app(model, describe_run(run, model.cfg), max_batch=4)) as server:
+        client = server.client()
+        with open(f, "rb") as fh:  # the run was trained for de only: the default target
+            assert client.audio.translations.create(file=fh, model="run").text == want
+        with open(f, "rb") as fh:
+            v = client.audio.translations.create(file=fh, model="run", response_format="verbose_json",
+                                                 extra_body={"target_language": "de"})
+        assert v.text == want and v.language == "german"
+        with pytest.raises(openai.BadRequestError) as err, open(f, "rb") as fh:
+            client.audio.translations.create(file=fh, model="run", extra_body={"target_language": "fr"})
+        assert _error(err.value)["param"] == "target_language" and "de" in _error(err.value)["message"]
+
+
+def test_speechwire_serve_command(world):
+    """The real command line: `speechwire serve RUN --port 0` prints its address and answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "speechwire.cli", "serve", str(world["run"]), "--port", "0",
+                             "--max-batch", "4", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "server exited"
+            m = re.search(r"listening on (http://\S+)", line)
+            url = m.group(1) if m else None
+        assert url, "no address printed"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for _ in range(100):  # the socket is bound before uvicorn starts accepting
+            try:
+                client._client.get(url + "/health")
+                break
+            except Exception:  # noqa: BLE001
+                time.sleep(0.1)
+        f = world["files"][5]
+        with open(f, "rb") as fh:
+            assert client.audio.transcriptions.create(file=fh, model="run").text == world["refs"][f]
+    finally:
+        proc.terminate()
+        proc.wait(30)
