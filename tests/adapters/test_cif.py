@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from speechwire.adapters import AdapterTargets
-from speechwire.adapters.cif import cif_fire_counts, cif_weights
+from speechwire.adapters.cif import cif_fire_counts, cif_weights, rescale_tail
 
 
 def cif_reference(alphas: list[float], h: torch.Tensor, beta: float = 1.0, tail: float = 0.5) -> list[torch.Tensor]:
@@ -145,3 +145,37 @@ def test_training_fires_target_length_for_any_threshold():
         assert out.lengths.tolist() == [7, 3], beta
         fired = seen["fired"]  # (B, K, C): every one of the N vectors integrates a full beta of weight
         assert (fired[0, :7].abs().sum(-1) > 0).all() and (fired[1, :3].abs().sum(-1) > 0).all(), beta
+
+
+def test_tail_rescale_like_the_authors_torch_cif_port():
+    # alphas sum to 2.7: two full vectors and a tail of weight 0.7 (>= 0.5), which the authors'
+    # port upscales by threshold / 0.7; ours keeps it as integrated unless cif_tail_rescale
+    a = torch.tensor([[0.6, 0.6, 0.6, 0.6, 0.3]], dtype=torch.float64)
+    h = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    counts = cif_fire_counts(a.sum(1), 1.0, 0.5)
+    assert counts.tolist() == [3]
+    w = cif_weights(a, counts, 1.0)
+    scaled = rescale_tail(w, a.sum(1), counts, 1.0, 0.5)
+    torch.testing.assert_close(scaled[0, :2], w[0, :2])  # full vectors untouched
+    torch.testing.assert_close(scaled[0, 2], w[0, 2] / 0.7)
+    assert float(scaled[0, 2].sum()) == pytest.approx(1.0)  # the tail now weighs one threshold
+    tail = torch.bmm(scaled, h[None])[0, 2]
+    torch.testing.assert_close(tail, (0.4 * h[3] + 0.3 * h[4]) / 0.7)  # cumsum 2.4 -> 2.7
+    # no tail fired (leftover 0.3 < 0.5) and the forced single vector: nothing is rescaled
+    for alphas in ([[0.5, 0.5, 0.3]], [[0.1, 0.2]]):
+        a = torch.tensor(alphas, dtype=torch.float64)
+        c = cif_fire_counts(a.sum(1), 1.0, 0.5)
+        w = cif_weights(a, c, 1.0)
+        torch.testing.assert_close(rescale_tail(w, a.sum(1), c, 1.0, 0.5), w)
+
+
+def test_tail_rescale_switch_in_the_adapter():
+    x, lens = make_batch([23, 9], seed=5)
+    ours, paper = build("cif").eval(), build("cif", cif_tail_rescale=True).eval()
+    paper.load_state_dict(ours.state_dict())
+    a, b = ours(x, lens), paper(x, lens)
+    assert a.lengths.tolist() == b.lengths.tolist()
+    paper.train()  # training fires exactly N vectors, no tail: the switch changes nothing there
+    ours.train()
+    t = make_targets(lens)
+    torch.testing.assert_close(ours(x, lens, t).embeds, paper(x, lens, t).embeds)

@@ -43,3 +43,22 @@ def test_padded_frames_never_reach_real_outputs():
         x[0, 9:] = -1e4  # change only item 0's padding
         b = adapter(x, lens).embeds
     torch.testing.assert_close(a, b)
+
+
+def test_layer_list_matches_the_authors_order():
+    # speechlmm ConvolutionalAdapter (hidden_layers 0): conv(k3, s2) LN ReLU conv(k3, s2) LN
+    paper = build("conv", conv_final_relu=False)
+    assert [type(m).__name__ for m in paper.layer_list()] == ["Conv1d", "LayerNorm", "ReLU", "Conv1d", "LayerNorm"]
+    assert [(m.kernel_size, m.stride, m.padding) for m in paper.layer_list()[::3]] == [((3,), (2,), (1,))] * 2
+    ours = build("conv")  # default: a ReLU after the last conv too
+    assert [type(m).__name__ for m in ours.layer_list()][-1] == "ReLU"
+    # same weights, same state dict keys: only the activation differs, and forward uses it
+    paper.load_state_dict(ours.state_dict())
+    x, lens = make_batch([20])
+    seen = {}
+    hook = ours.stack.register_forward_pre_hook(lambda m, args: seen.__setitem__("ours", args[0]))
+    hook2 = paper.stack.register_forward_pre_hook(lambda m, args: seen.__setitem__("paper", args[0]))
+    ours.eval()(x, lens), paper.eval()(x, lens)
+    hook.remove(), hook2.remove()
+    assert (seen["ours"] >= 0).all() and (seen["paper"] < 0).any()
+    torch.testing.assert_close(seen["ours"], seen["paper"].clamp(min=0))

@@ -1,6 +1,9 @@
-"""CTC adapter: vectorised pooling vs a slow loop, the CTC loss, training, clear errors."""
+"""CTC adapter: vectorised pooling vs a slow loop and the authors' algorithm, the CTC loss,
+training, clear errors."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -51,14 +54,57 @@ def test_pooling_by_hand():
     labels = torch.tensor([[0, 0, 1, 1, 0, 2, 2, 2, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
     lens = torch.tensor([10, 6])
     x = torch.arange(10.0)[None, :, None].expand(2, 10, 1)
-    seg, keep, counts = segment_ids(labels, lens, blank=0)
+    seg, keep, counts = segment_ids(labels, lens, blank=0, keep_blanks=False)
     assert counts.tolist() == [3, 1]
     pooled = segment_mean(x, seg, keep, counts)
     assert pooled[0, :, 0].tolist() == [2.5, 6.0, 9.0]  # runs 1,1 / 2,2,2 / 1
     assert pooled[1, :1, 0].tolist() == [2.5]  # all blank: mean of its 6 real frames
-    seg, keep, counts = segment_ids(labels, lens, blank=0, keep_blanks=True)
+    seg, keep, counts = segment_ids(labels, lens, blank=0)  # the default keeps blank runs
     assert counts.tolist() == [6, 1]  # 00 / 11 / 0 / 222 / 0 / 1; item 1: one blank run
     assert segment_mean(x, seg, keep, counts)[0, :, 0].tolist() == [0.5, 2.5, 4.0, 6.0, 8.0, 9.0]
+
+
+def authors_compression(log_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The authors' CTC compression for one item (speechlmm CtcAdapter._ctc_compress_sequence,
+    strategy "mean"), written out: runs of equal argmax labels, blanks included, each -> 1/run mean,
+    applied as a (T, T') matrix. log_probs (T, V), x (T, C) -> (T', C)."""
+    runs = [len(list(g)) for _, g in itertools.groupby(log_probs.argmax(-1).tolist())]
+    matrix = torch.zeros(x.shape[0], len(runs))
+    start = 0
+    for k, n in enumerate(runs):
+        matrix[start : start + n, k] = 1.0 / n
+        start += n
+    return (x.T @ matrix).T
+
+
+def test_default_keeps_blank_runs_like_the_authors():
+    # hand-made posteriors over V = 4 (blank 0): frames 0-1 blank, 2 label 3, 3-5 blank, 6-7 label 2,
+    # 8 label 3, 9 blank; the authors' segments: [0,1] [2] [3,4,5] [6,7] [8] [9], blanks averaged
+    frame_labels = [0, 0, 3, 0, 0, 0, 2, 2, 3, 0]
+    probs = torch.full((10, 4), 0.1)
+    probs[torch.arange(10), torch.tensor(frame_labels)] = 0.7
+    log_probs = probs.log()
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    ref = authors_compression(log_probs, x)
+    assert ref.shape[0] == 6
+    torch.testing.assert_close(ref[2], x[3:6].mean(0))  # the middle blank run is one averaged vector
+    lens = torch.tensor([10])
+    seg, keep, counts = segment_ids(log_probs.argmax(-1)[None], lens, blank=0)
+    torch.testing.assert_close(segment_mean(x[None], seg, keep, counts)[0], ref)
+
+    # through the adapter with its default config: a head whose argmax follows those labels
+    adapter = build("ctc").eval()
+    assert adapter.cfg.ctc_keep_blanks
+    hidden = torch.zeros(1, 10, adapter.ctx.in_dim)
+    hidden[0, torch.arange(10), torch.tensor(frame_labels)] = 1.0  # one-hot of the label in d_enc
+    with torch.no_grad():
+        adapter.head.weight.zero_()
+        adapter.head.bias.zero_()
+        adapter.head.weight[torch.arange(4), torch.arange(4)] = 5.0  # logit of label v = 5 * hidden[v]
+    assert adapter(hidden, lens).lengths.tolist() == [6]
+    dropping = build("ctc", ctc_keep_blanks=False).eval()  # the option: blank runs dropped
+    dropping.load_state_dict(adapter.state_dict())
+    assert dropping(hidden, lens).lengths.tolist() == [3]  # 3 / 2 2 / 3
 
 
 def _targets(labels: list[list[int]]) -> AdapterTargets:

@@ -18,8 +18,10 @@ which also handles alphas > beta (one frame firing several times; possible after
 scaling). Cost is O(B * T * K) memory for the weight matrix.
 
 Fire counts (S = sum of alphas):
-- eval: K = floor(S / beta + eps) full vectors, plus one tail vector (holding the leftover weight,
-  not renormalised) when S - floor * beta >= cif_tail_threshold (0.5).
+- eval: K = floor(S / beta + eps) full vectors, plus one tail vector holding the leftover weight
+  r = S - floor * beta when r >= cif_tail_threshold (0.5). With cif_tail_rescale (the authors' port
+  of torch_cif, `preset: paper`) the tail vector is scaled by beta / r, so it weighs as much as a
+  full one; by default it is not.
 - training: alphas are scaled so S equals the target token count N (targets.target_lengths) and
   K = N exactly (N = 0, an empty target, counts as 1). eps = 1e-4 absorbs float rounding that would otherwise make floor(S) = N - 1.
 - at least one vector per item: an item that would fire nothing (S < tail threshold) fires one
@@ -79,6 +81,29 @@ def cif_weights(alphas: torch.Tensor, counts: torch.Tensor, threshold: float) ->
     return w * fired[..., None]
 
 
+def rescale_tail(
+    w: torch.Tensor, alpha_sum: torch.Tensor, counts: torch.Tensor, threshold: float, tail_threshold: float,
+    eps: float = FIRE_EPS,
+) -> torch.Tensor:
+    """Scale each item's fired tail vector to a full vector's weight (torch_cif, the authors' port).
+
+    Args:
+        w: (B, K, T) weights from `cif_weights` (eval mode, unscaled alphas).
+        alpha_sum: (B,) sum of each item's alphas; counts: (B,) from `cif_fire_counts`.
+    Returns:
+        (B, K, T): row counts[b] - 1 multiplied by threshold / r_b where item b fired a tail of
+        leftover weight r_b >= tail_threshold; every other row unchanged (also the one vector an
+        item with r_b below the tail threshold is given, which would otherwise be blown up).
+    """
+    full = torch.floor(alpha_sum / threshold + eps)  # (B,) full vectors
+    leftover = alpha_sum - full * threshold  # (B,) r
+    tail = (counts.to(full.dtype) > full) & (leftover >= tail_threshold)  # (B,)
+    scale = torch.where(tail, threshold / leftover.clamp(min=1e-6), torch.ones_like(leftover))  # (B,)
+    last = torch.arange(w.shape[1], device=w.device)[None, :] == (counts - 1)[:, None]  # (B, K)
+    factor = torch.where(last, scale[:, None], torch.ones_like(scale)[:, None])  # (B, K)
+    return w * factor[..., None].to(w.dtype)
+
+
 class AlphaPredictor(nn.Module):
     """Conv1d(k3) -> LayerNorm -> ReLU -> Linear -> Sigmoid: (B, T, C) -> (B, T) in (0, 1)."""
 
@@ -99,8 +124,8 @@ class AlphaPredictor(nn.Module):
 class CIFAdapter(Adapter):
     """Continuous Integrate-and-Fire compression before the Base stack (data-dependent length).
 
-    Config fields: cif_threshold (1.0), cif_tail_threshold (0.5), quantity_loss_weight (1.0), plus
-    the stack's fields. After each forward, `last_ratio` holds sum(input frames) / sum(outputs).
+    Config fields: cif_threshold (1.0), cif_tail_threshold (0.5), cif_tail_rescale (False),
+    quantity_loss_weight (1.0), plus the stack's fields. After each forward, `last_ratio` holds sum(input frames) / sum(outputs).
     """
 
     deterministic_length = False
@@ -148,6 +173,8 @@ class CIFAdapter(Adapter):
             counts = cif_fire_counts(alpha_sum.detach(), cfg.cif_threshold, cfg.cif_tail_threshold)
 
         w = cif_weights(alphas, counts, cfg.cif_threshold)  # (B, K, T)
+        if cfg.cif_tail_rescale and not self.training:
+            w = rescale_tail(w, alpha_sum.detach(), counts, cfg.cif_threshold, cfg.cif_tail_threshold)
         fired = torch.bmm(w.to(x.dtype), x)  # (B, K, T) @ (B, T, C) -> (B, K, C)
         self.last_ratio = float(lengths.sum()) / float(counts.sum())
         return AdapterOutput(self.stack(fired, counts), counts, aux_loss, aux_losses)

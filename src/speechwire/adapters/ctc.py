@@ -6,7 +6,7 @@ L = transcript tokens.
 
     logits = Linear(C, V)(hidden)                       # (B, T, V), the CTC head
     labels = argmax(logits)                             # (B, T)
-    runs of equal consecutive labels -> one segment; blank runs dropped (ctc_keep_blanks: kept)
+    runs of equal consecutive labels -> one segment, blank runs too (ctc_keep_blanks=False: dropped)
     pooled[k] = mean of the frames of segment k         # (B, K, C), scatter-add, no Python loop
     -> TransformerStack -> (B, K, d_llm)
 
@@ -15,6 +15,10 @@ transcript in the LLM's own tokenizer (targets.ctc_labels), blank = ctc_blank_id
 id. Items whose transcript is longer than their frames cannot be aligned: their loss is zeroed
 (zero_infinity=True) and a warning names them. An item whose frames are all blank still yields one
 vector: the mean of all its frames.
+
+Blank runs are kept by default, each averaged into one vector, as in the authors' code
+(`CtcAdapter._ctc_compress_sequence`; their comment: blanks are not removed, as in the original
+CTC-compression paper, Gaido et al. 2021); ctc_keep_blanks=False drops them (a shorter output).
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ from .transformer import TransformerStack
 
 
 def segment_ids(
-    labels: torch.Tensor, lengths: torch.Tensor, blank: int, keep_blanks: bool = False
+    labels: torch.Tensor, lengths: torch.Tensor, blank: int, keep_blanks: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assign each frame to its pooled segment.
 
     Args:
         labels: (B, T) long frame labels (the CTC head's argmax).
         lengths: (B,) valid frames.
-        blank: the blank label; its runs are dropped unless keep_blanks.
+        blank: the blank label; its runs are segments too unless keep_blanks is False.
     Returns:
         seg: (B, T) long segment index of each frame (meaningless where keep is False).
         keep: (B, T) bool, frames that belong to an output segment.
@@ -77,7 +81,7 @@ class CTCAdapter(Adapter):
     """CTC-guided mean pooling before the Base stack (data-dependent length).
 
     Config fields: ctc_loss_weight (0.1), ctc_blank_id (None = ctx.pad_id), ctc_keep_blanks
-    (False), plus the stack's fields; needs ctx.vocab_size. After each forward, `last_ratio` holds
+    (True), plus the stack's fields; needs ctx.vocab_size. After each forward, `last_ratio` holds
     sum(input frames) / sum(outputs).
     """
 

@@ -2,6 +2,15 @@
 
 BERT-style = post-LayerNorm encoder layers with GELU FFN and no positional encoding (hidden 768,
 12 heads, FFN 3072 by default). Projections are Linear + LayerNorm into and out of the stack.
+
+Three config fields choose between PyTorch's and BERT's details (the authors build these layers
+with transformers' BertModel; `preset: paper` sets BERT's):
+- init_std: None keeps PyTorch's init; 0.02 draws every weight of the layers from normal(0, 0.02)
+  with zero biases and unit LayerNorms (BERT's `_init_weights`). The projections keep PyTorch's
+  init either way (in the authors' code they sit outside the BertModel).
+- layer_norm_eps: the layers' LayerNorm epsilon (PyTorch 1e-5, BERT 1e-12).
+- bert_dropout: BERT puts dropout on the attention probabilities and on each sub-layer's output;
+  PyTorch's layer also has one between the FFN's two Linears, which this switch turns off.
 """
 
 from __future__ import annotations
@@ -13,6 +22,27 @@ from ..config import AdapterConfig
 from .interface import lengths_to_mask
 
 
+def bert_init_(module: nn.Module, std: float) -> None:
+    """BERT's init on every Linear, MultiheadAttention and LayerNorm inside `module`, in place:
+    weights ~ normal(0, std), biases 0, LayerNorm weight 1 / bias 0."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.MultiheadAttention):  # its out_proj is an nn.Linear, handled above
+                for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                    w = getattr(m, name)
+                    if w is not None:
+                        w.normal_(0.0, std)
+                if m.in_proj_bias is not None:
+                    m.in_proj_bias.zero_()
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+
 class TransformerStack(nn.Module):
     def __init__(self, cfg: AdapterConfig, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -20,10 +50,14 @@ class TransformerStack(nn.Module):
         self.in_proj = nn.Sequential(nn.Linear(in_dim, h), nn.LayerNorm(h))
         layer = nn.TransformerEncoderLayer(
             d_model=h, nhead=cfg.num_heads, dim_feedforward=cfg.ffn_size, dropout=cfg.dropout,
-            activation="gelu", batch_first=True, norm_first=False,
+            activation="gelu", batch_first=True, norm_first=False, layer_norm_eps=cfg.layer_norm_eps,
         )
+        if cfg.bert_dropout:
+            layer.dropout.p = 0.0  # the one inside the FFN (BERT has none there); attention + outputs keep theirs
         # enable_nested_tensor=False: nested tensors drop padded rows and make outputs batch-dependent
         self.layers = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False) if cfg.num_layers else None
+        if self.layers is not None and cfg.init_std is not None:
+            bert_init_(self.layers, cfg.init_std)
         self.out_proj = nn.Sequential(nn.Linear(h, out_dim), nn.LayerNorm(out_dim))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

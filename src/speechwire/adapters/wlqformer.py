@@ -14,6 +14,8 @@ hold no real frame are skipped (their outputs are zero padding).
 
 QFormerLayer is BERT style (post-LayerNorm): self-attention over the queries, cross-attention from
 the queries to the window's frames, then a GELU FFN; each sub-layer x = LayerNorm(x + f(x)).
+init_std, layer_norm_eps and bert_dropout act on the layers and the query LayerNorm as on the Base
+stack (transformer.py); bert_dropout also drops out the normed queries (BERT's embedding dropout).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from ..config import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
+from .transformer import bert_init_
 
 
 def window_frames(window_seconds: float, frame_rate: float) -> int:
@@ -41,8 +44,10 @@ class QFormerLayer(nn.Module):
         self.cross_attn = nn.MultiheadAttention(
             h, cfg.num_heads, dropout=p, batch_first=True, kdim=kv_dim, vdim=kv_dim
         )
-        self.ffn = nn.Sequential(nn.Linear(h, cfg.ffn_size), nn.GELU(), nn.Dropout(p), nn.Linear(cfg.ffn_size, h))
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
+        inner = 0.0 if cfg.bert_dropout else p  # BERT has no dropout between the FFN's Linears
+        self.ffn = nn.Sequential(nn.Linear(h, cfg.ffn_size), nn.GELU(), nn.Dropout(inner), nn.Linear(cfg.ffn_size, h))
+        eps = cfg.layer_norm_eps
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(h, eps), nn.LayerNorm(h, eps), nn.LayerNorm(h, eps)
         self.dropout = nn.Dropout(p)
 
     def forward(self, q: torch.Tensor, frames: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -73,8 +78,11 @@ class WLQFormerAdapter(Adapter):
         self.window = window_frames(cfg.window_seconds, ctx.frame_rate)
         self.norm = nn.LayerNorm(ctx.in_dim)
         self.queries = nn.Parameter(torch.randn(cfg.queries_per_window, cfg.hidden_size) * 0.02)  # (Q, H)
-        self.query_norm = nn.LayerNorm(cfg.hidden_size)
+        self.query_norm = nn.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
+        self.query_dropout = nn.Dropout(cfg.dropout if cfg.bert_dropout else 0.0)
         self.layers = nn.ModuleList(QFormerLayer(cfg, ctx.in_dim) for _ in range(cfg.qformer_layers))
+        if cfg.init_std is not None:
+            bert_init_(self.layers, cfg.init_std)
         self.out_proj = nn.Linear(cfg.hidden_size, ctx.out_dim)
 
     def forward(
@@ -96,7 +104,7 @@ class WLQFormerAdapter(Adapter):
         live = (~pad).any(dim=1)  # (B*N,) windows with at least one real frame
         frames, pad = x[live], pad[live]  # (M, W, C), (M, W)
 
-        q = self.query_norm(self.queries).expand(frames.shape[0], Q, -1)  # (M, Q, H)
+        q = self.query_dropout(self.query_norm(self.queries).expand(frames.shape[0], Q, -1))  # (M, Q, H)
         for layer in self.layers:
             q = layer(q, frames, pad)
         y = self.out_proj(q)  # (M, Q, D)
