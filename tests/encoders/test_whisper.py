@@ -91,6 +91,18 @@ def test_padded_mode_equals_hf_whisper_encoder(folder, padded):
         torch.testing.assert_close(out.hidden[i, :t], ref[i, :t], atol=1e-5, rtol=1e-5)
 
 
+def test_padded_full_hands_all_1500_frames_like_the_authors(folder, padded):
+    # speechlmm WhisperEncoder (standard, 30 s): the adapter gets every frame, silence included
+    full = build_encoder(EncoderConfig(name="whisper", model=str(folder), mode="padded_full"))
+    x, lengths = _audio([2 * SR, 7777])
+    out, real = full(x, lengths), padded(x, lengths)
+    assert out.lengths.tolist() == [1500, 1500] and out.hidden.shape[1] == 1500
+    assert full.output_length(lengths).tolist() == [1500, 1500]
+    for i, t in enumerate(real.lengths.tolist()):
+        torch.testing.assert_close(out.hidden[i, :t], real.hidden[i, :t])  # the same encoder pass
+    assert out.hidden[1, 24:].abs().sum() > 0  # the silence frames are there, not zeroed
+
+
 def test_padded_vs_trimmed_similarity(padded, trimmed):
     # padded mode attends to 30 s of silence, trimmed only to the real frames: close, not equal.
     # Measured on this tiny random model: mean cosine >= 0.999, min >= 0.998 (tiny.en real: 0.99).

@@ -4,7 +4,7 @@ Letters: B batch, S samples (16 kHz), M mel frames (100/s), C mel bins, T encode
 
     waveforms (B, S) -> log-mel (B, M, C) -> conv1, conv2 (stride 2) -> + positions -> layers -> (B, T, d)
 
-Two modes (`EncoderConfig.mode`):
+Three modes (`EncoderConfig.mode`):
 - "trimmed" (default; the paper's "unrestricted" Whisper): encode only up to the longest item in the
   batch, positional table sliced to that length. Each item is computed exactly as if it were alone:
   its log-mel is normalised over its own frames, mel and conv1 frames past its end are zeroed (what
@@ -13,6 +13,8 @@ Two modes (`EncoderConfig.mode`):
   attention mask, exactly as `WhisperFeatureExtractor` + `WhisperEncoder`; output sliced to the
   real frames. The real frames then also attend to silence, so they differ from trimmed mode
   (cosine ~0.9-1.0 on random weights; 0.99 measured on tiny.en, see DESIGN.md section 5).
+- "padded_full": as "padded", but all 1500 output frames (30 s) go to the adapter, silence
+  included, and every item's length is 1500: the authors' standard Whisper (the `paper` preset).
 
 Log-mel features follow `WhisperFeatureExtractor` to ~1e-5: centred STFT (n_fft 400, hop 160,
 periodic Hann, reflect padding at both ends of the item), power spectrum, Slaney mel filters, log10
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import EncoderConfig
+from ..config import WHISPER_MODES, EncoderConfig
 from ..registry import ENCODERS
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
 from .loading import load_submodule, resolve_folder
@@ -98,11 +100,11 @@ def _is_ctranslate2(folder: Path) -> bool:
 
 @ENCODERS.register("whisper")
 class WhisperSpeechEncoder(SpeechEncoder):
-    """Frozen Whisper encoder, "trimmed" (real length) or "padded" (30 s) input.
+    """Frozen Whisper encoder, "trimmed" (real length) or "padded"/"padded_full" (30 s) input.
 
     Args:
         encoder: a Hugging Face `WhisperEncoder` (weights loaded).
-        mode: "trimmed" or "padded".
+        mode: "trimmed", "padded" (real frames out) or "padded_full" (all 1500 frames out).
         max_seconds: longest accepted input, at most 30 s.
         model_id: what it was loaded from (feature-cache key).
     """
@@ -115,8 +117,8 @@ class WhisperSpeechEncoder(SpeechEncoder):
         super().__init__()
         from transformers import WhisperFeatureExtractor
 
-        if mode not in ("trimmed", "padded"):
-            raise ValueError(f"whisper: mode={mode!r} must be 'trimmed' or 'padded'")
+        if mode not in WHISPER_MODES:
+            raise ValueError(f"whisper: mode={mode!r} must be one of {', '.join(WHISPER_MODES)}")
         self.encoder = encoder
         self.mode = mode
         self.model_id = model_id
@@ -160,7 +162,10 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return cls(encoder, mode=cfg.mode, max_seconds=cfg.max_seconds, model_id=cfg.model)
 
     def output_length(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """(B,) samples -> (B,) encoder frames (same in both modes). Pure."""
+        """(B,) samples -> (B,) encoder frames (trimmed and padded: the real frames; padded_full:
+        1500, the 30 s window, for every item). Pure."""
+        if self.mode == "padded_full":
+            return torch.full_like(num_samples, N_FRAMES // 2)
         return whisper_output_length(num_samples)
 
     @torch.no_grad()
@@ -173,7 +178,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
         Returns:
             EncoderOutput with hidden (B, T, d), zero past each item's frames, T = max(out lengths),
-            and lengths (B,) encoder frames.
+            and lengths (B,) encoder frames (padded_full: T = 1500 for every item, nothing zeroed).
         """
         check_waveforms(waveforms, lengths, self.min_samples, self.max_samples, who=f"whisper encoder ({self.model_id})")
         enc = self.encoder
