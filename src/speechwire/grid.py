@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, ExperimentConfig, from_dict
+from .config import ConfigError, ExperimentConfig, apply_presets, from_dict
 
 ROLES = {"encoder": ("encoder", "enc", "sfm"), "adapter": ("adapter",), "llm": ("llm",), "task": ("task",)}
 DEFAULT_KEY = {"encoder": "encoder.model", "adapter": "adapter.name", "llm": "llm.model"}
@@ -153,14 +153,18 @@ def load_grid(path: str | Path) -> GridSpec:
     unknown = sorted(set(raw) - GRID_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(GRID_KEYS)}")
-    base = raw.get("base") or {}
+    base, base_dir = raw.get("base") or {}, path.parent
     if isinstance(base, str):
         base_path = path.parent / base if (path.parent / base).is_file() else Path(base)
         if not base_path.is_file():
             raise ConfigError(f"{path}: base config {base!r} not found next to the grid file or in the cwd")
-        base = yaml.safe_load(base_path.read_text()) or {}
+        base, base_dir = yaml.safe_load(base_path.read_text()) or {}, base_path.parent
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a config path or a mapping of sections")
+    try:  # the base config's `preset:` (e.g. paper) goes under its own values, as in load_config
+        base = apply_presets(base, base_dir)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: base: {e}") from None
     presets = raw.get("presets") or {}
     factors_raw = raw.get("factors")
     if not isinstance(factors_raw, dict) or not factors_raw:

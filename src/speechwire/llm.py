@@ -12,13 +12,14 @@ the LLM's own weights stay untouched (no resize) and a checkpoint holds just tho
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import LLMConfig
+from .config import LLMConfig, instructions
 from .data.manifest import language_name as manifest_language_name
 
 log = logging.getLogger(__name__)
@@ -120,14 +121,31 @@ class ChatPrompter:
         self.end_of_turn = self._end_of_turn()
         self.stop_ids = self._stop_ids()
 
-    def instruction(self, task: str, src_lang: str | None = "en", tgt_lang: str | None = None) -> str:
+    def instructions(self, task: str) -> list[str]:
+        """The task's instruction paraphrases (llm.asr_prompt / llm.st_prompt as a list)."""
         if task == "asr":
-            return self.cfg.asr_prompt.format(src=language_name(src_lang))
+            return instructions(self.cfg.asr_prompt)
         if task == "st":
-            if not tgt_lang:
-                raise ValueError("task 'st' needs a target language (tgt_lang), e.g. 'de'")
-            return self.cfg.st_prompt.format(src=language_name(src_lang), tgt=language_name(tgt_lang))
+            return instructions(self.cfg.st_prompt)
         raise ValueError(f"unknown task {task!r}; tasks are 'asr' and 'st'")
+
+    def instruction(self, task: str, src_lang: str | None = "en", tgt_lang: str | None = None, variant: int = 0) -> str:
+        """Paraphrase number `variant` of the task's instruction, languages filled in."""
+        options = self.instructions(task)
+        if task == "st" and not tgt_lang:
+            raise ValueError("task 'st' needs a target language (tgt_lang), e.g. 'de'")
+        return options[variant].format(src=language_name(src_lang), tgt=language_name(tgt_lang))
+
+    def draw_variant(self, task: str, key: str, seed: int) -> int:
+        """The paraphrase a training item gets: drawn by a torch.Generator seeded from (seed, task,
+        key = the item id), so an item keeps its instruction across epochs and resumes (as the
+        authors', drawn once per example when their dataset is built). 0 with a single instruction."""
+        n = len(self.instructions(task))
+        if n == 1:
+            return 0
+        digest = hashlib.blake2b(f"{seed}\x00{task}\x00{key}".encode(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)  # 63-bit seed
+        return int(torch.randint(n, (1,), generator=g))
 
     def _messages(self, user: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
@@ -139,11 +157,12 @@ class ChatPrompter:
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def prompt(self, task: str, src_lang: str | None = "en", tgt_lang: str | None = None) -> Prompt:
-        key = (task, src_lang, tgt_lang)
+    def prompt(self, task: str, src_lang: str | None = "en", tgt_lang: str | None = None, variant: int = 0) -> Prompt:
+        """The chat prompt around the audio, with instruction paraphrase `variant` (0 = the first)."""
+        key = (task, src_lang, tgt_lang, variant)
         if key not in self._prompts:
             audio = AUDIO_START + AUDIO_END
-            instr = self.instruction(task, src_lang, tgt_lang)
+            instr = self.instruction(task, src_lang, tgt_lang, variant)
             user = f"{audio}\n{instr}" if self.cfg.audio_first else f"{instr}\n{audio}"
             ids = self._encode(self._render(self._messages(user), generation_prompt=True))
             if ids.count(self.audio_start_id) != 1 or self.audio_end_id not in ids:
@@ -184,8 +203,11 @@ class ChatPrompter:
         """Token ids the assistant must produce: the text then the end-of-turn marker."""
         return self._encode(text.strip() + self.end_of_turn)
 
-    def text_ids(self, text: str) -> list[int]:
-        """Plain token ids of a text (CTC labels, CIF target lengths)."""
+    def text_ids(self, text: str, special_tokens: bool = False) -> list[int]:
+        """Token ids of a text (CTC labels, CIF target lengths); special_tokens: with what the
+        tokenizer adds around a text (Llama, Mistral: a leading BOS; Qwen: nothing)."""
+        if special_tokens:
+            return self.tok(text.strip(), add_special_tokens=True)["input_ids"]
         return self._encode(text.strip())
 
     def decode(self, ids: list[int]) -> str:
