@@ -9,10 +9,10 @@ forward+backward time in training mode (median of --reps after one warm-up), out
 compression ratio (input frames / output vectors). Random weights, random inputs.
 
 Data-dependent rates: CIF runs in training mode with a target of --tokens-per-second x seconds
-tokens (2/s -> 20 tokens for 10 s), so it fires exactly that many vectors. CTC runs twice: with its
-random-init head (argmax changes almost every frame, ratio ~1: not the trained behaviour) and with
-the blank logit biased so that the paper's rate is reached on this input (a stand-in for a trained
-head; the timing then reflects the paper's output length).
+tokens (2/s -> 20 tokens for 10 s), so it fires exactly that many vectors. CTC (blank runs kept,
+the default) runs twice: with its random-init head (argmax changes almost every frame, ratio ~1:
+not the trained behaviour) and with the blank logit biased so that the paper's rate is reached on
+this input (a stand-in for a trained head; the timing then reflects the paper's output length).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from speechwire.adapters import Adapter, AdapterContext, AdapterTargets, build_adapter  # noqa: E402
+from speechwire.adapters.ctc import segment_ids  # noqa: E402
 from speechwire.config import AdapterConfig  # noqa: E402
 
 # name, frame rate (Hz), d_enc, paper's CTC rate (DESIGN.md section 2)
@@ -36,15 +37,27 @@ ADAPTERS = [("base", {}), ("mlp", {"stack": 4}), ("conv", {}), ("cif", {}), ("ct
             ("ctc", {"blank_bias": True}), ("wlqformer", {})]
 
 
-def bias_blank(adapter: Adapter, hidden: torch.Tensor, rate: float) -> None:
-    """Raise the blank logit so that about 1/rate of the frames are non-blank (each its own run)."""
+def bias_blank(adapter: Adapter, hidden: torch.Tensor, lengths: torch.Tensor, rate: float) -> None:
+    """Raise the blank logit until the pooled output is about 1/rate of the frames long, counting
+    segments as the adapter does (blank runs too, unless ctc_keep_blanks is off): bisection on the bias."""
     with torch.no_grad():
-        logits = adapter.head(hidden)  # (B, T, V)
+        logits = adapter.head(hidden).float()  # (B, T, V)
         blank = adapter.blank
         other = logits.clone()
         other[..., blank] = float("-inf")
-        margin = (other.max(-1).values - logits[..., blank]).flatten().float()  # (B*T,)
-        adapter.head.bias[blank] += torch.quantile(margin, 1.0 - 1.0 / rate)
+        best, best_id = other.max(-1)  # (B, T) the best non-blank label
+        margin = best - logits[..., blank]  # (B, T) frames with margin <= bias turn blank
+        target = float(lengths.sum()) / rate
+
+        def segments(bias: float) -> int:
+            labels = torch.where(margin <= bias, torch.full_like(best_id, blank), best_id)
+            return int(segment_ids(labels, lengths, blank, adapter.cfg.ctc_keep_blanks)[2].sum())
+
+        lo, hi = float(margin.min()) - 1.0, float(margin.max()) + 1.0  # all labels / all blank
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if segments(mid) > target else (lo, mid)
+        adapter.head.bias[blank] += hi
 
 
 def time_step(adapter: Adapter, hidden, lengths, targets, reps: int) -> tuple[list[float], object]:
@@ -101,7 +114,7 @@ def main() -> None:
             if name == "ctc":
                 label += " (blank-biased to paper rate)" if extra.get("blank_bias") else " (random init)"
                 if extra.get("blank_bias"):
-                    bias_blank(adapter, hidden, ctc_rate)
+                    bias_blank(adapter, hidden, lengths, ctc_rate)
             params = sum(p.numel() for p in adapter.parameters() if p.requires_grad) / 1e6
             times, out = time_step(adapter, hidden, lengths, targets, args.reps)
             n_out = float(out.lengths.float().mean())
