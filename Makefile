@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-real bench clean
+.PHONY: install demo test test-real bench bench-serve clean
 
 $(STAMP): pyproject.toml scripts/install_system_deps.sh
 	bash scripts/install_system_deps.sh
@@ -28,6 +28,10 @@ test-real: install
 bench: install
 	$(BIN)/python benchmarks/adapters.py
 	$(BIN)/python benchmarks/grid_cache.py
+
+bench-serve: install   # `speechwire serve` load test on the demo's real ASR run (docs/serving.md)
+	test -f runs/demo-asr/config.yaml || $(BIN)/speechwire demo --limit 3 --out runs/demo-asr --quiet
+	$(BIN)/python benchmarks/serve_load.py --run runs/demo-asr --threads 1 --set llm.dtype=float32
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -11,7 +11,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,16 +22,14 @@ import torch
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx2") if False else None  # noqa: F841 - the openai client brings its own
-import uvicorn  # noqa: E402
 
 from speechwire.audio import load_audio  # noqa: E402
 from speechwire.config import load_config  # noqa: E402
 from speechwire.encoders.tiny import save_tiny_whisper  # noqa: E402
 from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
-from speechwire.serve.cli import bind  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
+from speechwire.serve.server import BackgroundServer  # noqa: E402
 from speechwire.tiny import save_tiny_llm  # noqa: E402
 
 from _speechaudio import SR, speech_with_pauses  # noqa: E402
@@ -83,26 +80,8 @@ def audio_files(folder: Path, n: int = 16) -> list[Path]:
     return files
 
 
-class LiveServer:
-    """uvicorn serving `app` in a background thread on a random loopback port."""
-
-    def __init__(self, app) -> None:
-        self.sock = bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+class LiveServer(BackgroundServer):
+    """The app on a random loopback port, with an OpenAI client that never retries."""
 
     def client(self):
         return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -367,3 +346,26 @@ def test_speechwire_serve_command(world):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_describe_run_finds_the_trained_tasks(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio": "a.wav", "transcript": "x"}\n{"audio": "a.wav", "transcript": "x", '
+                        '"translation": "y", "tgt_lang": "de"}\n{"audio": "b.wav", "transcript": "x", '
+                        '"translation": "z", "tgt_lang": "fr"}\n')
+    info = describe_run(run, load_config(None, [f"data.train_manifest={manifest}"]))
+    assert info.tasks == ("asr", "st") and info.tgt_langs == ("de", "fr") and info.id == "run"
+    weighted = load_config(None, [f"data.train_manifest={manifest}", "data.task_weights={st: 0.0, asr: 1.0}"])
+    assert describe_run(run, weighted).tasks == ("asr",)
+    missing = load_config(None, ["data.train_manifest=/nowhere/train.jsonl"])
+    assert describe_run(run, missing).tasks == ("asr", "st")  # nothing says: both, with a warning
+    (run / "metrics.json").write_text('{"task": "asr", "sets": {}}')  # what `speechwire demo` writes
+    assert describe_run(run, missing).tasks == ("asr",)
+    (run / "metrics.json").unlink()
+    (run / "train_summary.json").write_text('{"final_dev": {"st-de": {"bleu": 1.0}}, "best_dev": null}')
+    assert describe_run(run, missing).tasks == ("st",)
+    assert describe_run(run, missing, ["asr"]).tasks == ("asr",)
+    with pytest.raises(ValueError, match="unknown"):
+        describe_run(run, missing, ["asr", "tts"])

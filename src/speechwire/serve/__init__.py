@@ -5,7 +5,9 @@
     formats.py  json | text | verbose_json | srt | vtt bodies
     errors.py   OpenAI-shaped JSON errors, the upload-size limit
     run.py      the run's model id and the tasks it was trained for
-    cli.py      the command (argument parsing, model loading, uvicorn)
+    upload.py   uploaded bytes -> validated waveform + pieces
+    server.py   uvicorn on a socket we bind (port 0), or in a background thread (notebooks, tests)
+    cli.py      the command (argument parsing, model loading)
 
 Needs fastapi, uvicorn and python-multipart (installed with speechwire). Usage: docs/serving.md.
 """

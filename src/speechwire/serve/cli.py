@@ -9,7 +9,6 @@ and prints it. Importing this module imports only argparse: the heavy parts load
 from __future__ import annotations
 
 import argparse
-import socket
 
 
 def add_serve_subparser(sub) -> None:
@@ -33,16 +32,6 @@ def add_serve_subparser(sub) -> None:
     s.set_defaults(func=serve_main)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port); port 0 lets the system pick a free one."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
-    sock.listen(128)
-    return sock
-
-
 def serve_main(args: argparse.Namespace) -> int:
     import logging
 
@@ -53,12 +42,17 @@ def serve_main(args: argparse.Namespace) -> int:
     from ..model import SpeechLLM
     from .app import create_app
     from .run import describe_run
+    from .server import bind, url_of
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = SpeechLLM.from_pretrained(args.run_dir, args.overrides).eval()
     model.to("cuda" if torch.cuda.is_available() else "cpu")
+    if model.device.type == "cpu" and model.cfg.llm.dtype != "float32":
+        print(f"speechwire serve: note: the LLM runs in {model.cfg.llm.dtype} on the CPU; CPUs without native "
+              "bf16/fp16 matmuls are faster in float32, where batching also pays (--set llm.dtype=float32; "
+              "docs/serving.md)", flush=True)
     run = describe_run(args.run_dir, model.cfg, args.tasks)
     if args.vad != "energy" and load_vad() is None:
         if args.vad == "silero":
@@ -67,10 +61,8 @@ def serve_main(args: argparse.Namespace) -> int:
     app = create_app(model, run, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_upload_mb=args.max_upload_mb, vad=args.vad, max_queue=args.max_queue)
     sock = bind(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    url_host = f"[{host}]" if ":" in host else host
     print(f"speechwire serve: model {run.id!r} (tasks: {', '.join(run.tasks)}; from {run.tasks_from}) "
-          f"listening on http://{url_host}:{port}", flush=True)
+          f"listening on {url_of(sock)}", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("speechwire serve: warning: no authentication; anyone who reaches this address can use the model",
               flush=True)

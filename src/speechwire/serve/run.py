@@ -4,8 +4,9 @@
 
 Tasks come from, in order: the `tasks` argument (`speechwire serve --tasks`), else the run's
 training manifest (`data.train_manifest`: the task of each line, and the target languages of its
-ST lines) filtered by `data.task_weights` (a weight of 0 means the task was not trained), else
-both tasks (the manifest is not on this machine; a warning says so).
+ST lines), else the run's own result files (`metrics.json` of `speechwire demo`, the dev metrics
+in `train_summary.json`), filtered by `data.task_weights` (a weight of 0 means the task was not
+trained); else both tasks (nothing says; a warning suggests --tasks).
 """
 
 from __future__ import annotations
@@ -55,6 +56,26 @@ def manifest_tasks(path: str | Path) -> tuple[set[str], set[str]] | None:
     return tasks, langs
 
 
+def result_tasks(run_dir: Path) -> set[str]:
+    """Tasks named by a run's result files: `metrics.json` {"task": ...} (the demo), or the dev
+    metric names ("asr", "st-de", "asr/wer") in `train_summary.json`."""
+    found: set[str] = set()
+    for name in ("metrics.json", "train_summary.json"):
+        try:
+            data = json.loads((run_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if data.get("task") in TASKS:
+            found.add(data["task"])
+        names = list(data["final_dev"]) if isinstance(data.get("final_dev"), dict) else []  # "asr", "st-de", ...
+        if isinstance(data.get("best_dev"), dict):
+            names.append(str(data["best_dev"].get("metric", "")))  # "asr/wer"
+        found |= {t for t in TASKS for n in names if str(n).split("/")[0].split("-")[0] == t}
+    return found
+
+
 def describe_run(run_dir: str | Path, cfg: ExperimentConfig, tasks: list[str] | None = None) -> RunInfo:
     """The run's id, creation time, and the tasks it answers (see the module docstring)."""
     run_dir = Path(run_dir)
@@ -71,6 +92,8 @@ def describe_run(run_dir: str | Path, cfg: ExperimentConfig, tasks: list[str] | 
         if scanned and scanned[0]:
             found, langs = scanned
             how = f"training manifest {cfg.data.train_manifest}"
+        elif result_tasks(run_dir):
+            found, how = result_tasks(run_dir), f"result files in {run_dir}"
         else:
             found, how = set(TASKS), "default (training manifest not found)"
             log.warning("%s: the training manifest %s is not readable here; serving both ASR and ST "
