@@ -91,6 +91,19 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return fetch_main(args.rest)
 
 
+def cmd_copytest(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .copytest import copy_test
+
+    config = Path(args.config)
+    cfg = load_config(config / "config.yaml" if config.is_dir() else config, args.overrides)
+    metrics = copy_test(cfg, args.manifest, args.limit, args.out, progress=not args.quiet)
+    print(json.dumps(metrics, indent=2))
+    print(f"copy test: {cfg.llm.model} WER {metrics['asr']['wer_percent']:.1f} % over {metrics['num_utterances']} "
+          "transcripts given as text")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo_main
 
@@ -150,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch", help="download, join and verify pinned weights", add_help=False)
     wf.add_argument("rest", nargs=argparse.REMAINDER)
     wf.set_defaults(func=cmd_weights)
+
+    k = sub.add_parser("copytest", help="can the LLM copy a transcript given where the speech goes? (WER)")
+    k.add_argument("config", help="YAML config or run folder (its llm section and prompts are used)")
+    k.add_argument("overrides", nargs="*", help="e.g. llm.model=weights:qwen2.5-coder-0.5b-instruct")
+    k.add_argument("--manifest", required=True, help="JSONL manifest whose transcripts are copied")
+    k.add_argument("--limit", type=int, default=None, help="first N utterances")
+    k.add_argument("--out", default=None, help="folder for predictions.jsonl + metrics.json")
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=cmd_copytest)
 
     m = sub.add_parser("demo", help="real speech LLM on CPU: transcribe/translate the demo test sets")
     m.add_argument("--task", choices=["asr", "st"], default="asr")

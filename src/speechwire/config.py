@@ -3,7 +3,9 @@
     cfg = load_config("configs/demo_asr.yaml", ["adapter.name=conv", "train.lr=2e-4"])
 
 Every section validates itself in `__post_init__`, reports all its problems at once, and never
-rewrites a value. Defaults are the paper's values (Verdini et al. 2025, DESIGN.md section 2).
+rewrites a value. Defaults are the paper's values (Verdini et al. 2025, DESIGN.md section 2),
+except a few details where the authors' code differs from our choice: `preset: paper` sets those
+to the authors' values (`apply_presets`; the list is in docs/adapters.md, "Paper fidelity").
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ class EncoderConfig:
 
     name: str = "whisper"  # registry key: whisper | seamless | hf (wav2vec2/HuBERT/WavLM family)
     model: str = "openai/whisper-large-v3"  # hub id, local HF folder, or CTranslate2 Whisper folder
-    mode: str = "trimmed"  # whisper: trimmed (real length only, paper's "unrestricted") | padded (30 s)
+    # whisper: trimmed (real length only, paper's "unrestricted") | padded (30 s input, real frames out)
+    # | padded_full (30 s input, all 1500 frames out: the authors' standard Whisper, `paper` preset)
+    mode: str = "trimmed"
     dtype: str = "float32"  # float32 | bfloat16 | float16 for the frozen weights
     max_seconds: float = 30.0  # longer inputs are an error (Whisper's positional table is 30 s)
 
     def __post_init__(self) -> None:
         p = []
-        if self.mode not in ("trimmed", "padded"):
-            p.append(f"mode={self.mode!r} must be 'trimmed' or 'padded'")
+        if self.mode not in WHISPER_MODES:
+            p.append(f"mode={self.mode!r} must be one of {', '.join(WHISPER_MODES)}")
         if self.dtype not in DTYPES:
             p.append(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
         if self.max_seconds <= 0:
@@ -70,11 +74,19 @@ class AdapterConfig:
     # ctc compression
     ctc_loss_weight: float = 0.1
     ctc_blank_id: int | None = None  # None: the LLM tokenizer's pad token
-    ctc_keep_blanks: bool = False  # keep blank runs as pooled vectors instead of dropping them
+    ctc_keep_blanks: bool = True  # blank runs pooled like the others (authors, paper); False drops them
     # window-level Q-Former
     window_seconds: float = 0.333
     queries_per_window: int = 1
     qformer_layers: int = 4
+    # paper fidelity (docs/adapters.md, "Paper fidelity"); `preset: paper` sets the authors' values
+    conv_final_relu: bool = True  # conv: ReLU after the last conv too; the authors' code has none there
+    cif_tail_rescale: bool = False  # cif eval: scale a fired tail by threshold / its weight (authors)
+    targets_add_special_tokens: bool = False  # CTC labels / CIF target count the tokenizer's BOS (authors)
+    match_output_scale: bool = True  # output starts at the LLM embedding RMS (ours; not the authors')
+    init_std: float | None = None  # transformer/Q-Former layers ~ normal(0, std), BERT (authors: 0.02)
+    layer_norm_eps: float = 1e-5  # in the transformer/Q-Former layers (BERT, authors: 1e-12)
+    bert_dropout: bool = False  # dropout where BERT has it (none inside the FFN; on the Q-Former queries)
 
     def __post_init__(self) -> None:
         p = []
@@ -90,6 +102,10 @@ class AdapterConfig:
             p.append(f"window_seconds={self.window_seconds} must be > 0; the paper uses 0.333")
         if self.cif_threshold <= 0:
             p.append(f"cif_threshold={self.cif_threshold} must be > 0; the paper uses 1.0")
+        if self.init_std is not None and self.init_std <= 0:
+            p.append(f"init_std={self.init_std} must be > 0 (or null for PyTorch's init); the authors use 0.02")
+        if self.layer_norm_eps <= 0:
+            p.append(f"layer_norm_eps={self.layer_norm_eps} must be > 0; the authors use 1e-12")
         _check(p, "adapter")
 
 
@@ -100,8 +116,10 @@ class LLMConfig:
     model: str = "meta-llama/Llama-3.1-8B-Instruct"  # hub id or local folder
     gguf_file: str | None = None  # load a GGUF file inside `model` (dequantised by transformers)
     dtype: str = "float32"
-    asr_prompt: str = "Can you transcribe this audio?"
-    st_prompt: str = "Can you translate this audio from {src} into {tgt}?"
+    # instructions: one string, or a list of paraphrases (training: one drawn per item, seeded by
+    # train.seed and the item id; evaluation and generation: always the first)
+    asr_prompt: str | list[str] = "Can you transcribe this audio?"
+    st_prompt: str | list[str] = "Can you translate this audio from {src} into {tgt}?"
     system_prompt: str | None = None
     audio_first: bool = True  # user turn = audio then instruction (False: instruction then audio)
     lora: bool = False
@@ -116,8 +134,11 @@ class LLMConfig:
             p.append(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
         if self.lora and self.lora_rank < 1:
             p.append(f"lora_rank={self.lora_rank} must be >= 1")
-        if "{tgt}" not in self.st_prompt:
-            p.append("st_prompt must contain '{tgt}' (the target language name)")
+        for name in ("asr_prompt", "st_prompt"):
+            if not instructions(getattr(self, name)):
+                p.append(f"{name} must be a string or a non-empty list of strings")
+        if any("{tgt}" not in s for s in instructions(self.st_prompt)):
+            p.append("st_prompt must contain '{tgt}' (the target language name), in every paraphrase")
         _check(p, "llm")
 
 
@@ -172,9 +193,13 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     eval_max_items: int = 200  # dev utterances scored at each validation
     report_to: str = "none"  # none | tensorboard | wandb (install the [tracking] extra)
+    stage: str = "lm"  # lm: LLM in the loop | align: LLM-free alignment of the adapter (align.py)
+    init_from: str | None = None  # run folder whose trainable weights start this run (e.g. an align run)
 
     def __post_init__(self) -> None:
         p = []
+        if self.stage not in ("lm", "align"):
+            p.append(f"stage={self.stage!r} must be 'lm' or 'align'")
         if self.lr <= 0:
             p.append(f"lr={self.lr} must be > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -190,6 +215,33 @@ class TrainConfig:
         if self.epochs <= 0 and self.max_steps <= 0:
             p.append("set epochs > 0 or max_steps > 0")
         _check(p, "train")
+
+
+@dataclass
+class AlignConfig:
+    """The LLM-free alignment stage (align.py): CTC of the adapter's outputs against the frozen LLM
+    token-embedding table, from cached SFM features; then the LM stage starts from that adapter."""
+
+    steps: int = 0  # > 0: `speechwire train` first runs this many alignment steps in <output_dir>/align
+    lr: float = 2.0e-3
+    max_batch_seconds: float = 120.0  # an alignment step costs only the adapter: big batches are cheap
+    weight_decay: float = 0.01
+    temperature: float = 0.1  # initial; logits = cosine(output, token embedding) / temperature (learned)
+    time_mask: float = 0.0  # training: share of SFM frames zeroed in random spans (SpecAugment-style)
+    collapse: bool = False  # LM stage: drop outputs nearest the blank, mean-pool runs of one token
+    ctc_weight: float = 0.0  # LM stage: keep the alignment CTC loss as an auxiliary loss
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.steps < 0:
+            p.append(f"steps={self.steps} must be >= 0")
+        if self.lr <= 0 or self.max_batch_seconds <= 0 or self.temperature <= 0:
+            p.append("lr, max_batch_seconds and temperature must be > 0")
+        if not 0 <= self.time_mask < 1:
+            p.append(f"time_mask={self.time_mask} must be in [0, 1)")
+        if self.ctc_weight < 0:
+            p.append(f"ctc_weight={self.ctc_weight} must be >= 0")
+        _check(p, "align")
 
 
 @dataclass
@@ -210,11 +262,18 @@ class ExperimentConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 TASKS = ("asr", "st")
 DTYPES = {"float32", "bfloat16", "float16"}
+WHISPER_MODES = ("trimmed", "padded", "padded_full")
+
+
+def instructions(prompt: str | list[str]) -> list[str]:
+    """An LLMConfig prompt field as its list of paraphrases (a single string is a list of one)."""
+    return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
 # --- dict <-> dataclass -----------------------------------------------------------------------
@@ -304,7 +363,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment config (or the defaults when `path` is None) and apply overrides."""
+    """Load a YAML experiment config (or the defaults when `path` is None), apply the overrides, and
+    resolve its `preset:` (see `apply_presets`). Precedence: preset < file < overrides."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -315,10 +375,65 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     apply_overrides(data, overrides or [])
     try:
-        return from_dict(ExperimentConfig, data)
+        return from_dict(ExperimentConfig, apply_presets(data, path.parent if path else None))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --- presets ----------------------------------------------------------------------------------
+
+PRESETS_DIR = Path(__file__).parent / "assets" / "presets"  # `preset: NAME` reads NAME.yaml here
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """Nested merge of config dicts: `top` wins; sections merge key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_presets(data: dict, base_dir: Path | None = None) -> dict:
+    """Resolve a top-level `preset:` key: its values go *under* the config's own, so the config
+    file and the command-line overrides win over the preset.
+
+    Args:
+        data: a config as a nested dict, maybe with `preset:` = a name (`paper`: a file in
+            speechwire/assets/presets/), a path to a YAML file (relative to `base_dir`, else the
+            cwd), or a list of them (applied in order, later ones win).
+        base_dir: the folder of the config file `data` came from.
+    Returns:
+        `data` without `preset:`, merged over the presets.
+    Raises:
+        ConfigError: unknown preset name, missing file, or a preset that is not a mapping of sections.
+    """
+    names = data.get("preset")
+    if names is None:
+        return {k: v for k, v in data.items() if k != "preset"}
+    merged: dict = {}
+    for name in [names] if isinstance(names, str) else names if isinstance(names, list) else [names]:
+        if not isinstance(name, str):
+            raise ConfigError(f"preset={names!r} must be a preset name, a YAML path, or a list of them")
+        if name.endswith((".yaml", ".yml")):
+            file = Path(name).expanduser()
+            file = file if file.is_absolute() or base_dir is None else base_dir / file
+        else:
+            file = PRESETS_DIR / f"{name}.yaml"
+            if not file.is_file():
+                raise ConfigError(f"preset={name!r} is unknown; available: {', '.join(available_presets())} "
+                                  "(or the path of a YAML file)")
+        if not file.is_file():
+            raise ConfigError(f"preset file {file} does not exist")
+        preset = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(preset, dict) or "preset" in preset:
+            raise ConfigError(f"{file}: a preset must be a mapping of sections and cannot name another preset")
+        merged = _merge(merged, preset)
+    return _merge(merged, {k: v for k, v in data.items() if k != "preset"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .adapters import AdapterContext, AdapterTargets, build_adapter
+from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
+from .align import TiedCTCHead, alignment_loss, collapse, time_mask
 from .config import ExperimentConfig, load_config, save_config
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
@@ -75,6 +77,28 @@ def match_output_scale(adapter: nn.Module, d_llm: int, token_rms: float) -> None
                 lin.bias.zero_()
 
 
+def rescale_output(adapter: nn.Module, d_llm: int, token_rms: float) -> float:
+    """Scale a trained adapter's outputs to the LLM's token-embedding RMS, keeping their directions
+    (what the alignment stage learned): the last LayerNorm's gain and bias are multiplied by one
+    factor (or the last Linear's weight and bias). Returns the factor."""
+    with torch.no_grad():
+        norms = [m for m in adapter.modules() if isinstance(m, nn.LayerNorm) and m.normalized_shape == (d_llm,)]
+        if norms:
+            last = norms[-1]
+            rms = float((last.weight.pow(2).mean() + (last.bias.pow(2).mean() if last.bias is not None else 0)).sqrt())
+        else:
+            linears = [m for m in adapter.modules() if isinstance(m, nn.Linear) and m.out_features == d_llm]
+            if not linears:
+                return 1.0
+            last = linears[-1]  # inputs ~unit RMS (normed): output RMS ~ weight std * sqrt(fan_in)
+            rms = float(last.weight.std()) * last.in_features ** 0.5
+        factor = token_rms / max(rms, 1e-12)
+        last.weight.mul_(factor)
+        if last.bias is not None:
+            last.bias.mul_(factor)
+    return factor
+
+
 class SpeechLLM(nn.Module):
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -89,10 +113,17 @@ class SpeechLLM(nn.Module):
         ctx = AdapterContext(in_dim=self.encoder.dim, out_dim=d_llm, frame_rate=self.encoder.frame_rate,
                              vocab_size=vocab, pad_id=self.tokenizer.pad_token_id)
         self.adapter = build_adapter(cfg.adapter, ctx)
-        match_output_scale(self.adapter, d_llm, float(embedding.weight.detach().float().pow(2).mean().sqrt()))
+        self.token_rms = float(embedding.weight.detach().float().pow(2).mean().sqrt())
+        # ours, not the authors' (docs/adapters.md); `preset: paper` skips it. The alignment stage
+        # scores directions only, and Adam steps would swamp a gain as small as the table's RMS.
+        if cfg.adapter.match_output_scale and cfg.train.stage != "align":
+            match_output_scale(self.adapter, d_llm, self.token_rms)
         # the two marker rows: start at the mean LLM embedding, the only trainable LLM-side weights
         mean = embedding.weight.detach().float().mean(0)
         self.audio_markers = nn.Parameter(mean.expand(2, d_llm).clone())  # (2, d_llm): start, end
+        a = cfg.align
+        self.align_head = TiedCTCHead(embedding.weight, a.temperature) \
+            if cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 else None
         self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
 
     def train(self, mode: bool = True) -> "SpeechLLM":
@@ -110,7 +141,10 @@ class SpeechLLM(nn.Module):
         return self.audio_markers.device
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        if self.align_head is not None:  # the alignment vocabulary: data, but the head needs it to decode
+            state["align_head.vocab_ids"] = self.align_head.vocab_ids
+        return state
 
     def embed_text(self, ids: list[int]) -> torch.Tensor:
         """(L,) ids -> (L, d_llm) with the frozen LLM table."""
@@ -127,30 +161,54 @@ class SpeechLLM(nn.Module):
         return out.hidden, out.lengths
 
     def _adapter_targets(self, batch: dict) -> AdapterTargets:
-        targets = [self.prompter.text_ids(t) for t in batch["targets"]]
-        tgt_len = torch.tensor([len(t) for t in targets], device=self.device)
-        ctc = None
-        if batch.get("transcripts") is not None and all(t is not None for t in batch["transcripts"]):
-            ctc = [self.prompter.text_ids(t) for t in batch["transcripts"]]
-        if ctc is None:
+        """The adapter's training targets, both from the source transcript (for ST too, as in the
+        authors' code): CTC labels, and the CIF target length = the transcript's token count.
+
+        An ST item without a transcript (None or blank) leaves the batch without CTC labels (the ctc
+        adapter then raises, naming the field), and its CIF target falls back to the token count of
+        its translation, with a warning (once per model). adapter.targets_add_special_tokens counts
+        the tokenizer's own special tokens too (Llama, Mistral: BOS), as the authors do.
+        """
+        special = self.cfg.adapter.targets_add_special_tokens
+        B = len(batch["targets"])
+        tasks = batch.get("tasks") or ["asr"] * B
+        sources = [t if t and t.strip() else (target if task == "asr" else None)  # ASR: target = transcript
+                   for t, target, task in zip(batch.get("transcripts") or [None] * B, batch["targets"], tasks)]
+        missing = [i for i, t in enumerate(sources) if t is None]
+        if missing and self.cfg.adapter.name == "cif" and not getattr(self, "_warned_no_transcript", False):
+            ids = [(batch.get("ids") or list(range(B)))[i] for i in missing]
+            warnings.warn(f"cif adapter: ST items {ids} have no transcript; their CIF target length is the token "
+                          "count of their translation instead (further items are not reported)", stacklevel=3)
+            self._warned_no_transcript = True
+        counted = [self.prompter.text_ids(t if t is not None else target, special)
+                   for t, target in zip(sources, batch["targets"])]
+        tgt_len = torch.tensor([len(c) for c in counted], device=self.device)
+        if missing:
             return AdapterTargets(target_lengths=tgt_len)
-        ctc_lengths = torch.tensor([len(c) for c in ctc], device=self.device)
+        ctc = counted
+        ctc_lengths = tgt_len
         labels = torch.full((len(ctc), max(1, int(ctc_lengths.max()))), IGNORE, dtype=torch.long, device=self.device)
         for i, c in enumerate(ctc):
             labels[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=ctc_lengths)
 
     def _sequences(self, batch: dict, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool):
-        """Assemble left-padded inputs_embeds (B, L, d_llm), attention mask, positions, labels."""
+        """Assemble left-padded inputs_embeds (B, L, d_llm), attention mask, positions, labels.
+
+        The instruction: in training, each item's own paraphrase (drawn from train.seed and its id,
+        ChatPrompter.draw_variant); in evaluation and generation always the first, so an item's
+        prompt never depends on its batch."""
         B = embeds.shape[0]
         tasks = batch.get("tasks") or ["asr"] * B
         src = batch.get("src_langs") or ["en"] * B
         tgt = batch.get("tgt_langs") or [None] * B
+        keys = batch.get("ids") or batch.get("targets") or [""] * B
         llm_dtype = self.llm.get_input_embeddings().weight.dtype
         markers = self.audio_markers.to(llm_dtype)
         seqs, labels = [], []
         for i in range(B):
-            prompt = self.prompter.prompt(tasks[i], src[i], tgt[i])
+            variant = self.prompter.draw_variant(tasks[i], str(keys[i]), self.cfg.train.seed) if self.training else 0
+            prompt = self.prompter.prompt(tasks[i], src[i], tgt[i], variant)
             parts = [self.embed_text(prompt.before_audio), markers[:1], embeds[i, : lengths[i]].to(llm_dtype),
                      markers[1:], self.embed_text(prompt.after_audio)]
             n_prompt = sum(p.shape[0] for p in parts)
@@ -168,11 +226,48 @@ class SpeechLLM(nn.Module):
 
     # --- training ---------------------------------------------------------------------------
 
-    def forward(self, batch: dict) -> SpeechLLMOutput:
-        """Loss on target tokens only (prompt, speech and padding ignored) + adapter aux loss."""
-        hidden, enc_lengths = self.encode_audio(batch)
+    def _adapt(self, batch: dict, hidden: torch.Tensor, enc_lengths: torch.Tensor) -> AdapterOutput:
+        """Adapter, then (with an alignment head) its CTC aux loss in training and the collapse."""
         targets = self._adapter_targets(batch) if self.training else None
         out = self.adapter(hidden.float(), enc_lengths, targets=targets)
+        if self.align_head is None:
+            return out
+        logits = self.align_head(out.embeds)  # (B, T', K + 1)
+        aux, aux_losses = out.aux_loss, dict(out.aux_losses)
+        if self.training and self.cfg.align.ctc_weight > 0 and batch.get("transcripts") is not None:
+            loss, _ = self._alignment_loss(batch, logits, out.lengths)
+            aux = self.cfg.align.ctc_weight * loss + (aux if aux is not None else 0.0)
+            aux_losses["align"] = loss.detach()
+        embeds, lengths = collapse(out.embeds, out.lengths, logits) if self.cfg.align.collapse else (out.embeds, out.lengths)
+        return AdapterOutput(embeds, lengths, aux, aux_losses)
+
+    def _alignment_loss(self, batch: dict, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Alignment loss against the transcripts (the source text for ST too) and its token count."""
+        ids = [self.prompter.text_ids(t or "") for t in batch["transcripts"]]
+        labels, label_lengths, _ = self.align_head.labels(ids)
+        loss = alignment_loss(logits, lengths, labels, label_lengths, one_per_token=self.cfg.adapter.name == "cif")
+        return loss, int(label_lengths.sum())
+
+    def _align_forward(self, batch: dict) -> SpeechLLMOutput:
+        """train.stage=align: the adapter's outputs spell the transcript against the LLM's token
+        embeddings (align.py); the LLM itself never runs."""
+        hidden, enc_lengths = self.encode_audio(batch)
+        hidden = hidden.float()
+        if self.training:
+            hidden = time_mask(hidden, enc_lengths, self.cfg.align.time_mask)
+        targets = self._adapter_targets(batch) if self.training else None
+        out = self.adapter(hidden, enc_lengths, targets=targets)
+        loss, n_tokens = self._alignment_loss(batch, self.align_head(out.embeds), out.lengths)
+        total = loss + out.aux_loss if out.aux_loss is not None else loss
+        return SpeechLLMOutput(total, loss.detach(), {k: v.detach() for k, v in out.aux_losses.items()},
+                               n_tokens, int(enc_lengths.sum()), int(out.lengths.sum()))
+
+    def forward(self, batch: dict) -> SpeechLLMOutput:
+        """Loss on target tokens only (prompt, speech and padding ignored) + adapter aux loss."""
+        if self.cfg.train.stage == "align":
+            return self._align_forward(batch)
+        hidden, enc_lengths = self.encode_audio(batch)
+        out = self._adapt(batch, hidden, enc_lengths)
         inputs, mask, positions, labels = self._sequences(batch, out.embeds, out.lengths, with_targets=True)
         lm_loss, n_tokens = self._target_loss(inputs, mask, positions, labels)
         loss = lm_loss + out.aux_loss if out.aux_loss is not None else lm_loss
@@ -244,10 +339,37 @@ class SpeechLLM(nn.Module):
         return {"audio": padded, "audio_lengths": lengths, "tasks": [task] * B,
                 "src_langs": [src_lang] * B, "tgt_langs": [tgt_lang] * B}
 
+    @torch.no_grad()
+    def generate_from_text(self, texts: list[str], task: str = "asr", src_lang: str = "en",
+                           tgt_lang: str | None = None, max_new_tokens: int | None = None) -> list[str]:
+        """The "copy test": the LLM's answers when the speech embeddings are replaced by the token
+        embeddings of `texts` (what a perfectly aligned adapter would hand it). Batched like generate."""
+        ids = [self.prompter.text_ids(t) for t in texts]
+        lengths = torch.tensor([max(1, len(x)) for x in ids], device=self.device)
+        d = self.audio_markers.shape[1]
+        embeds = torch.zeros(len(ids), int(lengths.max()), d, device=self.device)
+        for i, x in enumerate(ids):
+            if x:
+                embeds[i, : len(x)] = self.embed_text(x).float()
+        B = len(texts)
+        batch = {"tasks": [task] * B, "src_langs": [src_lang] * B, "tgt_langs": [tgt_lang] * B}
+        was_training = self.training
+        self.eval()
+        try:
+            out = self._decode(batch, embeds, lengths, max_new_tokens or self.cfg.eval.max_new_tokens)
+        finally:
+            self.train(was_training)
+        return [self.prompter.decode(x) for x in out]
+
     def _greedy(self, batch: dict, max_new: int) -> list[list[int]]:
         hidden, enc_lengths = self.encode_audio(batch)
-        out = self.adapter(hidden.float(), enc_lengths)
-        inputs, mask, positions, _ = self._sequences(batch, out.embeds, out.lengths, with_targets=False)
+        out = self._adapt(batch, hidden, enc_lengths)
+        return self._decode(batch, out.embeds, out.lengths, max_new)
+
+    def _decode(self, batch: dict, embeds: torch.Tensor, lengths: torch.Tensor, max_new: int) -> list[list[int]]:
+        """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm). Hand-written rather
+        than HF generate so that a left-padded batch returns exactly what items alone return."""
+        inputs, mask, positions, _ = self._sequences(batch, embeds, lengths, with_targets=False)
         B = inputs.shape[0]
         stop = torch.tensor(sorted(self.prompter.stop_ids), device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -294,15 +416,35 @@ class SpeechLLM(nn.Module):
         save_config(self.cfg, path / CONFIG_NAME)
         return path
 
-    def load_trainable(self, path: str | Path) -> None:
+    def load_trainable(self, path: str | Path, partial: bool = False) -> list[str]:
+        """Load trainable weights from a checkpoint folder or file.
+
+        Args:
+            partial: start a new stage from another run (`train.init_from`): weights this model has
+                no place for (an alignment head the LM stage does not use) are skipped, and weights
+                the checkpoint lacks keep their fresh values - but the adapter must be complete.
+        Returns:
+            the names that were not loaded (partial only).
+        """
         from safetensors.torch import load_file
 
         file = Path(path) / WEIGHTS_NAME if Path(path).is_dir() else Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no speechwire checkpoint here (expected {WEIGHTS_NAME})")
         state = load_file(str(file), device=str(self.device))
-        expected = set(self.trainable_state_dict())
-        missing, unexpected = expected - set(state), set(state) - expected
+        if self.align_head is not None and "align_head.vocab_ids" in state:
+            self.align_head.set_vocab(state.pop("align_head.vocab_ids").tolist())
+        expected = set(self.trainable_state_dict()) - {"align_head.vocab_ids"}
+        missing, unexpected = expected - set(state), set(state) - expected - {"align_head.vocab_ids"}
+        if partial:
+            lacking = sorted(k for k in missing if k.startswith("adapter."))
+            if lacking:
+                raise ValueError(f"{file}: its adapter does not fit this model (missing {lacking[:5]}); "
+                                 "train.init_from must be a run of the same adapter config")
+            state = {k: v for k, v in state.items() if k in expected}
+            missing, unexpected, skipped = set(), set(), sorted(missing | unexpected)
+        else:
+            skipped = []
         if missing or unexpected:
             raise ValueError(f"{file}: checkpoint does not fit this model; missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]} - was it trained with another adapter config?")
@@ -312,6 +454,7 @@ class SpeechLLM(nn.Module):
                 if params[k].shape != v.shape:
                     raise ValueError(f"{file}: {k} has shape {tuple(v.shape)}, model expects {tuple(params[k].shape)}")
                 params[k].copy_(v)
+        return skipped
 
     @classmethod
     def from_pretrained(cls, path: str | Path, overrides: list[str] | None = None) -> "SpeechLLM":

@@ -16,6 +16,7 @@ a rerun of the same command continues from the newest (use --no-resume to start 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, save_config, to_dict
+from .config import ExperimentConfig, load_config, save_config, to_dict
 from .data import load_manifest, make_dataloader
 from .model import SpeechLLM
 
@@ -112,6 +113,19 @@ class Trainer:
                 barrier=self.acc.wait_for_everyone, progress=self.progress)
         set_seed(cfg.train.seed)  # same RNG state whether or not the cache was built
         self.model = SpeechLLM(cfg, encoder=encoder)
+        if cfg.train.stage == "align":
+            from .align import transcript_vocab
+
+            self.model.align_head.set_vocab(transcript_vocab([u.transcript for u in utts], self.model.prompter.text_ids))
+        if cfg.train.init_from:
+            skipped = self.model.load_trainable(cfg.train.init_from, partial=True)
+            started_in_align = load_config(Path(cfg.train.init_from) / "config.yaml").train.stage == "align"
+            if cfg.train.stage == "lm" and started_in_align and cfg.adapter.match_output_scale:
+                from .model import rescale_output
+
+                rescale_output(self.model.adapter, self.model.audio_markers.shape[1], self.model.token_rms)
+            if self.acc.is_main_process:
+                print(f"started from {cfg.train.init_from}" + (f" (not used: {', '.join(skipped)})" if skipped else ""))
         self.model.to(self.acc.device)
         self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
                                       rank=self.acc.process_index, feature_cache=self.feature_cache)
@@ -231,13 +245,14 @@ class Trainer:
 
     def _validate(self) -> dict | None:
         """Dev metric on the main process; keeps the best checkpoint in run_dir/best."""
+        from .align import evaluate_alignment
         from .evaluate import evaluate_utterances, primary_metric
 
         result = None
         if self.acc.is_main_process:
             model = self.unwrapped
-            metrics = evaluate_utterances(model, self.dev, self.cfg, out_dir=None, progress=False,
-                                          feature_cache=self.feature_cache)
+            score = evaluate_alignment if self.cfg.train.stage == "align" else evaluate_utterances
+            metrics = score(model, self.dev, self.cfg, out_dir=None, progress=False, feature_cache=self.feature_cache)
             name, value, higher = primary_metric(metrics)
             result = {"step": self.step, "metric": name, "value": value, "metrics": metrics}
             self._log({"step": self.step, "dev": metrics})
@@ -355,7 +370,40 @@ def _peak_memory_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux: KiB
 
 
-def train(cfg: ExperimentConfig, resume: bool = True, progress: bool = True) -> dict:
-    trainer = Trainer(cfg, resume=resume, progress=progress)
+def stage_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config a stage trains with: in the alignment stage align.{lr, weight_decay,
+    max_batch_seconds, steps} replace the LM stage's train.{lr, weight_decay, max_steps} and
+    data.max_batch_seconds (an alignment step is cheap, so it wants other values)."""
+    if cfg.train.stage != "align":
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.train.lr, out.train.weight_decay = cfg.align.lr, cfg.align.weight_decay
+    out.data.max_batch_seconds = cfg.align.max_batch_seconds
+    if cfg.align.steps > 0:
+        out.train.max_steps = cfg.align.steps
+    return out
+
+
+def _run_stage(cfg: ExperimentConfig, resume: bool, progress: bool) -> dict:
+    trainer = Trainer(stage_config(cfg), resume=resume, progress=progress)
     trainer.setup()
     return trainer.train()
+
+
+def train(cfg: ExperimentConfig, resume: bool = True, progress: bool = True) -> dict:
+    """Train one run. With align.steps > 0 (and no train.init_from) the alignment stage runs first
+    in <output_dir>/align, then the LM stage starts from its best (else final) weights; a rerun
+    skips a finished alignment stage. Returns the LM stage's summary (+ "align": its summary)."""
+    if cfg.train.stage == "align" or cfg.align.steps <= 0 or cfg.train.init_from:
+        return _run_stage(cfg, resume, progress)
+    align_dir = Path(cfg.train.output_dir) / "align"
+    done = align_dir / "train_summary.json"
+    if resume and done.is_file():
+        align_summary = json.loads(done.read_text())
+    else:
+        first = copy.deepcopy(cfg)
+        first.train.stage, first.train.output_dir = "align", str(align_dir)
+        align_summary = _run_stage(first, resume, progress)
+    second = copy.deepcopy(cfg)
+    second.train.init_from = str(align_dir / "best" if (align_dir / "best").is_dir() else align_dir)
+    return {**_run_stage(second, resume, progress), "align": align_summary}

@@ -1,0 +1,261 @@
+"""The alignment stage: the adapter learns to write in the LLM's token-embedding space, LLM-free.
+
+A frozen LLM learns to read projected speech only after ~100k utterances of end-to-end training
+(docs/demo.md), because every step pays for the LLM. Here a step pays only for the adapter: each
+adapter output is scored against the frozen LLM's own token-embedding table,
+
+    logits[t, k] = cos(y_t, E[v_k]) / tau        k over the training transcripts' token ids v_k
+    logits[t, 0] = cos(y_t, b) / tau             b: a learned blank vector, tau learned
+
+and a CTC loss over those logits asks the outputs to spell the transcript in LLM tokens (blank
+between them). SFM features come from the feature cache, so big batches and thousands of steps
+fit a CPU. The LM stage then starts from this adapter (`train.init_from`, or `align.steps` runs
+both in one command); with `align.collapse` the LLM sees only the non-blank outputs, one mean
+vector per run of the same token: close to the embeddings of the spoken words.
+
+Which adapters: every one whose outputs outnumber the tokens (CTC needs T' >= L): base, mlp,
+linear, conv, ctc; wlqformer only with enough queries per second (the paper's 0.33 s windows give
+3 outputs/s, fewer than the ~3.5 tokens/s of English speech; use queries_per_window=2). CIF emits
+one output per token in training, so its outputs are scored position by position (cross-entropy).
+
+Letters: B batch, T' adapter outputs, d LLM width, K alignment vocabulary (+1 for the blank).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+BLANK = 0  # index of the blank in the head's logits; token v_k is index k + 1
+
+
+class TiedCTCHead(nn.Module):
+    """Scores adapter outputs against the frozen LLM token embeddings of a fixed vocabulary.
+
+    Args:
+        table: (V, d) the LLM's input-embedding weight (read, never trained).
+        temperature: initial tau.
+
+    The vocabulary (`vocab_ids`, (K,)) is set from the training transcripts with `set_vocab` and
+    saved in checkpoints (it is a buffer), so a loaded head decodes the same tokens.
+    """
+
+    def __init__(self, table: torch.Tensor, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.table = table  # (V, d): a reference to the frozen LLM table, not a parameter
+        d = table.shape[1]
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        # the blank starts at the mean token direction plus noise: distinct from every token
+        mean = table.detach().float().mean(0)
+        noise = torch.randn(d, generator=torch.Generator().manual_seed(0)) * mean.norm() / d ** 0.5
+        self.blank = nn.Parameter(mean + noise)  # (d,)
+        self.register_buffer("vocab_ids", torch.zeros(0, dtype=torch.long))  # (K,)
+        self._keys: torch.Tensor | None = None
+
+    def set_vocab(self, ids: Sequence[int]) -> None:
+        self.vocab_ids = torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long,
+                                      device=self.blank.device)
+        self._keys = None
+
+    def keys(self) -> torch.Tensor:
+        """(K, d) unit-norm token embeddings of the vocabulary (cached; the table is frozen)."""
+        if self._keys is None or self._keys.device != self.blank.device or self._keys.shape[0] != len(self.vocab_ids):
+            rows = self.table.detach()[self.vocab_ids.to(self.table.device)].float().to(self.blank.device)
+            self._keys = F.normalize(rows, dim=-1)
+        return self._keys
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, T', d) adapter outputs -> (B, T', K + 1) logits; index 0 is the blank."""
+        if len(self.vocab_ids) == 0:
+            raise RuntimeError("the alignment head has no vocabulary; train.stage=align sets it from the "
+                               "training transcripts, a checkpoint loads it")
+        keys = torch.cat([F.normalize(self.blank.float(), dim=-1)[None], self.keys()])  # (K + 1, d)
+        return self.log_scale.exp() * F.normalize(y.float(), dim=-1) @ keys.T
+
+    def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).
+
+        Returns:
+            labels (B, L) padded with 0 (ignored past the lengths), lengths (B,), dropped tokens.
+        """
+        index = {int(v): k + 1 for k, v in enumerate(self.vocab_ids.tolist())}
+        mapped = [[index[t] for t in ids if t in index] for ids in token_ids]
+        dropped = sum(len(ids) for ids in token_ids) - sum(len(m) for m in mapped)
+        lengths = torch.tensor([len(m) for m in mapped], dtype=torch.long, device=self.blank.device)
+        labels = torch.zeros(len(mapped), max(1, int(lengths.max()) if len(mapped) else 1), dtype=torch.long,
+                             device=self.blank.device)
+        for i, m in enumerate(mapped):
+            labels[i, : len(m)] = torch.tensor(m, dtype=torch.long)
+        return labels, lengths, dropped
+
+    def token_ids(self, indices: torch.Tensor) -> list[int]:
+        """Head indices (not blank) -> LLM token ids."""
+        return self.vocab_ids[(indices - 1).clamp(min=0)].tolist()
+
+
+def alignment_loss(logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+                   label_lengths: torch.Tensor, one_per_token: bool = False) -> torch.Tensor:
+    """Mean per-token loss of the outputs spelling the labels.
+
+    Args:
+        logits: (B, T', K + 1) from TiedCTCHead.
+        lengths: (B,) valid outputs.
+        labels, label_lengths: (B, L), (B,) head indices (from TiedCTCHead.labels).
+        one_per_token: the adapter emits one output per token (CIF in training): cross-entropy of
+            output i against token i for items whose counts match, instead of CTC.
+    """
+    if one_per_token:
+        B, T, _ = logits.shape
+        match = lengths == label_lengths
+        if not bool(match.any()):
+            return logits.sum() * 0.0
+        L = min(T, labels.shape[1])
+        valid = (torch.arange(L, device=logits.device)[None] < label_lengths[:, None]) & match[:, None]  # (B, L)
+        return F.cross_entropy(logits[:, :L][valid], labels[:, :L][valid])
+    logp = logits.log_softmax(-1).transpose(0, 1)  # (T', B, K + 1)
+    keep = label_lengths > 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    loss = F.ctc_loss(logp[:, keep], labels[keep], lengths[keep], label_lengths[keep], blank=BLANK,
+                      reduction="sum", zero_infinity=True)
+    return loss / label_lengths[keep].sum().clamp(min=1)
+
+
+def greedy_runs(logits: torch.Tensor, length: int) -> list[tuple[int, int, int]]:
+    """One item's best path: (label, start, end) runs of equal argmax, blanks included. (T', K+1) in."""
+    best = logits[:length].argmax(-1).tolist()
+    runs: list[tuple[int, int, int]] = []
+    for t, k in enumerate(best):
+        if runs and runs[-1][0] == k:
+            runs[-1] = (k, runs[-1][1], t + 1)
+        else:
+            runs.append((k, t, t + 1))
+    return runs
+
+
+def greedy_decode(head: TiedCTCHead, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """CTC best path -> LLM token ids per item (repeats merged, blanks dropped)."""
+    out = []
+    for b in range(logits.shape[0]):
+        ks = [k for k, _, _ in greedy_runs(logits[b], int(lengths[b])) if k != BLANK]
+        out.append(head.token_ids(torch.tensor(ks, dtype=torch.long, device=logits.device)) if ks else [])
+    return out
+
+
+def collapse(embeds: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep one mean vector per non-blank run of the best path (CTC compression on the tied head).
+
+    An item whose outputs are all blank keeps its single least-blank output, so the LLM always sees
+    some speech. Per-item decisions only: padding never changes an item's result.
+
+    Args:
+        embeds: (B, T', d) adapter outputs; lengths (B,); logits (B, T', K + 1).
+    Returns:
+        (B, T'', d) zero-padded, (B,) lengths.
+    """
+    items = []
+    for b in range(embeds.shape[0]):
+        n = int(lengths[b])
+        runs = [(s, e) for k, s, e in greedy_runs(logits[b].detach(), n) if k != BLANK]
+        if not runs:
+            t = int(logits[b, :n, BLANK].argmin()) if n else 0
+            runs = [(t, t + 1)]
+        items.append(torch.stack([embeds[b, s:e].mean(0) for s, e in runs]))  # (runs, d)
+    new_lengths = torch.tensor([len(x) for x in items], dtype=torch.long, device=embeds.device)
+    out = embeds.new_zeros(len(items), int(new_lengths.max()), embeds.shape[-1])
+    for b, x in enumerate(items):
+        out[b, : len(x)] = x
+    return out, new_lengths
+
+
+def time_mask(hidden: torch.Tensor, lengths: torch.Tensor, share: float, span: int = 10) -> torch.Tensor:
+    """Zero about `share` of each item's valid frames in spans of `span` frames (torch RNG: seeded,
+    restored on resume). (B, T, d) -> (B, T, d)."""
+    if share <= 0:
+        return hidden
+    B, T, _ = hidden.shape
+    keep = torch.ones(B, T, dtype=hidden.dtype, device=hidden.device)
+    for b in range(B):
+        n = int(lengths[b])
+        for _ in range(int(share * n / span + torch.rand(()).item())):
+            start = int(torch.randint(0, max(1, n - span), ()))
+            keep[b, start: start + span] = 0
+    return hidden * keep[..., None]
+
+
+def transcript_vocab(transcripts: Sequence[str], text_ids) -> list[int]:
+    """Sorted set of the LLM token ids of the transcripts (`text_ids`: str -> list[int])."""
+    return sorted({t for text in transcripts if text for t in text_ids(text)})
+
+
+def token_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> float:
+    """Edit distance over token ids, summed, divided by the reference tokens."""
+    import jiwer
+
+    errors = total = 0
+    for r, h in zip(refs, hyps):
+        r_words, h_words = [str(x) for x in r], [str(x) for x in h]
+        total += len(r_words)
+        if not r_words:
+            errors += len(h_words)
+            continue
+        out = jiwer.process_words(" ".join(r_words), " ".join(h_words) if h_words else "")
+        errors += out.substitutions + out.deletions + out.insertions
+    return errors / max(total, 1)
+
+
+@torch.no_grad()
+def evaluate_alignment(model, utts, cfg, out_dir=None, progress: bool = False, feature_cache=None) -> dict:
+    """Score the alignment stage on dev utterances: CTC best path -> text, against the transcript.
+
+    Returns {"asr": {"wer": ...} (speechwire.metrics), "align": {"loss", "token_error_rate",
+    "oov_tokens"}, "num_utterances": n}: the "asr" entry lets the trainer keep the best checkpoint
+    by WER as in the LM stage. `out_dir` is accepted for symmetry with evaluate_utterances and unused.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from .data import SpeechDataset, collate, utterance_duration
+    from .metrics import score
+
+    order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
+    batches = [order[i:i + cfg.eval.batch_size] for i in range(0, len(order), cfg.eval.batch_size)]
+    if feature_cache is not None:
+        from .features import CachedFeatureDataset
+
+        ds = CachedFeatureDataset(utts, feature_cache)
+    else:
+        ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
+    was_training = model.training
+    model.eval()
+    refs, hyps, ref_ids, hyp_ids = [], [], [], []
+    loss_sum = tokens = oov = 0.0
+    try:
+        for batch in tqdm(DataLoader(ds, batch_sampler=batches, collate_fn=collate), total=len(batches),
+                          desc="align dev", disable=not progress):
+            hidden, lengths = model.encode_audio(batch)
+            out = model.adapter(hidden.float(), lengths)
+            logits = model.align_head(out.embeds)  # (B, T', K + 1)
+            ids = [model.prompter.text_ids(t or "") for t in batch["transcripts"]]
+            labels, label_lengths, dropped = model.align_head.labels(ids)
+            n = int(label_lengths.sum())
+            loss_sum += float(alignment_loss(logits, out.lengths, labels, label_lengths,
+                                             one_per_token=False)) * n
+            tokens, oov = tokens + n, oov + dropped
+            decoded = greedy_decode(model.align_head, logits, out.lengths)
+            ref_ids += ids
+            hyp_ids += decoded
+            refs += [t or "" for t in batch["transcripts"]]
+            hyps += [model.prompter.decode(d) for d in decoded]
+    finally:
+        model.train(was_training)
+    total_ref = sum(len(r) for r in ref_ids)
+    return {"asr": score("asr", refs, hyps),
+            "align": {"loss": round(loss_sum / max(tokens, 1), 4),
+                      "token_error_rate": round(token_error_rate(ref_ids, hyp_ids), 4),
+                      "oov_tokens": round(oov / max(total_ref, 1), 4)},
+            "num_utterances": len(refs)}

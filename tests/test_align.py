@@ -1,0 +1,268 @@
+"""The alignment stage (align.py): head, loss, decoding, collapse; training, resume, LM-stage start."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from speechwire.align import (BLANK, TiedCTCHead, alignment_loss, collapse, greedy_decode, greedy_runs,
+                              time_mask, token_error_rate, transcript_vocab)
+from speechwire.config import load_config
+from speechwire.encoders.interface import EncoderOutput, SpeechEncoder
+from speechwire.model import SpeechLLM
+from speechwire.train import Trainer, stage_config, train
+
+from pipeline import write_experiment
+
+WORDS = ["hi", "no", "up", "me", "go", "at"]  # one letter per tone: a frame-wise adapter can spell them
+
+
+def _head(vocab=(5, 7, 9), d=4, V=12) -> TiedCTCHead:
+    table = torch.randn(V, d, generator=torch.Generator().manual_seed(1))
+    head = TiedCTCHead(table, temperature=0.1)
+    head.set_vocab(vocab)
+    return head
+
+
+def test_head_maps_tokens_and_counts_unknown_ones():
+    head = _head()
+    labels, lengths, dropped = head.labels([[7, 5], [9, 11, 9], []])
+    assert lengths.tolist() == [2, 2, 0] and dropped == 1
+    assert labels[0, :2].tolist() == [2, 1] and labels[1, :2].tolist() == [3, 3]
+    assert head.token_ids(torch.tensor([1, 3])) == [5, 9]
+
+
+def test_head_scores_token_embeddings_highest_for_their_own_token():
+    head = _head()
+    y = head.table[head.vocab_ids] * 3.0  # (K, d): the tokens' own embeddings, louder
+    logits = head(y[None])  # (1, K, K + 1)
+    assert logits.shape == (1, 3, 4)
+    assert logits[0, :, 1:].argmax(-1).tolist() == [0, 1, 2]
+
+
+def test_greedy_runs_and_decode_merge_repeats_and_drop_blanks():
+    # best path: blank a a blank b b a -> a b a
+    path = [BLANK, 1, 1, BLANK, 2, 2, 1]
+    logits = torch.full((1, len(path), 4), -5.0)
+    for t, k in enumerate(path):
+        logits[0, t, k] = 5.0
+    assert greedy_runs(logits[0], len(path)) == [(0, 0, 1), (1, 1, 3), (0, 3, 4), (2, 4, 6), (1, 6, 7)]
+    head = _head()
+    assert greedy_decode(head, logits, torch.tensor([len(path)])) == [[5, 7, 5]]
+    assert greedy_decode(head, logits, torch.tensor([3])) == [[5]]  # padding past the length is ignored
+
+
+def test_collapse_keeps_one_mean_per_token_run_and_is_padding_invariant():
+    path = [BLANK, 1, 1, BLANK, 2, 2, 1]
+    logits = torch.full((2, 9, 4), -5.0)
+    for t, k in enumerate(path):
+        logits[:, t, k] = 5.0
+    embeds = torch.arange(2 * 9 * 3, dtype=torch.float32).reshape(2, 9, 3)
+    out, lengths = collapse(embeds, torch.tensor([7, 3]), logits)
+    assert lengths.tolist() == [3, 1]
+    assert torch.allclose(out[0, 0], embeds[0, 1:3].mean(0))
+    assert torch.allclose(out[0, 1], embeds[0, 4:6].mean(0))
+    assert torch.allclose(out[0, 2], embeds[0, 6])
+    alone, n = collapse(embeds[1:, :3], torch.tensor([3]), logits[1:, :3])
+    assert n.tolist() == [1] and torch.equal(alone[0, 0], out[1, 0])
+
+
+def test_collapse_of_an_all_blank_item_keeps_its_least_blank_output():
+    logits = torch.zeros(1, 4, 3)
+    logits[0, :, BLANK] = torch.tensor([9.0, 8.0, 2.0, 7.0])
+    embeds = torch.randn(1, 4, 5)
+    out, lengths = collapse(embeds, torch.tensor([4]), logits)
+    assert lengths.tolist() == [1] and torch.equal(out[0, 0], embeds[0, 2])
+
+
+def test_alignment_loss_is_low_for_the_right_path_and_high_for_a_wrong_one():
+    path = [BLANK, 1, BLANK, 2, 2]
+    logits = torch.full((1, 5, 4), -8.0)
+    for t, k in enumerate(path):
+        logits[0, t, k] = 8.0
+    right = alignment_loss(logits, torch.tensor([5]), torch.tensor([[1, 2]]), torch.tensor([2]))
+    wrong = alignment_loss(logits, torch.tensor([5]), torch.tensor([[3, 1]]), torch.tensor([2]))
+    assert float(right) < 0.01 < 1.0 < float(wrong)
+    # one output per token (CIF): position i against token i; items whose counts differ are skipped
+    per_token = alignment_loss(logits[:, 1:4:2], torch.tensor([2]), torch.tensor([[1, 2]]), torch.tensor([2]),
+                               one_per_token=True)
+    assert float(per_token) < 0.01
+
+
+def test_time_mask_zeroes_about_the_asked_share_and_only_valid_frames():
+    torch.manual_seed(0)
+    hidden = torch.ones(4, 200, 3)
+    masked = time_mask(hidden, torch.tensor([200, 200, 200, 100]), share=0.2)
+    zeroed = (masked[..., 0] == 0).float()
+    assert 0.05 < float(zeroed[:3].mean()) < 0.35
+    assert float(zeroed[3, 110:].sum()) == 0  # spans start inside the valid frames (<= n - span + span)
+    assert torch.equal(time_mask(hidden, torch.tensor([200] * 4), share=0.0), hidden)
+
+
+def test_token_error_rate_and_vocab():
+    assert token_error_rate([[1, 2, 3], [4]], [[1, 2, 3], [4]]) == 0.0
+    assert token_error_rate([[1, 2, 3, 4]], [[1, 3, 4, 5]]) == pytest.approx(0.5)
+    assert token_error_rate([[1, 2]], [[]]) == 1.0
+    assert transcript_vocab(["ab", "ba", None, ""], lambda t: [ord(c) for c in t]) == [97, 98]
+
+
+# --- the stage end to end on tiny models ---------------------------------------------------------
+
+
+def _word_corpus(root: Path, n_rep: int = 2) -> Path:
+    """Two-letter words as speech-like events: per letter a 0.2 s tone burst (its pitch depends on
+    the letter and the word), between 0.25 s pauses -> a manifest of real wav files."""
+    rng = np.random.default_rng(0)
+    (root / "wav").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rep in range(n_rep):
+        for i, word in enumerate(WORDS):
+            pieces = [np.zeros(4000)]
+            for j, letter in enumerate(word):
+                t = np.arange(3200) / 16000
+                pieces += [0.3 * np.sin(2 * np.pi * (300 + 90 * (ord(letter) - 97) + 40 * i) * t), np.zeros(4000)]
+            wave = np.concatenate(pieces) + 0.01 * rng.standard_normal(sum(len(x) for x in pieces))
+            name = f"wav/{word}-{rep}.wav"
+            sf.write(root / name, wave.astype(np.float32), 16000)
+            rows.append({"id": f"{word}-{rep}", "audio": name, "transcript": word, "task": "asr"})
+    manifest = root / "words.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+class BandEncoder(SpeechEncoder):
+    """A stand-in SFM that hears pitch: log energy of 20 ms frames in 32 frequency bands. (The tiny
+    random Whisper's outputs are dominated by its positional table: every clip looks the same.)"""
+
+    dim, frame_rate, min_samples, name, model_id = 32, 50.0, 320, "bands", "bands"
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        B, S = waveforms.shape
+        T = S // 320
+        spec = torch.fft.rfft(waveforms[:, : T * 320].reshape(B, T, 320), dim=-1).abs()[..., :160]  # (B, T, 160)
+        bands = torch.log1p(spec.reshape(B, T, 32, 5).mean(-1))  # (B, T, 32)
+        n = lengths // 320
+        return EncoderOutput(bands * (torch.arange(T)[None] < n[:, None])[..., None], n)
+
+
+def _cache_features(cfg_path: Path, manifest: Path) -> None:
+    """Fill the run's feature cache with BandEncoder outputs (the stage reads the cache, as the demo)."""
+    from speechwire.data import load_manifest
+    from speechwire.features import FeatureCache
+
+    cfg = load_config(cfg_path)
+    FeatureCache.for_config(cfg).build(BandEncoder().freeze(), load_manifest(manifest), progress=False)
+
+
+ALIGN = {"adapter": {"name": "mlp", "hidden_size": 64, "stack": 2, "dropout": 0.0},
+         "data": {"max_batch_seconds": 20.0, "max_batch_size": 12},
+         "align": {"lr": 1e-2, "max_batch_seconds": 20.0, "weight_decay": 0.0},
+         "train": {"stage": "align", "max_steps": 100, "save_every": 20, "log_every": 10, "keep_last": 5,
+                   "warmup_ratio": 0.0, "eval_every": 0}}
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("align")
+    manifest = _word_corpus(tmp)
+    run = tmp / "run"
+    extra = {k: dict(v) for k, v in ALIGN.items()}
+    extra["data"].update(dev_manifest=str(manifest), feature_cache=str(tmp / "cache"))
+    cfg_path = write_experiment(tmp, manifest, run, extra)
+    _cache_features(cfg_path, manifest)
+    summary = train(load_config(cfg_path), progress=False)
+    return tmp, manifest, run, cfg_path, summary
+
+
+def test_alignment_stage_loss_falls_and_the_outputs_spell_the_words(aligned):
+    tmp, manifest, run, cfg_path, summary = aligned
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    dev = summary["final_dev"]["metrics"]
+    assert dev["align"]["token_error_rate"] < 0.25 and dev["align"]["oov_tokens"] == 0.0
+    assert dev["asr"]["wer"] < 0.5
+    saved = load_file(str(run / "trainable.safetensors"))
+    assert "align_head.vocab_ids" in saved and "align_head.blank" in saved
+    assert sorted(saved["align_head.vocab_ids"].tolist()) == saved["align_head.vocab_ids"].tolist()
+    cfg = load_config(run / "config.yaml")
+    assert cfg.train.lr == ALIGN["align"]["lr"]  # the stage's own step size was used and recorded
+
+
+def test_alignment_stage_resumes_exactly(aligned):
+    tmp, manifest, run, cfg_path, _ = aligned
+    again = tmp / "resumed"
+    shutil.copytree(run, again)
+    for name in ("trainable.safetensors", "train_summary.json"):
+        (again / name).unlink()
+    for late in ("step-000100", "step-000080", "step-000060"):
+        shutil.rmtree(again / "checkpoints" / late)
+    (again / "log.jsonl").write_text("")
+    cfg = load_config(cfg_path, [f"train.output_dir={again}"])
+    train(cfg, progress=False)
+    ref, got = load_file(str(run / "trainable.safetensors")), load_file(str(again / "trainable.safetensors"))
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.allclose(ref[k].float(), got[k].float(), atol=1e-6), k
+
+
+def test_lm_stage_starts_from_the_aligned_adapter(aligned):
+    tmp, manifest, run, cfg_path, _ = aligned
+    cfg = load_config(cfg_path, ["train.stage=lm", f"train.init_from={run}", f"train.output_dir={tmp / 'lm'}",
+                                 "align.collapse=true"])
+    trainer = Trainer(stage_config(cfg), progress=False)
+    trainer.setup()
+    model = trainer.unwrapped
+    ref = load_file(str(run / "trainable.safetensors"))
+    last_norm = ("adapter.proj.3.weight", "adapter.proj.3.bias")  # mlp: Linear, GELU, Linear, LayerNorm
+    for k, v in model.trainable_state_dict().items():
+        if (k.startswith("adapter.") or k.startswith("align_head.")) and k not in last_norm:
+            assert torch.equal(v.cpu(), ref[k].to(v.dtype)), k
+    # the last LayerNorm is scaled by one factor to the LLM's embedding RMS: directions are kept
+    w, b = (model.trainable_state_dict()[k] for k in last_norm)
+    factor = w / ref[last_norm[0]]
+    assert torch.allclose(factor, factor[0].expand_as(factor), rtol=1e-5)
+    assert torch.allclose(b, ref[last_norm[1]] * factor[0], rtol=1e-5, atol=1e-7)
+    assert float((w.pow(2).mean() + b.pow(2).mean()).sqrt()) == pytest.approx(model.token_rms, rel=1e-4)
+    # collapse: the LLM sees about one vector per word token; batched == one by one
+    from speechwire.data import collate, load_manifest
+    from speechwire.features import CachedFeatureDataset
+
+    items = [CachedFeatureDataset(load_manifest(manifest), trainer.feature_cache)[i] for i in range(4)]
+    together = model.generate(collate(items), max_new_tokens=4)
+    assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+    hidden = collate(items)
+    out = model._adapt(hidden, hidden["hidden"], hidden["hidden_lengths"])
+    assert out.lengths.tolist() == [2, 2, 2, 2]  # two letters each, as the aligned head reads them
+
+
+def test_two_stage_training_in_one_command(aligned, capsys):
+    tmp, manifest, run, cfg_path, _ = aligned
+    out = tmp / "both"
+    cfg = load_config(cfg_path, ["train.stage=lm", "align.steps=20", "align.collapse=true", "train.max_steps=4",
+                                 "data.dev_manifest=null", f"train.output_dir={out}"])
+    summary = train(cfg, progress=False)
+    assert summary["align"]["steps"] == 20 and summary["steps"] == 4
+    assert (out / "align" / "trainable.safetensors").is_file()
+    lm_cfg = load_config(out / "config.yaml")
+    assert lm_cfg.train.stage == "lm" and lm_cfg.train.init_from == str(out / "align")
+    model = SpeechLLM.from_pretrained(out)
+    assert model.align_head is not None and len(model.align_head.vocab_ids) > 0
+    # a rerun skips the finished alignment stage and resumes (nothing left to do) the LM stage
+    again = train(cfg, progress=False)
+    assert again["align"]["steps"] == 20
+
+
+def test_align_stage_without_vocabulary_is_a_clear_error(tmp_path, tiny_llm_dir, toy_encoder):
+    cfg = load_config(None, ["encoder.name=whisper", f"llm.model={tiny_llm_dir}", "adapter.name=mlp",
+                             "adapter.hidden_size=16", "align.collapse=true"])
+    model = SpeechLLM(cfg, encoder=toy_encoder)
+    with pytest.raises(RuntimeError, match="no vocabulary"):
+        model.generate([torch.randn(8000)], max_new_tokens=2)
