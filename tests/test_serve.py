@@ -26,6 +26,7 @@ openai = pytest.importorskip("openai")
 from speechwire.audio import load_audio  # noqa: E402
 from speechwire.config import load_config  # noqa: E402
 from speechwire.encoders.tiny import save_tiny_whisper  # noqa: E402
+from speechwire.longform import split_recording  # noqa: E402
 from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
@@ -131,7 +132,9 @@ def test_verbose_json_and_srt_give_each_piece_its_times(world, tmp_path):
     assert starts == sorted(starts) and all(0 <= s.start < s.end <= v.duration for s in v.segments)
     assert all(s.end - s.start <= 30.0 for s in v.segments)
     model, full = world["model"], load_audio(path)
-    expected = [model.generate([full[int(round(s.start * SR)): int(round(s.end * SR))]])[0] for s in v.segments]
+    pieces = split_recording(full, 30.0)  # what the server does, decoded here one by one
+    assert [(s.start, s.end) for s in v.segments] == [(round(p.start_s, 3), round(p.end_s, 3)) for p in pieces]
+    expected = [model.generate([full[p.start: p.end]])[0] for p in pieces]
     assert [s.text for s in v.segments] == [e.strip() for e in expected]
     assert v.text == " ".join(e.strip() for e in expected if e.strip())
     with open(path, "rb") as fh:
