@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from speechwire.align import (BLANK, TiedCTCHead, alignment_loss, collapse, greedy_decode, greedy_runs,
-                              time_mask, token_error_rate, transcript_vocab)
+                              restrict_labels, time_mask, token_error_rate, transcript_vocab)
 from speechwire.config import load_config
 from speechwire.encoders.interface import EncoderOutput, SpeechEncoder
 from speechwire.model import SpeechLLM
@@ -45,6 +45,24 @@ def test_head_scores_token_embeddings_highest_for_their_own_token():
     logits = head(y[None])  # (1, K, K + 1)
     assert logits.shape == (1, 3, 4)
     assert logits[0, :, 1:].argmax(-1).tolist() == [0, 1, 2]
+
+
+def test_sampled_candidates_keep_every_label_and_restricted_logits_match_the_full_ones():
+    torch.manual_seed(0)
+    table = torch.randn(50, 8, generator=torch.Generator().manual_seed(2))
+    head = TiedCTCHead(table)
+    head.set_vocab(range(3, 43))  # K = 40
+    labels, lengths, _ = head.labels([[5, 9, 5], [40]])
+    cand = head.sample_candidates(labels, lengths, negatives=6)
+    assert cand is not None and set(labels[0, :3].tolist() + [labels[1, 0].item()]) <= set(cand.tolist())
+    assert torch.equal(cand, cand.sort().values) and len(cand) <= 3 + 6
+    y = torch.randn(2, 5, 8)
+    full, part = head(y), head(y, cand)  # (2, 5, 41), (2, 5, C + 1)
+    assert torch.allclose(part[..., 0], full[..., 0]) and torch.allclose(part[..., 1:], full[..., cand])
+    mapped = restrict_labels(labels, cand)
+    assert torch.equal(cand[mapped[0, :3] - 1], labels[0, :3])
+    assert head.sample_candidates(labels, lengths, negatives=0) is None
+    assert head.sample_candidates(labels, lengths, negatives=30) is None  # most of K: score them all
 
 
 def test_greedy_runs_and_decode_merge_repeats_and_drop_blanks():
@@ -266,3 +284,25 @@ def test_align_stage_without_vocabulary_is_a_clear_error(tmp_path, tiny_llm_dir,
     model = SpeechLLM(cfg, encoder=toy_encoder)
     with pytest.raises(RuntimeError, match="no vocabulary"):
         model.generate([torch.randn(8000)], max_new_tokens=2)
+
+
+def test_lm_stage_of_zero_steps_saves_the_aligned_adapter_rescaled(aligned):
+    tmp, manifest, run, cfg_path, _ = aligned
+    out = tmp / "zero"
+    cfg = load_config(cfg_path, ["train.stage=lm", f"train.init_from={run}", "train.max_steps=0",
+                                 "align.collapse=true", f"train.output_dir={out}"])
+    summary = train(cfg, progress=False)
+    assert summary["steps"] == 0 and summary["final_dev"]["metrics"]["asr"]["num_utterances"] == 12
+    model = SpeechLLM.from_pretrained(out)
+    ref = load_file(str(run / "trainable.safetensors"))
+    assert torch.equal(model.trainable_state_dict()["adapter.proj.0.weight"], ref["adapter.proj.0.weight"])
+    w = model.trainable_state_dict()["adapter.proj.3.weight"]
+    assert float(w.pow(2).mean().sqrt()) < float(ref["adapter.proj.3.weight"].pow(2).mean().sqrt())
+
+
+def test_zero_steps_without_a_start_is_a_config_error():
+    from speechwire.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_steps=0 trains nothing"):
+        load_config(None, ["train.max_steps=0"])
+    assert load_config(None, ["train.max_steps=0", "align.steps=10"]).align.steps == 10

@@ -68,13 +68,30 @@ class TiedCTCHead(nn.Module):
             self._keys = F.normalize(rows, dim=-1)
         return self._keys
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, T', d) adapter outputs -> (B, T', K + 1) logits; index 0 is the blank."""
+    def forward(self, y: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T', d) adapter outputs -> (B, T', K + 1) logits; index 0 is the blank.
+
+        candidates: (C,) sorted head indices (1..K) to score instead of the whole vocabulary
+        (training: see `sample_candidates`); the logits are then (B, T', C + 1).
+        """
         if len(self.vocab_ids) == 0:
             raise RuntimeError("the alignment head has no vocabulary; train.stage=align sets it from the "
                                "training transcripts, a checkpoint loads it")
-        keys = torch.cat([F.normalize(self.blank.float(), dim=-1)[None], self.keys()])  # (K + 1, d)
+        keys = self.keys() if candidates is None else self.keys()[candidates - 1]
+        keys = torch.cat([F.normalize(self.blank.float(), dim=-1)[None], keys])  # (K + 1, d)
         return self.log_scale.exp() * F.normalize(y.float(), dim=-1) @ keys.T
+
+    def sample_candidates(self, labels: torch.Tensor, label_lengths: torch.Tensor, negatives: int) -> torch.Tensor | None:
+        """The head indices a training step scores: every label of the batch plus `negatives` random
+        others (torch RNG), sorted; None when that would be most of the vocabulary anyway. Scoring
+        ~2k of SmolLM2's ~12k transcript tokens makes a CPU step several times cheaper."""
+        K = len(self.vocab_ids)
+        valid = torch.arange(labels.shape[1], device=labels.device)[None] < label_lengths[:, None]
+        used = torch.unique(labels[valid])
+        if negatives <= 0 or len(used) + negatives >= K // 2:
+            return None
+        drawn = torch.randint(1, K + 1, (negatives,)).to(labels.device)
+        return torch.unique(torch.cat([used, drawn]))
 
     def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).
@@ -95,6 +112,13 @@ class TiedCTCHead(nn.Module):
     def token_ids(self, indices: torch.Tensor) -> list[int]:
         """Head indices (not blank) -> LLM token ids."""
         return self.vocab_ids[(indices - 1).clamp(min=0)].tolist()
+
+
+def restrict_labels(labels: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+    """Head indices -> positions in the candidates' logits (blank stays 0); unchanged without candidates."""
+    if candidates is None:
+        return labels
+    return torch.searchsorted(candidates, labels.clamp(min=1)) + 1
 
 
 def alignment_loss(logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,

@@ -122,6 +122,7 @@ class LLMConfig:
     st_prompt: str | list[str] = "Can you translate this audio from {src} into {tgt}?"
     system_prompt: str | None = None
     audio_first: bool = True  # user turn = audio then instruction (False: instruction then audio)
+    marker_init: str | None = None  # the audio markers start at this text's first token (None: mean embedding)
     lora: bool = False
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -179,7 +180,7 @@ class DataConfig:
 class TrainConfig:
     output_dir: str = "runs/default"
     epochs: float = 2.0
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = -1  # >= 0 overrides epochs; 0 with init_from: no steps, the started weights are evaluated and saved
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
@@ -212,8 +213,8 @@ class TrainConfig:
             p.append(f"report_to={self.report_to!r} must be none, tensorboard or wandb")
         if self.keep_last < 1:
             p.append(f"keep_last={self.keep_last} must be >= 1")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            p.append("set epochs > 0 or max_steps > 0")
+        if self.epochs <= 0 and self.max_steps < 0:
+            p.append("set epochs > 0 or max_steps >= 0")
         _check(p, "train")
 
 
@@ -228,6 +229,7 @@ class AlignConfig:
     weight_decay: float = 0.01
     temperature: float = 0.1  # initial; logits = cosine(output, token embedding) / temperature (learned)
     time_mask: float = 0.0  # training: share of SFM frames zeroed in random spans (SpecAugment-style)
+    negatives: int = 2048  # training scores the batch's tokens + this many random others (0: all)
     collapse: bool = False  # LM stage: drop outputs nearest the blank, mean-pool runs of one token
     ctc_weight: float = 0.0  # LM stage: keep the alignment CTC loss as an auxiliary loss
 
@@ -264,6 +266,12 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        t = self.train
+        if t.stage == "lm" and t.max_steps == 0 and not t.init_from and self.align.steps <= 0:
+            raise ConfigError("train.max_steps=0 trains nothing: set train.init_from (a run to start from) "
+                              "or align.steps > 0 (the alignment stage alone)")
 
 
 TASKS = ("asr", "st")

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
-from .align import TiedCTCHead, alignment_loss, collapse, time_mask
+from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
 from .config import ExperimentConfig, load_config, save_config
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
@@ -119,8 +119,13 @@ class SpeechLLM(nn.Module):
         if cfg.adapter.match_output_scale and cfg.train.stage != "align":
             match_output_scale(self.adapter, d_llm, self.token_rms)
         # the two marker rows: start at the mean LLM embedding, the only trainable LLM-side weights
-        mean = embedding.weight.detach().float().mean(0)
-        self.audio_markers = nn.Parameter(mean.expand(2, d_llm).clone())  # (2, d_llm): start, end
+        start = embedding.weight.detach().float().mean(0)
+        if cfg.llm.marker_init:  # e.g. '"': the LLM then reads the speech as a quotation (copy test)
+            ids = self.prompter.text_ids(cfg.llm.marker_init)
+            if not ids:
+                raise ValueError(f"llm.marker_init={cfg.llm.marker_init!r} has no tokens")
+            start = embedding.weight.detach()[ids[0]].float()
+        self.audio_markers = nn.Parameter(start.expand(2, d_llm).clone())  # (2, d_llm): start, end
         a = cfg.align
         self.align_head = TiedCTCHead(embedding.weight, a.temperature) \
             if cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 else None
@@ -248,6 +253,16 @@ class SpeechLLM(nn.Module):
         loss = alignment_loss(logits, lengths, labels, label_lengths, one_per_token=self.cfg.adapter.name == "cif")
         return loss, int(label_lengths.sum())
 
+    def _sampled_alignment_loss(self, batch: dict, embeds: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Training-time alignment loss over the batch's tokens + align.negatives random ones."""
+        ids = [self.prompter.text_ids(t or "") for t in batch["transcripts"]]
+        labels, label_lengths, _ = self.align_head.labels(ids)
+        candidates = self.align_head.sample_candidates(labels, label_lengths, self.cfg.align.negatives)
+        logits = self.align_head(embeds, candidates)
+        loss = alignment_loss(logits, lengths, restrict_labels(labels, candidates), label_lengths,
+                              one_per_token=self.cfg.adapter.name == "cif")
+        return loss, int(label_lengths.sum())
+
     def _align_forward(self, batch: dict) -> SpeechLLMOutput:
         """train.stage=align: the adapter's outputs spell the transcript against the LLM's token
         embeddings (align.py); the LLM itself never runs."""
@@ -257,7 +272,10 @@ class SpeechLLM(nn.Module):
             hidden = time_mask(hidden, enc_lengths, self.cfg.align.time_mask)
         targets = self._adapter_targets(batch) if self.training else None
         out = self.adapter(hidden, enc_lengths, targets=targets)
-        loss, n_tokens = self._alignment_loss(batch, self.align_head(out.embeds), out.lengths)
+        if self.training:
+            loss, n_tokens = self._sampled_alignment_loss(batch, out.embeds, out.lengths)
+        else:
+            loss, n_tokens = self._alignment_loss(batch, self.align_head(out.embeds), out.lengths)
         total = loss + out.aux_loss if out.aux_loss is not None else loss
         return SpeechLLMOutput(total, loss.detach(), {k: v.detach() for k, v in out.aux_losses.items()},
                                n_tokens, int(enc_lengths.sum()), int(out.lengths.sum()))

@@ -130,7 +130,7 @@ class Trainer:
         self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
                                       rank=self.acc.process_index, feature_cache=self.feature_cache)
         batches = len(self.loader)
-        self.total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else \
+        self.total_steps = cfg.train.max_steps if cfg.train.max_steps >= 0 else \
             max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -139,7 +139,7 @@ class Trainer:
             optimizer, lambda s: lr_factor(s, self.total_steps, warmup))
         # the scheduler is stepped by hand once per optimizer step, so it is not prepared
         self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
-        self.step, self.best, self._ids_seen = 0, None, []
+        self.step, self.best, self._ids_seen, self._elapsed_before = 0, None, [], 0.0
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -171,9 +171,10 @@ class Trainer:
         cfg, acc = self.cfg.train, self.acc
         model = self.model
         model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (self.progress and acc.is_local_main_process))
+        self._bar = bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.train.stage,
+                               dynamic_ncols=True, disable=not (self.progress and acc.is_local_main_process))
         start, audio_seconds, window = time.time(), 0.0, _Window()
+        self._started = start - self._elapsed_before
         micro = 0
         while self.step < self.total_steps:
             for batch in self.loader:
@@ -255,10 +256,15 @@ class Trainer:
             metrics = score(model, self.dev, self.cfg, out_dir=None, progress=False, feature_cache=self.feature_cache)
             name, value, higher = primary_metric(metrics)
             result = {"step": self.step, "metric": name, "value": value, "metrics": metrics}
-            self._log({"step": self.step, "dev": metrics})
+            elapsed = round(time.time() - self._started, 1) if hasattr(self, "_started") else None
+            self._log({"step": self.step, "elapsed_s": elapsed, "dev": metrics})
             if self.best is None or (value > self.best["value"] if higher else value < self.best["value"]):
                 self.best = {"step": self.step, "metric": name, "value": value}
                 model.save_pretrained(self.run_dir / "best")
+            if self.progress and hasattr(self, "_bar"):
+                shown = f"{100 * value:.1f} %" if name.endswith("wer") else f"{value:.2f}"
+                self._bar.write(f"{self.cfg.train.stage} step {self.step}: dev {name} {shown} "
+                                f"(best {self.best['value'] * (100 if name.endswith('wer') else 1):.2f} at step {self.best['step']})")
             model.train()
         self.acc.wait_for_everyone()
         return result
@@ -294,7 +300,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"step": self.step, "data": self.loader.state_dict(), "best": self.best,
-                     "processes": acc.num_processes}
+                     "processes": acc.num_processes, "elapsed_s": round(time.time() - self._started, 1)}
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)  # atomic: a checkpoint folder without .tmp is always complete
@@ -312,6 +318,7 @@ class Trainer:
         self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
         self.loader.load_state_dict(state["data"])
         self.step, self.best = state["step"], state["best"]
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
         rng = ckpt / f"rng-rank{self.acc.process_index}.pt"
         _set_rng_state(torch.load(rng, weights_only=False))  # our own file: python/numpy RNG tuples
         if self.acc.is_main_process:

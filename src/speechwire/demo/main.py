@@ -85,13 +85,17 @@ def tiny_setup(out_dir: Path, task: str) -> tuple[DemoSets, ExperimentConfig, di
 
 
 def train_adapter(cfg: ExperimentConfig, progress: bool = True) -> Path:
-    """Train from scratch (no resume) and return the checkpoint to use: best on dev, else final."""
-    from .train import train_demo
+    """Train from scratch (no resume): the alignment stage when the recipe has one (align.steps),
+    then the LM stage; returns the checkpoint to use: best on dev, else final."""
+    from ..train import train
 
     shutil.rmtree(cfg.train.output_dir, ignore_errors=True)
-    summary = train_demo(cfg, resume=False, progress=progress)
+    summary = train(cfg, resume=False, progress=progress)
     run = Path(cfg.train.output_dir)
     best = run / "best"
+    if "align" in summary:
+        a = summary["align"]
+        print(f"alignment stage: {a['steps']} steps in {a['train_seconds']:.0f} s; best dev: {a.get('best_dev')}")
     print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; best dev: {summary.get('best_dev')}")
     return best if (best / WEIGHTS_NAME).is_file() else run
 

@@ -44,6 +44,9 @@ def ship(run_dir: Path, dest: Path, command: str, checkpoint: str = "best") -> P
     cfg.data.train_manifest = f"{DEFAULT_DATA}/demo_train.{task}.jsonl" if task == "asr" else f"{DEFAULT_DATA}/synth_train.st.jsonl"
     cfg.data.dev_manifest = f"{DEFAULT_DATA}/demo_dev.{task}.jsonl"
     cfg.train.output_dir = f"runs/demo-{task}-train"
+    cfg.train.init_from = None  # the recipe reruns the alignment stage itself (align.steps)
+    if cfg.data.feature_cache:
+        cfg.data.feature_cache = "~/.cache/speechwire/features"
     dest.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(str(src / WEIGHTS_NAME)).items()}
     save_file(state, str(dest / WEIGHTS_NAME), metadata={"format": "pt", "speechwire": "trainable-only", "dtype": "float16"})
