@@ -65,7 +65,7 @@ def test_bad_grid_names_the_culprit(grid_file, tmp_path):
     raw["factors"]["adapter"] = ["base", "cnv"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match="factor 'adapter' value 'cnv' is not a known adapter; available: .*conv"):
+    with pytest.raises(ConfigError, match=r"factor 'adapter' value 'cnv': unknown adapter 'cnv'; did you mean 'conv'\? available: .*conv"):
         load_grid(bad)
     raw["factors"]["adapter"] = ["base"]
     raw["overrides"] = ["train.lr=-1"]

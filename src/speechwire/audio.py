@@ -45,7 +45,14 @@ def _hint(path: Path) -> str:
 def _open(path: str | Path) -> sf.SoundFile:
     """Open `path` with libsndfile, turning every failure into an AudioError."""
     p = Path(path)
-    if not p.is_file():
+    try:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except OSError as e:  # a name too long for the file system
+        raise AudioError(f"{str(p)[:200]!r}: not a usable audio path ({e.strerror})") from None
+    if is_dir:
+        raise AudioError(f"{p}: is a folder, not an audio file; pass the audio files themselves "
+                         f"(e.g. {p}/*.wav)")
+    if not is_file:
         raise AudioError(
             f"{p}: audio file not found; check the path (manifest paths are resolved against "
             f"the manifest's folder)"

@@ -3,6 +3,10 @@ demo | grid | report | cache.
 
 Every command that takes a CONFIG also takes dotted overrides after it:
     speechwire train configs/demo_asr.yaml adapter.name=conv train.lr=2e-4
+
+A mistake (bad config, missing or damaged file, full disk) prints one line naming the file, key or
+item and the fix, and exits with status 2; `--debug` (anywhere, or SPEECHWIRE_DEBUG=1) shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,24 @@ from pathlib import Path
 def _quiet_hf() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage text is one --help away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config (preset < file < overrides) after checking it; nothing runs."""
+    import yaml
+
+    from .config import load_config, to_dict
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -111,8 +133,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="speechwire", description=__doc__.split("\n")[0])
+    p = Parser(prog="speechwire", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("config", help="check a config and print it resolved (preset < file < overrides)")
+    g.add_argument("config")
+    g.add_argument("overrides", nargs="*", help="e.g. adapter.name=conv")
+    g.set_defaults(func=cmd_config)
 
     t = sub.add_parser("train", help="train an adapter from a YAML config (+ key=value overrides)")
     t.add_argument("config")
@@ -198,24 +226,33 @@ PASS_THROUGH = {("data", "synth"): "speechwire.synth:synth_main", ("weights", "f
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a mistake prints one line (errors.explain) and returns non-zero."""
+    from .errors import explain
+
     _quiet_hf()
     argv = list(sys.argv[1:] if argv is None else argv)
-    target = PASS_THROUGH.get(tuple(argv[:2]))
-    if target:
-        import importlib
-
-        module, func = target.split(":")
-        return int(getattr(importlib.import_module(module), func)(argv[2:]) or 0)
-    args = build_parser().parse_args(argv)
+    debug = "--debug" in argv or os.environ.get("SPEECHWIRE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    command = "speechwire" + "".join(f" {a}" for a in argv[:1] if not a.startswith("-"))
     try:
+        target = PASS_THROUGH.get(tuple(argv[:2]))
+        if target:
+            import importlib
+
+            module, func = target.split(":")
+            return int(getattr(importlib.import_module(module), func)(argv[2:]) or 0)
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("SPEECHWIRE_DEBUG"):
+    except SystemExit:
+        raise
+    except BaseException as e:
+        if debug:
             raise
-        print(f"speechwire {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code, line = explain(e)
+        print(f"{command}: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

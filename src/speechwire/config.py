@@ -340,11 +340,13 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(k) for k in set(data) - known)
     if unknown:
+        from .errors import did_you_mean
+
         raise ConfigError(
-            f"unknown key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
-            f"known in {where or 'the top level'}: {', '.join(sorted(known))}"
+            f"unknown key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)};"
+            f"{did_you_mean(unknown[0], known)} known in {where or 'the top level'}: {', '.join(sorted(known))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
     return cls(**kwargs)
@@ -366,7 +368,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        node[leaf] = parse_yaml(raw, f"override {item!r}") if raw.strip() else None
     return data
 
 
@@ -376,20 +378,63 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        fix = "a run folder's config is FOLDER/config.yaml" if path.is_dir() else ""
+        data = read_yaml(path, "config", fix) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+            raise ConfigError(f"{path}: top level must be a mapping of sections (encoder:, adapter:, llm:, ...), "
+                              f"got {type(data).__name__}")
     apply_overrides(data, overrides or [])
     try:
-        return from_dict(ExperimentConfig, apply_presets(data, path.parent if path else None))
+        data = apply_presets(data, path.parent if path else None)
+        check_names(data)
+        return from_dict(ExperimentConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from .files import write_atomic
+
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config")
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with one clear line (file, line, column, problem) instead of a parser traceback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = where if mark is None else f"{where} line {mark.line + 1}, column {mark.column + 1}" \
+            if "\n" in text.strip() else f"{where} (column {mark.column + 1})"
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{at}: not valid YAML ({problem}); fix the syntax there") from None
+    except (ValueError, OverflowError, RecursionError) as e:  # e.g. a date like 2024-13-45, deep nesting
+        raise ConfigError(f"{where}: a value cannot be read ({type(e).__name__}: {e}); quote it as a string") from None
+
+
+def read_yaml(path: str | Path, what: str = "config", fix: str = "") -> Any:
+    """A YAML file's contents; missing file, folder, binary bytes or bad syntax give one ConfigError line."""
+    from .files import read_text
+
+    try:
+        text = read_text(path, what, fix)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    return parse_yaml(text, str(path))
+
+
+def check_names(data: dict) -> None:
+    """Unknown encoder/adapter names are reported first, with the known names: the other checks mean
+    nothing for a misspelt part (`adapter.name=mlpp` is not a hidden_size problem)."""
+    from . import adapters, encoders  # noqa: F401  (importing them fills the registries)
+    from .errors import unknown_name
+    from .registry import ADAPTERS, ENCODERS
+
+    for section, registry in (("encoder", ENCODERS), ("adapter", ADAPTERS)):
+        node = data.get(section)
+        name = node.get("name") if isinstance(node, dict) else None
+        if isinstance(name, str) and name not in registry:
+            raise ConfigError(unknown_name(registry.kind, name, registry.available(), f"{section}.name"))
 
 
 # --- presets ----------------------------------------------------------------------------------
@@ -440,7 +485,7 @@ def apply_presets(data: dict, base_dir: Path | None = None) -> dict:
                                   "(or the path of a YAML file)")
         if not file.is_file():
             raise ConfigError(f"preset file {file} does not exist")
-        preset = yaml.safe_load(file.read_text()) or {}
+        preset = read_yaml(file, "preset") or {}
         if not isinstance(preset, dict) or "preset" in preset:
             raise ConfigError(f"{file}: a preset must be a mapping of sections and cannot name another preset")
         merged = _merge(merged, preset)

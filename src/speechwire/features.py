@@ -20,8 +20,12 @@ Layout (one safetensors file per utterance):
   audio under another path or id hits; an edited file misses.
 - Writes go to a unique temp file and `os.replace` into place: concurrent writers of one entry
   both leave a complete file, a killed writer leaves only a `*.tmp` that readers never open.
-- Readers verify (safetensors header, stored key, shape); a bad entry counts as `corrupt`, is a
-  miss for `missing(verify=True)`, and is rewritten by the next build.
+  Building holds an flock on `<sfm folder>/.lock`, so two processes sharing a cache (grid workers)
+  encode each utterance once: the second finds the first one's entries.
+- Readers verify the safetensors header, the stored key, the shape and a sha256 of the tensor
+  bytes (entries written before the checksum existed are checked without it). A damaged entry
+  (bit flip, truncation) counts as `corrupt`, is reported in a warning that names it, and is
+  re-encoded on the spot by `get_or_rebuild` (training and evaluation read through it).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import hashlib
 import json
 import os
 import time
-import uuid
+import warnings
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +48,8 @@ from tqdm.auto import tqdm
 from .config import EncoderConfig, ExperimentConfig
 from .data.manifest import Utterance, utterance_duration
 from .encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
+from .errors import DamagedFileError
+from .files import fault_point, read_safetensors, read_text, safetensors_bytes, try_lock, write_atomic
 
 CACHE_FORMAT = 1  # part of the SFM key: bump when the file layout changes
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -125,6 +132,7 @@ class FeatureCache:
         self.encoder_cfg, self.dtype = encoder, TORCH_DTYPES[cache_dtype]
         self.stats = CacheStats()
         self._keys: dict[tuple, str] = {}
+        self._rebuild_encoder: SpeechEncoder | None = None
 
     @classmethod
     def for_config(cls, cfg: ExperimentConfig) -> "FeatureCache":
@@ -143,43 +151,64 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.safetensors"
 
-    def get(self, u: Utterance) -> tuple[torch.Tensor, int] | None:
-        """The cached (T, d) features and sample count of `u`, or None (missing or failed verification)."""
-        from safetensors import safe_open
-
+    def get(self, u: Utterance, warn: bool = True) -> tuple[torch.Tensor, int] | None:
+        """The cached (T, d) features and sample count of `u`, or None: missing, or damaged (then
+        counted in stats.corrupt and, with warn, reported in a warning naming the file)."""
         key = self.key(u)
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                hidden = f.get_tensor("hidden")  # (T, d)
-            ok = meta.get("key") == key and hidden.dim() == 2 and hidden.shape[0] == int(meta.get("frames", -1))
-        except Exception:  # truncated or foreign file
-            ok = False
-        if not ok:
+            tensors, meta = read_safetensors(path, "feature-cache entry")  # checks the sha256 when stored
+            hidden = tensors.get("hidden")  # (T, d)
+            if meta.get("key") != key:
+                raise DamagedFileError(f"{path}: stored key {meta.get('key')!r:.20} is not this file's")
+            if hidden is None or hidden.dim() != 2 or str(hidden.shape[0]) != meta.get("frames"):
+                raise DamagedFileError(f"{path}: features shape {None if hidden is None else tuple(hidden.shape)} "
+                                       f"does not match frames={meta.get('frames')}")
+            samples = int(meta["samples"])
+        except (DamagedFileError, OSError, KeyError, ValueError) as e:
             self.stats.corrupt += 1
+            if warn:
+                reason = " ".join(str(e).replace(f"{path}: ", "").split())
+                warnings.warn(f"feature cache: entry {path} (utterance {u.id!r}) is damaged ({reason}); it is not "
+                              "used and is re-encoded", stacklevel=2)
             return None
         self.stats.reads += 1
-        return hidden, int(meta["samples"])
+        return hidden, samples
+
+    def get_or_rebuild(self, u: Utterance) -> tuple[torch.Tensor, int]:
+        """`get`, re-encoding a missing or damaged entry with the SFM (loaded on first need, on CPU)."""
+        got = self.get(u)
+        if got is not None:
+            return got
+        if self._rebuild_encoder is None:
+            from .encoders import build_encoder
+
+            self._rebuild_encoder = build_encoder(self.encoder_cfg)
+        self.build(self._rebuild_encoder, [u], progress=False)
+        got = self.get(u)
+        if got is None:
+            raise DamagedFileError(f"{self.path(self.key(u))}: feature-cache entry of {u.id!r} is still unreadable "
+                                   "after re-encoding it; check the disk (`speechwire cache build` rewrites it)")
+        return got
 
     def put(self, u: Utterance, hidden: torch.Tensor, num_samples: int) -> Path:
-        """Store (T, d) features atomically (temp file + os.replace)."""
-        from safetensors.torch import save_file
-
+        """Store (T, d) features atomically (temp file + os.replace), with a sha256 of their bytes."""
         key = self.key(u)
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         meta = {"key": key, "frames": str(hidden.shape[0]), "samples": str(int(num_samples)), "id": u.id}
-        try:
-            save_file({"hidden": hidden.detach().to("cpu", self.dtype).contiguous()}, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        data = safetensors_bytes({"hidden": hidden.detach().to("cpu", self.dtype)}, meta)
+        write_atomic(path, data, f"feature-cache entry of utterance {u.id!r}")
+        fault_point("cache.after-put")
         self.stats.writes += 1
         return path
+
+    def locked(self) -> AbstractContextManager[bool]:
+        """Exclusive build lock of this SFM's folder (held by one process at a time; freed if it dies)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return try_lock(self.dir / ".lock", block=True)
 
     def missing(self, utts: Sequence[Utterance], verify: bool = False) -> list[Utterance]:
         """Utterances without an entry (with verify=True also those whose entry fails to load)."""
@@ -198,21 +227,27 @@ class FeatureCache:
     def write_meta(self, encoder: SpeechEncoder) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = {**self.identity, "dim": int(encoder.dim), "frame_rate": float(encoder.frame_rate)}
-        tmp = self.dir / f"sfm.json.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, self.dir / "sfm.json")
+        write_atomic(self.dir / "sfm.json", json.dumps(meta, indent=2), "feature-cache SFM metadata")
+
+    def read_meta(self) -> dict[str, Any] | None:
+        """sfm.json (dim, frame rate), or None when missing or damaged (the next build rewrites it)."""
+        try:
+            meta = json.loads(read_text(self.dir / "sfm.json", "feature-cache SFM metadata"))
+            return meta if isinstance(meta.get("dim"), int) and isinstance(meta.get("frame_rate"), float) else None
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def stub_encoder(self) -> CachedEncoder:
-        meta_path = self.dir / "sfm.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: feature cache has no SFM metadata; run `speechwire cache build CONFIG`")
-        meta = json.loads(meta_path.read_text())
+        meta = self.read_meta()
+        if meta is None:
+            raise FileNotFoundError(f"{self.dir / 'sfm.json'}: feature cache has no (readable) SFM metadata; "
+                                    "run `speechwire cache build CONFIG`")
         return CachedEncoder(meta["dim"], meta["frame_rate"], self.encoder_cfg.name, self.encoder_cfg.model)
 
     # --- precompute ---------------------------------------------------------------------------
 
     def build(self, encoder: SpeechEncoder, utts: Sequence[Utterance], max_batch_seconds: float = 160.0,
-              max_batch_size: int = 32, num_workers: int = 0, progress: bool = True) -> CacheStats:
+              max_batch_size: int = 32, num_workers: int = 0, progress: bool = True, store: bool = True) -> CacheStats:
         """Encode `utts` (typically `missing(...)`) in duration-sorted batches and store them.
 
         Args:
@@ -221,15 +256,17 @@ class FeatureCache:
             max_batch_seconds, max_batch_size: batch limits (sorted by duration: little padding).
             num_workers: DataLoader workers decoding audio.
             progress: show a tqdm bar.
+            store: False only times the encoder (the grid's real-time-factor probe) and writes nothing.
 
         Returns:
             the cache's running stats (misses/writes/encoder_batches updated).
         """
         from .data.dataset import SpeechDataset, collate
 
-        self.write_meta(encoder)
+        if store:
+            self.write_meta(encoder)
         utts = list(utts)
-        self.stats.misses += len(utts)
+        self.stats.misses += len(utts) if store else 0
         if not utts:
             return self.stats
         order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
@@ -253,23 +290,25 @@ class FeatureCache:
             self.stats.encoder_seconds += time.perf_counter() - t0
             self.stats.encoder_batches += 1
             self.stats.audio_seconds += float(batch["audio_lengths"].sum()) / SAMPLE_RATE
-            for b, i in enumerate(idx):
+            for b, i in enumerate(idx if store else []):
                 n = int(out.lengths[b])
                 self.put(utts[i], out.hidden[b, :n], int(batch["audio_lengths"][b]))
         return self.stats
 
     def ensure(self, utts: Sequence[Utterance], encoder: SpeechEncoder | None = None,
                device: torch.device | str = "cpu", progress: bool = True, **build_kw: Any) -> CacheStats:
-        """Count hits, encode the misses (loading the SFM only when there are any)."""
-        todo = self.missing(utts)
-        unique = len({self.key(u) for u in utts})
-        self.stats.hits += unique - len(todo)
-        if todo or not (self.dir / "sfm.json").is_file():
-            if encoder is None:
-                from .encoders import build_encoder
+        """Count hits, encode the misses (loading the SFM only when there are any). Holds the build
+        lock: a process sharing the cache waits, then finds these entries written."""
+        with self.locked():
+            todo = self.missing(utts)
+            unique = len({self.key(u) for u in utts})
+            self.stats.hits += unique - len(todo)
+            if todo or self.read_meta() is None:
+                if encoder is None:
+                    from .encoders import build_encoder
 
-                encoder = build_encoder(self.encoder_cfg).to(device)
-            self.build(encoder, todo, progress=progress, **build_kw)
+                    encoder = build_encoder(self.encoder_cfg).to(device)
+                self.build(encoder, todo, progress=progress, **build_kw)
         return self.stats
 
     def stats_dict(self) -> dict[str, Any]:
@@ -292,11 +331,7 @@ class CachedFeatureDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         u = self.utts[i]
-        got = self.cache.get(u)
-        if got is None:
-            raise RuntimeError(f"utterance {u.id!r} ({u.audio}): no valid entry in the feature cache {self.cache.dir}; "
-                               "run `speechwire cache build CONFIG` (it rewrites bad entries) or unset data.feature_cache")
-        hidden, samples = got
+        hidden, samples = self.cache.get_or_rebuild(u)  # a damaged entry is reported and re-encoded
         return {"hidden": hidden, "id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
                 "target": u.target, "transcript": u.transcript, "duration": samples / SAMPLE_RATE}
 

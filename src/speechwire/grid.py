@@ -24,8 +24,8 @@ checkpoints), then evaluate on every test set -> eval-<test>/metrics.json, then 
 
 from __future__ import annotations
 
+import copy
 import itertools
-import json
 import math
 import os
 import re
@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import ConfigError, ExperimentConfig, apply_presets, from_dict
+from .config import ConfigError, ExperimentConfig, apply_presets, check_names, from_dict, parse_yaml, read_yaml
+from .errors import unknown_name
 
 ROLES = {"encoder": ("encoder", "enc", "sfm"), "adapter": ("adapter",), "llm": ("llm",), "task": ("task",)}
 DEFAULT_KEY = {"encoder": "encoder.model", "adapter": "adapter.name", "llm": "llm.model"}
@@ -96,7 +95,7 @@ def _dotted(value: Any, where: str) -> dict[str, Any]:
             k, sep, raw = str(item).partition("=")
             if not sep:
                 raise ConfigError(f"{where}: {item!r} must look like section.key=value")
-            out[k.strip()] = yaml.safe_load(raw)
+            out[k.strip()] = parse_yaml(raw, f"{where}: {item!r}")
         return out
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a mapping of dotted keys (e.g. train.lr: 1e-4) or a list of key=value")
@@ -136,45 +135,61 @@ def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[st
         else:
             raise ConfigError(f"{where} value {name!r} is not in presets:; define presets.{name} as dotted overrides")
         adapter = out[name].get("adapter.name")
-        if adapter is not None and adapter not in ADAPTERS:
-            raise ConfigError(f"{where} value {name!r} is not a known adapter; available: "
-                              f"{', '.join(ADAPTERS.available())}")
+        if isinstance(adapter, str) and adapter not in ADAPTERS:
+            raise ConfigError(f"{where} value {name!r}: " + unknown_name("adapter", adapter, ADAPTERS.available()))
     return out
 
 
 def load_grid(path: str | Path) -> GridSpec:
     """Read and check a grid file; every error names the file, the key and the fix."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "grid") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping with factors: (and base:, test_sets:, ...)")
-    unknown = sorted(set(raw) - GRID_KEYS)
+    unknown = sorted(str(k) for k in set(raw) - GRID_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(GRID_KEYS)}")
+        from .errors import did_you_mean
+
+        raise ConfigError(f"{path}: unknown key(s) {unknown};{did_you_mean(unknown[0], GRID_KEYS)} "
+                          f"known: {sorted(GRID_KEYS)}")
     base, base_dir = raw.get("base") or {}, path.parent
     if isinstance(base, str):
-        base_path = path.parent / base if (path.parent / base).is_file() else Path(base)
-        if not base_path.is_file():
-            raise ConfigError(f"{path}: base config {base!r} not found next to the grid file or in the cwd")
-        base, base_dir = yaml.safe_load(base_path.read_text()) or {}, base_path.parent
+        try:
+            base_path = path.parent / base if (path.parent / base).is_file() else Path(base)
+            found = base_path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            found = False
+        if not found:
+            raise ConfigError(f"{path}: base config {base[:200]!r} not found next to the grid file or in the cwd")
+        base, base_dir = read_yaml(base_path, "base config") or {}, base_path.parent
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a config path or a mapping of sections")
     try:  # the base config's `preset:` (e.g. paper) goes under its own values, as in load_config
         base = apply_presets(base, base_dir)
     except ConfigError as e:
         raise ConfigError(f"{path}: base: {e}") from None
+    for section, value in base.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: base: {section} must be a mapping of keys (e.g. train: {{lr: 1e-4}}), "
+                              f"got {value!r:.80}")
+    feature_cache, output_dir = raw.get("feature_cache"), raw.get("output_dir")
+    if not (feature_cache is None or feature_cache is False or isinstance(feature_cache, str)):
+        raise ConfigError(f"{path}: feature_cache={feature_cache!r:.80} must be a folder path or false")
+    if not (output_dir is None or isinstance(output_dir, str)):
+        raise ConfigError(f"{path}: output_dir={output_dir!r:.80} must be a folder path")
     presets = raw.get("presets") or {}
+    if not isinstance(presets, dict):
+        raise ConfigError(f"{path}: presets must map names to dotted overrides, e.g. {{tiny: {{encoder.model: X}}}}")
     factors_raw = raw.get("factors")
     if not isinstance(factors_raw, dict) or not factors_raw:
         raise ConfigError(f"{path}: factors: must map factor names to levels, e.g. adapter: [base, conv]")
     factors = {str(f): _levels(path, str(f), v, presets) for f, v in factors_raw.items()}
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
     tests = raw.get("test_sets") or {}
-    if not isinstance(tests, dict):
+    if not isinstance(tests, dict) or not all(isinstance(v, str) for v in tests.values()):
         raise ConfigError(f"{path}: test_sets must map names to manifest paths, e.g. {{synth: test.jsonl}}")
     limit = raw.get("test_max_items")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
@@ -232,29 +247,32 @@ def cache_root(spec: GridSpec, out: Path) -> str | None:
 
 
 def _set(data: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
+    *parents, leaf = str(dotted).split(".")
     node = data
     for p in parents:
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section (it was set to {node!r})")
     node[leaf] = value
 
 
 def run_config(spec: GridSpec, run: Run, out: Path, cache: str | None) -> ExperimentConfig:
     """base -> overrides -> the run's factor levels -> seed, output folder, cache, task manifests."""
-    data = json.loads(json.dumps(spec.base))
+    data = copy.deepcopy(spec.base)
     for k, v in {**spec.overrides, **run.settings}.items():
         _set(data, k, v)
     _set(data, "train.seed", run.seed)
     _set(data, "train.output_dir", str(out / run.name))
     _set(data, "data.feature_cache", cache)
     for key in ("train_manifest", "dev_manifest", "test_manifest"):
-        if isinstance(data.get("data", {}).get(key), str):
+        if isinstance(data["data"].get(key), str):
             data["data"][key] = os.path.expanduser(data["data"][key])
     if run.task:
         for key in ("train_manifest", "dev_manifest"):
-            src = data.get("data", {}).get(key)
+            src = data["data"].get(key)
             if src:
                 _set(data, f"data.{key}", str(out / "manifests" / run.task / f"{key.split('_')[0]}.jsonl"))
+    check_names(data)
     return from_dict(ExperimentConfig, data)
 
 
@@ -293,9 +311,7 @@ def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
             if not kept:
                 raise ConfigError(f"{spec.path.name}: task {task!r} keeps no item of {src}; check the manifest's "
                                   "task/src_lang/tgt_lang fields or the task level")
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            write_manifest(tmp, kept)
-            os.replace(tmp, folder / name)
+            write_manifest(folder / name, kept)  # atomic: concurrent workers write the same file whole
 
 
 def run_status(run_dir: Path) -> str:

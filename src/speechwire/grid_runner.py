@@ -7,6 +7,12 @@ Per run folder: the Trainer's files (config.yaml, log.jsonl, checkpoints/, train
 train_summary.json), eval-<test>/{predictions.jsonl, metrics.json}, and grid_run.json with the
 levels, train time, peak memory, trainable parameters, and per test set the metrics, compression
 (mean encoder frames / adapter outputs) and real-time factor (decode + the SFM's own, measured once).
+
+Several workers may run one grid folder at once (with or without --shard, on one machine or over a
+shared file system with working flock): a worker claims a run with an flock on <run>/.claim before
+touching it, skips runs claimed by others and, once its own are done, waits for those and reads
+their results (taking a run over, from its checkpoints, if its worker died). The feature cache is
+built under its own lock. `grid_events.jsonl` logs who started and finished what.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +28,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .files import append_line, fault_point, read_text, try_lock, write_atomic
 from .grid import (RUN_FILE, GridSpec, Run, cache_root, count_steps, output_root, plan, probe_seconds_per_step,
                    role, run_config, run_status, test_manifests, write_task_manifests)
+
+EVENTS = "grid_events.jsonl"  # one line per run start/finish and cache build, from every worker
 
 
 def _shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
@@ -32,6 +42,17 @@ def _shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
 
 def _encoder_level(run: Run) -> str:
     return next((lvl for f, lvl in run.levels.items() if role(f) == "encoder"), "sfm")
+
+
+def log_event(out: Path, event: str, **fields: Any) -> None:
+    record = {"time": round(time.time(), 3), "host": socket.gethostname(), "pid": os.getpid(), "event": event,
+              **fields}
+    append_line(out / EVENTS, json.dumps(record), "the grid event log")
+
+
+def read_result(path: Path) -> dict:
+    """A finished run's grid_run.json (written atomically, so whole or absent)."""
+    return json.loads(read_text(path, "grid result"))
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -91,20 +112,28 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
                     utts += load_manifest(m, skip_invalid=c.data.skip_invalid)
         fc = FeatureCache.for_config(cfg)
         timing = fc.dir / "sfm_timing.json"
-        todo = fc.missing(utts)
         encoder = None
-        if todo or not timing.is_file():
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            encoder = build_encoder(cfg.encoder).to(device)
-            fc.build(encoder, todo, cfg.data.max_batch_seconds, cfg.data.max_batch_size, cfg.data.num_workers, progress)
-        if not timing.is_file():
-            tests = test_manifests(spec, rs[0], out)
-            sample = load_manifest(next(iter(tests.values())))[:16] if tests else utts[:16]
-            probe = FeatureCache.for_config(cfg)  # re-encodes (and rewrites, identically) a few items
-            probe.build(encoder, sample, cfg.data.max_batch_seconds, cfg.eval.batch_size, progress=False)
-            stats = probe.stats_dict()
-            timing.write_text(json.dumps({"encoder_rtf": stats["encoder_rtf"], "audio_seconds": stats["audio_seconds"]}))
-        rtf[level] = float(json.loads(timing.read_text())["encoder_rtf"] or 0.0)
+        with fc.locked():  # another worker building this SFM's cache finishes first; we then find its entries
+            todo = fc.missing(utts)
+            if todo or not timing.is_file() or fc.read_meta() is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+                encoder = build_encoder(cfg.encoder).to(device)
+                fc.build(encoder, todo, cfg.data.max_batch_seconds, cfg.data.max_batch_size, cfg.data.num_workers,
+                         progress)
+                log_event(out, "cache", sfm=level, written=fc.stats.writes, dir=str(fc.dir))
+            if not timing.is_file():
+                tests = test_manifests(spec, rs[0], out)
+                sample = load_manifest(next(iter(tests.values())))[:16] if tests else utts[:16]
+                probe = FeatureCache.for_config(cfg)  # times a few items again, writes nothing
+                probe.build(encoder, sample, cfg.data.max_batch_seconds, cfg.eval.batch_size, progress=False,
+                            store=False)
+                stats = probe.stats_dict()
+                write_atomic(timing, json.dumps({"encoder_rtf": stats["encoder_rtf"],
+                                                 "audio_seconds": stats["audio_seconds"]}), "SFM timing")
+        try:
+            rtf[level] = float(json.loads(read_text(timing, "SFM timing"))["encoder_rtf"] or 0.0)
+        except (ValueError, KeyError, TypeError):
+            rtf[level] = 0.0  # a damaged timing file costs only the report's RTF column
         del encoder
         gc.collect()
     return rtf
@@ -151,7 +180,8 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
         trainer.setup()
         trainer.train()
         model, fc, is_main = trainer.unwrapped, trainer.feature_cache, trainer.acc.is_main_process
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    fault_point("grid.after-train")
+    summary = json.loads(read_text(summary_file, "training summary")) if summary_file.is_file() else {}
     result: dict[str, Any] = {
         "name": run.name, "levels": run.levels, "seed": run.seed, "steps": summary.get("steps"),
         "train_seconds": summary.get("train_seconds"), "trainable_params": summary.get("trainable_params"),
@@ -174,9 +204,8 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
                                 "compression": meter.ratio, "rtf_decode": decode, "rtf_encoder": sfm_rtf,
                                 "rtf": round(decode + sfm_rtf, 5)}
     result["peak_memory_gib"] = peak_memory_gib()
-    tmp = run_dir / f".{RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, run_dir / RUN_FILE)
+    fault_point("grid.before-result")
+    write_atomic(run_dir / RUN_FILE, json.dumps(result, indent=2), f"the grid result of {run.name}")
     return result
 
 
@@ -185,26 +214,48 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
 
 def run_grid(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int] = (0, 1),
              use_cache: bool = True, progress: bool = True) -> list[dict]:
-    """Run this shard's unfinished combinations; finished ones (grid_run.json) are skipped."""
+    """Run this shard's unfinished combinations; finished ones (grid_run.json) are skipped, and runs
+    another worker has claimed are waited for (see the module docstring)."""
     out = output_root(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     runs = _shard(plan(spec), shard)
-    (out / "grid.yaml").write_text(spec.path.read_text())  # the grid as run, for the report
+    write_atomic(out / "grid.yaml", spec.path.read_bytes(), "the grid file's copy")  # the grid as run, for the report
     write_task_manifests(spec, runs, out)
     todo = [r for r in runs if run_status(out / r.name) != "done"]
     cache = cache_root(spec, out) if use_cache else None
     sfm_rtf = prepare_caches(spec, todo, out, cache, progress) if todo else {}
-    results = []
+    results: dict[str, dict] = {}
+    others: list[Run] = []
     bar = tqdm(runs, desc="grid", disable=not progress, dynamic_ncols=True)
     for run in bar:
         bar.set_postfix_str(run.name)
-        done = out / run.name / RUN_FILE
-        if done.is_file():
-            results.append(json.loads(done.read_text()))
-            continue
-        results.append(run_one(spec, run, out, cache, sfm_rtf.get(_encoder_level(run), 0.0)))
-        gc.collect()
-    return results
+        if not _claim_and_run(spec, run, out, cache, sfm_rtf, results, block=False):
+            others.append(run)  # another worker has it
+    for run in others:  # ours are done: wait for theirs (or take a run over if its worker died)
+        if progress:
+            bar.write(f"waiting for {run.name} (claimed by another worker)")
+        _claim_and_run(spec, run, out, cache, sfm_rtf, results, block=True)
+    return [results[r.name] for r in runs]
+
+
+def _claim_and_run(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: dict[str, float],
+                   results: dict[str, dict], block: bool) -> bool:
+    """Run `run` unless it is done (then read it) or claimed by another worker (then return False)."""
+    done = out / run.name / RUN_FILE
+    if done.is_file():
+        results[run.name] = read_result(done)
+        return True
+    with try_lock(out / run.name / ".claim", block=block) as mine:
+        if not mine:
+            return False
+        if done.is_file():  # finished by another worker between our look and our claim
+            results[run.name] = read_result(done)
+            return True
+        log_event(out, "start", run=run.name, status=run_status(out / run.name))
+        results[run.name] = run_one(spec, run, out, cache, sfm_rtf.get(_encoder_level(run), 0.0))
+        log_event(out, "done", run=run.name)
+    gc.collect()
+    return True
 
 
 def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int] = (0, 1), probe: bool = True,

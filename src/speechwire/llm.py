@@ -55,9 +55,14 @@ def load_tokenizer(cfg: LLMConfig):
     model_path, gguf = resolve_model(cfg.model)  # `weights:NAME` -> cached local folder
     gguf = gguf or cfg.gguf_file
     kwargs = {"gguf_file": gguf} if gguf else {}
+    from .errors import OFFLINE_SIGNS, loading
+
     try:
         tok = AutoTokenizer.from_pretrained(model_path, **kwargs)
     except Exception as e:  # transformers raises many types here; the message is what matters
+        if any(sign in f"{type(e).__name__}: {e}".lower() for sign in OFFLINE_SIGNS):
+            with loading("llm.model", cfg.model):
+                raise
         raise ValueError(
             f"llm.model={cfg.model!r}: could not load its tokenizer ({type(e).__name__}: {e}). "
             "The folder or hub repo must contain tokenizer files (tokenizer.json or tokenizer.model)."
@@ -85,7 +90,10 @@ def load_llm(cfg: LLMConfig) -> nn.Module:
     model_path, gguf = resolve_model(cfg.model)  # `weights:NAME` -> cached local folder
     gguf = gguf or cfg.gguf_file
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_torch_dtype(cfg.dtype), **kwargs)
+    from .errors import loading
+
+    with loading("llm.model", cfg.model):
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_torch_dtype(cfg.dtype), **kwargs)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

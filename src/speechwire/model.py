@@ -26,11 +26,13 @@ from torch.nn import functional as F
 
 from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
 from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
-from .config import ExperimentConfig, load_config, save_config
+from .config import ExperimentConfig, load_config
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
 
 WEIGHTS_NAME = "trainable.safetensors"
+DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instead (RUN/best or "
+                "RUN/checkpoints/step-*)")
 CONFIG_NAME = "config.yaml"
 IGNORE = -100
 
@@ -421,17 +423,26 @@ class SpeechLLM(nn.Module):
 
     # --- checkpoints ------------------------------------------------------------------------
 
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """The trainable weights (safetensors with a sha256 of their bytes) and the config, in memory."""
+        import yaml
+
+        from .config import to_dict
+        from .files import safetensors_bytes
+
+        weights = safetensors_bytes(self.trainable_state_dict(), {"format": "pt", "speechwire": "trainable-only"})
+        return {WEIGHTS_NAME: weights, CONFIG_NAME: yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode()}
+
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write only the trainable weights (adapter, marker rows, LoRA) + the config."""
-        from safetensors.torch import save_file
+        """Write only the trainable weights (adapter, marker rows, LoRA) + the config, each atomically."""
+        from .files import write_atomic
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
-        tmp = path / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "speechwire": "trainable-only"})
-        tmp.replace(path / WEIGHTS_NAME)
-        save_config(self.cfg, path / CONFIG_NAME)
+        files = self.checkpoint_files()
+        total = sum(len(b) for b in files.values())
+        for name, data in files.items():
+            write_atomic(path / name, data, f"trained weights ({name})", needed=total)
         return path
 
     def load_trainable(self, path: str | Path, partial: bool = False) -> list[str]:
@@ -444,12 +455,12 @@ class SpeechLLM(nn.Module):
         Returns:
             the names that were not loaded (partial only).
         """
-        from safetensors.torch import load_file
+        from .files import read_safetensors
 
         file = Path(path) / WEIGHTS_NAME if Path(path).is_dir() else Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no speechwire checkpoint here (expected {WEIGHTS_NAME})")
-        state = load_file(str(file), device=str(self.device))
+        state = {k: v.to(self.device) for k, v in read_safetensors(file, "trainable weights", DAMAGED_HINT)[0].items()}
         if self.align_head is not None and "align_head.vocab_ids" in state:
             self.align_head.set_vocab(state.pop("align_head.vocab_ids").tolist())
         expected = set(self.trainable_state_dict()) - {"align_head.vocab_ids"}
@@ -477,10 +488,19 @@ class SpeechLLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, overrides: list[str] | None = None) -> "SpeechLLM":
         """Rebuild from a checkpoint folder: frozen parts load by name, trainable weights from file."""
+        from .files import read_safetensors
+
         path = Path(path)
+        if path.is_file():
+            raise NotADirectoryError(f"{path}: is a file; pass the run folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: run folder does not exist")
         if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{path}: not a speechwire checkpoint (no {CONFIG_NAME})")
-        model = cls(load_config(path / CONFIG_NAME, overrides))
+            raise FileNotFoundError(f"{path}: not a speechwire run folder (no {CONFIG_NAME}); pass the folder "
+                                    "`speechwire train` wrote (or one of its checkpoints/step-* folders)")
+        cfg = load_config(path / CONFIG_NAME, overrides)
+        read_safetensors(path / WEIGHTS_NAME, "trainable weights", DAMAGED_HINT)  # fail fast, before the LLM loads
+        model = cls(cfg)
         model.load_trainable(path)
         return model
 

@@ -29,9 +29,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}"
-            )
+            from .errors import unknown_name
+
+            raise ValueError(unknown_name(self.kind, name, self.available()))
         return self._items[name]
 
     def available(self) -> list[str]:

@@ -5,7 +5,8 @@
 
 Run folder:
     config.yaml, log.jsonl                  the resolved config; one JSON line per logged step
-    checkpoints/step-000500/                trainable weights, optimizer, scheduler, sampler, RNG
+    checkpoints/step-000500/                trainable weights, optimizer, scheduler, sampler, RNG: all as
+                                            JSON + safetensors (resume.py), nothing unpickled on resume
     trainable.safetensors (+ config.yaml)   final weights: `SpeechLLM.from_pretrained(run_dir)`
     best/                                   best dev checkpoint (when a dev manifest is given)
     train_summary.json                      steps, time, throughput, final and best dev metrics
@@ -19,19 +20,19 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .config import ExperimentConfig, load_config, save_config, to_dict
 from .data import load_manifest, make_dataloader
+from .files import append_line, fault_point, read_text, write_atomic
 from .model import SpeechLLM
+from .resume import STATE_NAME, load_resume, resume_files, rng_state, set_rng_state, write_checkpoint
 
 CKPT_DIR = "checkpoints"
 
@@ -44,24 +45,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+_rng_state, _set_rng_state = rng_state, set_rng_state  # plain data, no pickle (resume.py)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     steps = sorted((run_dir / CKPT_DIR).glob("step-*[0-9]"))
-    complete = [s for s in steps if (s / "state.json").is_file()]
+    complete = [s for s in steps if (s / STATE_NAME).is_file()]
     return complete[-1] if complete else None
 
 
@@ -227,7 +216,7 @@ class Trainer:
             if acc.is_main_process:
                 self.unwrapped.save_pretrained(self.run_dir)
         if acc.is_main_process:
-            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            write_atomic(self.run_dir / "train_summary.json", json.dumps(summary, indent=2), "the training summary")
         if acc.num_processes > 1:
             self._write_rank_fingerprint()
         acc.end_training()
@@ -239,8 +228,7 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         if self.acc.is_main_process:
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.run_dir / "log.jsonl", json.dumps(record), "the training log")
         if self.cfg.train.report_to != "none":
             self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
 
@@ -283,44 +271,54 @@ class Trainer:
         return nullcontext()
 
     def _save_checkpoint(self) -> None:
+        """Weights, optimizer, scheduler, every rank's RNG and the sampler, as data (resume.py); the
+        folder appears complete or not at all, and older ones are pruned only after it does."""
         acc = self.acc
         final = self.run_dir / CKPT_DIR / f"step-{self.step:06d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+        files: dict[str, bytes] = {}
         with self._gathered():
             if acc.is_main_process:
-                self.unwrapped.save_pretrained(tmp)
+                files.update(self.unwrapped.checkpoint_files())
+        # every rank's RNG goes through the main process (gather_object), which writes the folder
+        rngs = [resume_files(_rng_state(), f"rng-rank{acc.process_index}")]
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rngs = gather_object(rngs)
         if acc.is_main_process:
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+            for rank_files in rngs:
+                files.update(rank_files)
+            files.update(resume_files(self.optimizer.state_dict(), "optimizer"))
+            files.update(resume_files(self.scheduler.state_dict(), "scheduler"))
             state = {"step": self.step, "data": self.loader.state_dict(), "best": self.best,
                      "processes": acc.num_processes, "elapsed_s": round(time.time() - self._started, 1)}
-            (tmp / "state.json").write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)  # atomic: a checkpoint folder without .tmp is always complete
+            files[STATE_NAME] = json.dumps(state, indent=2).encode()
+            write_checkpoint(files, final, f"checkpoint {final.name}")
+            fault_point("checkpoint.before-prune")
             for old in sorted((self.run_dir / CKPT_DIR).glob("step-*[0-9]"))[: -self.cfg.train.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
     def _load_checkpoint(self, ckpt: Path) -> None:
-        state = json.loads((ckpt / "state.json").read_text())
+        try:
+            state = json.loads(read_text(ckpt / STATE_NAME, "checkpoint state"))
+        except ValueError as e:
+            raise ValueError(f"{ckpt / STATE_NAME}: damaged ({e}); delete {ckpt} to resume from the checkpoint "
+                             "before it, or pass --no-resume") from None
         if state["processes"] != self.acc.num_processes:
             raise ValueError(f"{ckpt} was written by {state['processes']} processes; resume with the same "
                              f"number (now {self.acc.num_processes}) or pass --no-resume")
+        # data only: JSON + safetensors (old checkpoints: torch files read with weights_only=True)
+        rng = load_resume(ckpt, f"rng-rank{self.acc.process_index}", "random number state")
+        optimizer = load_resume(ckpt, "optimizer", "optimizer state")
+        scheduler = load_resume(ckpt, "scheduler", "learning-rate schedule state")
         self.unwrapped.load_trainable(ckpt)
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.acc.device, weights_only=True))
-        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
         self.loader.load_state_dict(state["data"])
         self.step, self.best = state["step"], state["best"]
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
-        rng = ckpt / f"rng-rank{self.acc.process_index}.pt"
-        _set_rng_state(torch.load(rng, weights_only=False))  # our own file: python/numpy RNG tuples
+        _set_rng_state(rng)
         if self.acc.is_main_process:
             print(f"resumed from {ckpt} (step {self.step}/{self.total_steps})")
 

@@ -99,6 +99,7 @@ class Utterance:
 _FIELDS = ("audio", "transcript", "translation", "offset", "duration", "src_lang", "tgt_lang",
            "task", "id")
 _STR_FIELDS = ("audio", "transcript", "translation", "src_lang", "tgt_lang", "task", "id")
+MAX_SECONDS = 1e6  # an offset or duration beyond this (11 days) is a unit mistake (ms, samples)
 
 
 @lru_cache(maxsize=None)
@@ -112,7 +113,9 @@ def _number(obj: dict, key: str) -> float | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"'{key}' must be a finite number of seconds, got {v!r}")
+        raise ValueError(f"'{key}' must be a finite number of seconds, got {v!r:.80}")
+    if abs(v) > MAX_SECONDS:
+        raise ValueError(f"'{key}' is {v:.3g} s, more than {MAX_SECONDS:.0e} s; it must be in seconds")
     return float(v)
 
 
@@ -152,7 +155,10 @@ def parse_utterance(obj: Any, base_dir: Path, check_audio: bool = True) -> Utter
                 raise ValueError(f"'{key}' is required for task 'st'")
     if not obj["transcript"].strip() and task == "asr":
         raise ValueError("'transcript' is empty; an ASR line needs the text to produce")
-    audio = Path(obj["audio"]).expanduser()
+    try:
+        audio = Path(obj["audio"]).expanduser()
+    except RuntimeError as e:  # "~nobody/x.wav": no such user
+        raise ValueError(f"'audio' path {obj['audio']!r:.200} cannot be expanded ({e})") from None
     audio = audio if audio.is_absolute() else base_dir / audio
     meta = {k: v for k, v in obj.items() if k not in _FIELDS}
     utt = Utterance(
@@ -161,7 +167,13 @@ def parse_utterance(obj: Any, base_dir: Path, check_audio: bool = True) -> Utter
         tgt_lang=obj.get("tgt_lang"), task=task, id=obj.get("id") or "", meta=meta,
     )  # the id derives from the line as written, before the duration is filled in
     if check_audio:
-        if not audio.is_file():
+        try:
+            is_dir, is_file = audio.is_dir(), audio.is_file()
+        except OSError as e:  # a name too long for the file system
+            raise ValueError(f"'audio' path {str(audio)[:200]!r} is not usable ({e.strerror})") from None
+        if is_dir:
+            raise ValueError(f"audio {audio} is a folder, not an audio file; give the path of one file per line")
+        if not is_file:
             raise ValueError(f"audio file {audio} does not exist; fix the path (relative paths "
                              f"are resolved against {base_dir})")
         if duration is None:
@@ -192,21 +204,29 @@ def load_manifest(path: str | Path, skip_invalid: bool = False, check_audio: boo
             bad line), unless skip_invalid; also for a missing/empty manifest.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"manifest {path} is a folder; pass a JSONL file (one JSON object per line)")
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
     base_dir = path.resolve().parent
     utts: list[Utterance] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
                 try:
+                    line = raw.decode("utf-8")
                     obj = json.loads(line)
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                     "a manifest is JSONL text") from None
                 except json.JSONDecodeError as e:
                     raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+                except RecursionError:
+                    raise ValueError("invalid JSON (nested too deeply)") from None
                 utt = parse_utterance(obj, base_dir, check_audio)
                 if utt.id in seen:
                     raise ValueError(f"id {utt.id!r} is already used on line {seen[utt.id]}; "
@@ -237,15 +257,13 @@ def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> Path:
     Returns:
         the path written.
     """
+    from speechwire.files import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for u in utts:
-            f.write(json.dumps(u.to_dict(base), ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    text = "".join(json.dumps(u.to_dict(base), ensure_ascii=False) + "\n" for u in utts)
+    return write_atomic(path, text, "manifest")
 
 
 def utterance_duration(utt: Utterance) -> float:

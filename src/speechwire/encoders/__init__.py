@@ -11,7 +11,11 @@ from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
 
 def build_encoder(cfg: EncoderConfig) -> SpeechEncoder:
     """The frozen encoder named `cfg.name`, loaded from `cfg.model`; an unknown name lists the known ones."""
-    return ENCODERS.get(cfg.name).from_config(cfg).freeze()
+    from ..errors import loading
+
+    cls = ENCODERS.get(cfg.name)
+    with loading("encoder.model", cfg.model):
+        return cls.from_config(cfg).freeze()
 
 
 __all__ = ["SAMPLE_RATE", "EncoderOutput", "SpeechEncoder", "build_encoder"]
