@@ -306,3 +306,34 @@ def test_zero_steps_without_a_start_is_a_config_error():
     with pytest.raises(ConfigError, match="max_steps=0 trains nothing"):
         load_config(None, ["train.max_steps=0"])
     assert load_config(None, ["train.max_steps=0", "align.steps=10"]).align.steps == 10
+
+
+def test_posterior_readout_is_the_posterior_weighted_token_embeddings():
+    head = _head(vocab=(5, 7, 9), d=4, V=12)
+    logits = torch.tensor([[[9.0, 0.0, 0.0, 0.0], [0.0, 50.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # (1, 3, K + 1)
+    out = head.posterior_embeddings(logits)  # (1, 3, d)
+    assert torch.allclose(out[0, 1], head.table[5], atol=1e-5)  # a sure token: its own embedding
+    assert torch.allclose(out[0, 2], head.table[[5, 7, 9]].mean(0), atol=1e-6)  # unsure: the mean
+    assert torch.allclose(out[0, 0], out[0, 2], atol=1e-6)  # the blank takes no share
+
+
+def test_lm_stage_with_posterior_readout_feeds_the_llm_token_embeddings(aligned):
+    tmp, manifest, run, cfg_path, _ = aligned
+    out = tmp / "posterior"
+    cfg = load_config(cfg_path, ["train.stage=lm", f"train.init_from={run}", "train.max_steps=0",
+                                 "align.collapse=true", "align.readout=posterior", f"train.output_dir={out}",
+                                 "data.dev_manifest=null"])
+    train(cfg, progress=False)
+    model = SpeechLLM.from_pretrained(out)
+    from speechwire.data import collate, load_manifest
+    from speechwire.features import CachedFeatureDataset, FeatureCache
+
+    items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(3)]
+    batch = collate(items)
+    speech = model._adapt(batch, batch["hidden"], batch["hidden_lengths"])
+    table = model.llm.get_input_embeddings().weight.detach()
+    vocab = table[model.align_head.vocab_ids]  # (K, d): every output lies in the span of these rows
+    coef = torch.linalg.lstsq(vocab.T, speech.embeds[0, : speech.lengths[0]].T).solution
+    assert torch.allclose(vocab.T @ coef, speech.embeds[0, : speech.lengths[0]].T, atol=1e-4)
+    together = model.generate(batch, max_new_tokens=4)
+    assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]

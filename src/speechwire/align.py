@@ -93,6 +93,14 @@ class TiedCTCHead(nn.Module):
         drawn = torch.randint(1, K + 1, (negatives,)).to(labels.device)
         return torch.unique(torch.cat([used, drawn]))
 
+    def posterior_embeddings(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T', K + 1) logits -> (B, T', d): the tokens' own LLM embeddings weighted by their
+        posterior, blank left out and the rest renormalised (LegoSLM's readout). The LLM then reads
+        its own vocabulary, as in the copy test."""
+        probs = logits[..., 1:].float().softmax(-1)  # (B, T', K)
+        rows = self.table.detach()[self.vocab_ids.to(self.table.device)].float().to(logits.device)  # (K, d)
+        return probs @ rows
+
     def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).
 

@@ -232,6 +232,7 @@ class AlignConfig:
     negatives: int = 2048  # training scores the batch's tokens + this many random others (0: all)
     collapse: bool = False  # LM stage: drop outputs nearest the blank, mean-pool runs of one token
     ctc_weight: float = 0.0  # LM stage: keep the alignment CTC loss as an auxiliary loss
+    readout: str = "adapter"  # what the LLM reads: adapter (its outputs) | posterior (posterior-weighted token embeddings)
 
     def __post_init__(self) -> None:
         p = []
@@ -243,6 +244,8 @@ class AlignConfig:
             p.append(f"time_mask={self.time_mask} must be in [0, 1)")
         if self.ctc_weight < 0:
             p.append(f"ctc_weight={self.ctc_weight} must be >= 0")
+        if self.readout not in ("adapter", "posterior"):
+            p.append(f"readout={self.readout!r} must be 'adapter' or 'posterior'")
         _check(p, "align")
 
 

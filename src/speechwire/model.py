@@ -130,7 +130,7 @@ class SpeechLLM(nn.Module):
         self.audio_markers = nn.Parameter(start.expand(2, d_llm).clone())  # (2, d_llm): start, end
         a = cfg.align
         self.align_head = TiedCTCHead(embedding.weight, a.temperature) \
-            if cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 else None
+            if cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 or a.readout != "adapter" else None
         self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
 
     def train(self, mode: bool = True) -> "SpeechLLM":
@@ -245,7 +245,8 @@ class SpeechLLM(nn.Module):
             loss, _ = self._alignment_loss(batch, logits, out.lengths)
             aux = self.cfg.align.ctc_weight * loss + (aux if aux is not None else 0.0)
             aux_losses["align"] = loss.detach()
-        embeds, lengths = collapse(out.embeds, out.lengths, logits) if self.cfg.align.collapse else (out.embeds, out.lengths)
+        embeds = self.align_head.posterior_embeddings(logits) if self.cfg.align.readout == "posterior" else out.embeds
+        embeds, lengths = collapse(embeds, out.lengths, logits) if self.cfg.align.collapse else (embeds, out.lengths)
         return AdapterOutput(embeds, lengths, aux, aux_losses)
 
     def _alignment_loss(self, batch: dict, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -18,6 +18,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 NUM_TRAIN = 3000  # synthetic train sentences for --train (docs/data.md: 2.4 h)
 DEV_SYNTH, DEV_REAL = 60, 40  # dev items scored during training (cheap on CPU)
+REAL_REPEAT = 4  # the 305 real train prompts are seen 4x per epoch beside the synthetic ones
 
 
 @dataclass
@@ -42,15 +43,15 @@ def _test_names(task: str) -> dict[str, str]:
     return {"synthetic": "synth_test.st.jsonl"}
 
 
-def _concat(out: Path, parts: list[tuple[Path, int | None]], id_suffix: dict[Path, str] | None = None) -> Path:
+def _concat(out: Path, parts: list[tuple[Path, int | None] | tuple[Path, int | None, str]]) -> Path:
     """Write the first `n` lines (all when None) of each manifest into `out` (same folder: the
-    relative audio paths stay valid), appending `id_suffix[path]` to the ids of that manifest (the
-    ASR and ST manifests share ids). Written atomically."""
+    relative audio paths stay valid), appending the part's id suffix, if any, to its ids (the ASR
+    and ST manifests share ids; a manifest repeated needs new ids). Written atomically."""
     lines: list[str] = []
-    for path, n in parts:
+    for path, n, *rest in parts:
         rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
         rows = rows if n is None else rows[:n]
-        suffix = (id_suffix or {}).get(path)
+        suffix = rest[0] if rest else ""
         if suffix:
             rows = [json.dumps({**(r := json.loads(ln)), "id": r["id"] + suffix}, ensure_ascii=False) for ln in rows]
         lines += rows
@@ -98,14 +99,15 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
     sets = DemoSets(test=tests, info=info)
     if train:
         if task == "asr":
-            sets.train = _concat(data_dir / "demo_train.asr.jsonl",
-                                 [(data_dir / "synth_train.asr.jsonl", None), (data_dir / "real_train.asr.jsonl", None)])
+            real = data_dir / "real_train.asr.jsonl"
+            sets.train = _concat(data_dir / "demo_train.asr.jsonl", [(data_dir / "synth_train.asr.jsonl", None)]
+                                 + [(real, None, f"-x{k}" if k else "") for k in range(REAL_REPEAT)])
             sets.dev = _concat(data_dir / "demo_dev.asr.jsonl",
                                [(data_dir / "synth_dev.asr.jsonl", DEV_SYNTH), (data_dir / "real_dev.asr.jsonl", DEV_REAL)])
         else:  # ST + ASR on the same audio: the transcript teaches the adapter faster than translations alone
             asr = data_dir / "synth_train.asr.jsonl"
-            sets.train = _concat(data_dir / "demo_train.st.jsonl", [(data_dir / "synth_train.st.jsonl", None), (asr, None)],
-                                 id_suffix={asr: "-asr"})
+            sets.train = _concat(data_dir / "demo_train.st.jsonl",
+                                 [(data_dir / "synth_train.st.jsonl", None), (asr, None, "-asr")])
             sets.dev = _concat(data_dir / "demo_dev.st.jsonl", [(data_dir / "synth_dev.st.jsonl", DEV_SYNTH + DEV_REAL)])
     return sets
 
