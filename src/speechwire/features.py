@@ -162,7 +162,8 @@ class FeatureCache:
             tensors, meta = read_safetensors(path, "feature-cache entry")  # checks the sha256 when stored
             hidden = tensors.get("hidden")  # (T, d)
             if meta.get("key") != key:
-                raise DamagedFileError(f"{path}: stored key {meta.get('key')!r:.20} is not this file's")
+                raise DamagedFileError(f"{path}: the key stored inside ({str(meta.get('key'))[:12]}...) is not the "
+                                       "file's name")
             if hidden is None or hidden.dim() != 2 or str(hidden.shape[0]) != meta.get("frames"):
                 raise DamagedFileError(f"{path}: features shape {None if hidden is None else tuple(hidden.shape)} "
                                        f"does not match frames={meta.get('frames')}")

@@ -231,15 +231,18 @@ def load_state_files(folder: Path, name: str, what: str) -> Any:
     """Read what `state_files` wrote into `folder` (checksums verified). DamagedFileError if damaged."""
     text = read_text(folder / f"{name}.json", what)
     try:
-        structure = json.loads(text)["state"]
-    except (ValueError, KeyError, TypeError) as e:
+        doc = json.loads(text)
+    except ValueError as e:
         raise DamagedFileError(f"{folder / (name + '.json')}: {what} is damaged ({e})") from None
+    if not isinstance(doc, dict) or "state" not in doc:
+        raise DamagedFileError(f"{folder / (name + '.json')}: {what} is damaged (not a speechwire state file)")
+    structure = doc["state"]
     tensor_file = folder / f"{name}.safetensors"
     tensors = read_safetensors(tensor_file, what)[0] if tensor_file.exists() else {}
     try:
         return _decode(structure, tensors)
-    except KeyError as e:
-        raise DamagedFileError(f"{folder}: {what}: tensor {e} is missing from {tensor_file.name}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise DamagedFileError(f"{folder / (name + '.json')}: {what} is damaged ({type(e).__name__}: {e})") from None
 
 
 # --- claims -------------------------------------------------------------------------------------

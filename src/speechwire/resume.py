@@ -18,6 +18,7 @@ as it was, and a full disk is reported with the checkpoint's total size before a
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
 import shutil
@@ -28,9 +29,10 @@ import numpy as np
 import torch
 
 from .errors import DamagedFileError, DiskFullError, free_bytes
-from .files import fault_point, load_state_files, state_files, write_atomic
+from .files import fault_point, load_state_files, read_text, state_files, write_atomic
 
 STATE_NAME = "state.json"  # written last: a step-* folder with it is complete
+DAMAGED_FIX = "; resuming skips to the checkpoint before it (delete this one), or start over with --no-resume"
 
 
 def rng_state() -> dict:
@@ -47,11 +49,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what `rng_state` (or a checkpoint of the old pickle format) captured."""
-    version, mt, gauss = state["python"]
-    random.setstate((int(version), tuple(int(x) for x in mt), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
+    py, npy, cpu = _rng_parts(state)
+    random.setstate(py)
+    np.random.set_state(npy)
+    torch.set_rng_state(cpu)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -115,6 +116,54 @@ def _legacy_load(path: Path, what: str) -> Any:
     except Exception as e:  # cut short, not a torch file
         raise DamagedFileError(f"{path}: {what} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
                                "delete this checkpoint folder to resume from the one before") from None
+
+
+def read_checkpoint(ckpt: Path, rank: int, processes: int) -> dict[str, Any]:
+    """Parse and check the resume files of `ckpt` for process `rank` (nothing is applied yet).
+
+    Returns:
+        {"state": state.json, "rng": ..., "optimizer": ..., "scheduler": ...}.
+    Raises:
+        DamagedFileError / FileNotFoundError: a file is missing, damaged or refused (names it).
+        ValueError: written by another number of processes.
+    """
+    path = ckpt / STATE_NAME
+    try:
+        state = json.loads(read_text(path, "checkpoint state"))
+    except ValueError as e:
+        raise DamagedFileError(f"{path}: damaged ({' '.join(str(e).split())[:200]}){DAMAGED_FIX}") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("data"), dict)
+            and isinstance(state.get("processes"), int)):
+        raise DamagedFileError(f"{path}: damaged (not the checkpoint state speechwire writes){DAMAGED_FIX}")
+    if state["processes"] != processes:
+        raise ValueError(f"{ckpt} was written by {state['processes']} processes; resume with the same "
+                         f"number (now {processes}) or pass --no-resume")
+    try:
+        parts = {"state": state,
+                 "rng": load_resume(ckpt, f"rng-rank{rank}", "random number state"),
+                 "optimizer": load_resume(ckpt, "optimizer", "optimizer state"),
+                 "scheduler": load_resume(ckpt, "scheduler", "learning-rate schedule state")}
+    except DamagedFileError as e:
+        raise DamagedFileError(f"{e}{'' if 'resum' in str(e) else DAMAGED_FIX}") from None
+    try:
+        _rng_parts(parts["rng"])
+        assert isinstance(parts["optimizer"], dict) and {"state", "param_groups"} <= set(parts["optimizer"])
+        assert isinstance(parts["scheduler"], dict)
+    except (AssertionError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise DamagedFileError(f"{ckpt}: damaged resume state ({type(e).__name__} {e}){DAMAGED_FIX}") from None
+    return parts
+
+
+def _rng_parts(state: dict) -> tuple:
+    """The (python, numpy, torch) RNG states of `rng_state`'s dict, type-checked."""
+    version, mt, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    py = (int(version), tuple(int(x) for x in mt), None if gauss is None else float(gauss))
+    npy = (str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+    if len(py[1]) != 625 or npy[1].shape != (624,) or not isinstance(state["torch"], torch.Tensor) \
+            or state["torch"].dtype != torch.uint8:
+        raise ValueError("RNG state of the wrong size or type")
+    return py, npy, state["torch"]
 
 
 def load_resume(ckpt: Path, name: str, what: str) -> Any:

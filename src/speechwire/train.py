@@ -22,6 +22,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -30,9 +31,10 @@ from tqdm.auto import tqdm
 
 from .config import ExperimentConfig, load_config, save_config, to_dict
 from .data import load_manifest, make_dataloader
-from .files import append_line, fault_point, read_text, write_atomic
+from .errors import DamagedFileError
+from .files import append_line, fault_point, write_atomic
 from .model import SpeechLLM
-from .resume import STATE_NAME, load_resume, resume_files, rng_state, set_rng_state, write_checkpoint
+from .resume import STATE_NAME, read_checkpoint, resume_files, rng_state, set_rng_state, write_checkpoint
 
 CKPT_DIR = "checkpoints"
 
@@ -134,9 +136,8 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         if log_with:
             self.acc.init_trackers(self.run_dir.name, config=_flat(to_dict(cfg)))
-        ckpt = latest_checkpoint(self.run_dir) if self.resume else None
-        if ckpt is not None:
-            self._load_checkpoint(ckpt)
+        if self.resume:
+            self._resume()
         self.acc.wait_for_everyone()
 
     def _configure_deepspeed(self) -> None:
@@ -299,26 +300,35 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
+    def _resume(self) -> None:
+        """Continue from the newest complete checkpoint; a damaged one is reported and the one before
+        it is used (a run is never blocked by a bad newest checkpoint while an older one is good)."""
+        steps = sorted((self.run_dir / CKPT_DIR).glob("step-*[0-9]"))
+        complete = [s for s in steps if (s / STATE_NAME).is_file()]
+        for i, ckpt in enumerate(reversed(complete)):
+            try:
+                self._load_checkpoint(ckpt)
+                return
+            except (DamagedFileError, FileNotFoundError) as e:
+                if i == len(complete) - 1:
+                    raise
+                warnings.warn(f"{' '.join(str(e).split())}; resuming from the checkpoint before it", stacklevel=2)
+
     def _load_checkpoint(self, ckpt: Path) -> None:
-        try:
-            state = json.loads(read_text(ckpt / STATE_NAME, "checkpoint state"))
-        except ValueError as e:
-            raise ValueError(f"{ckpt / STATE_NAME}: damaged ({e}); delete {ckpt} to resume from the checkpoint "
-                             "before it, or pass --no-resume") from None
-        if state["processes"] != self.acc.num_processes:
-            raise ValueError(f"{ckpt} was written by {state['processes']} processes; resume with the same "
-                             f"number (now {self.acc.num_processes}) or pass --no-resume")
         # data only: JSON + safetensors (old checkpoints: torch files read with weights_only=True)
-        rng = load_resume(ckpt, f"rng-rank{self.acc.process_index}", "random number state")
-        optimizer = load_resume(ckpt, "optimizer", "optimizer state")
-        scheduler = load_resume(ckpt, "scheduler", "learning-rate schedule state")
+        parts = read_checkpoint(ckpt, self.acc.process_index, self.acc.num_processes)
+        state = parts["state"]
         self.unwrapped.load_trainable(ckpt)
-        self.optimizer.load_state_dict(optimizer)
-        self.scheduler.load_state_dict(scheduler)
-        self.loader.load_state_dict(state["data"])
-        self.step, self.best = state["step"], state["best"]
+        try:
+            self.optimizer.load_state_dict(parts["optimizer"])
+            self.scheduler.load_state_dict(parts["scheduler"])
+            self.loader.load_state_dict(state["data"])
+        except (KeyError, TypeError, IndexError, RuntimeError) as e:
+            raise DamagedFileError(f"{ckpt}: resume state does not fit this run ({type(e).__name__}: {e}); "
+                                   "was it written with another config? pass --no-resume to start over") from None
+        self.step, self.best = state["step"], state.get("best")
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
-        _set_rng_state(rng)
+        _set_rng_state(parts["rng"])
         if self.acc.is_main_process:
             print(f"resumed from {ckpt} (step {self.step}/{self.total_steps})")
 
