@@ -60,6 +60,7 @@ def template(line: str, roots: list[str] = ()) -> str:
     for r in roots:
         line = line.replace(r, "<dir>")
     line = re.sub(r"unknown key\(s\) .*?; ", "unknown key(s) <keys>; ", line)
+    line = re.sub(r"(unrecognized arguments|invalid choice): .*?(\(see|$)", r"\1: <args> \2", line)
     line = re.sub(r"(?:<dir>|/)\S*", "<path>", line)
     line = re.sub(r"'[^']*'|\"[^\"]*\"", "<q>", line)
     line = re.sub(r"(#x|0x)[0-9a-fA-F]+|\d+(\.\d+)?(e[-+]?\d+)?", "<n>", line)

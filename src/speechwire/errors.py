@@ -112,14 +112,21 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+OS_HINTS = {errno.ENOENT: "; check the path (a folder in it may be missing)",
+            errno.EACCES: "; check the permissions (or use a folder you own)",
+            errno.EPERM: "; check the permissions (or use a folder you own)",
+            errno.EROFS: "; that file system is read-only: write somewhere else",
+            errno.ENOSPC: "; the disk is full: free some space and rerun (finished work is kept)",
+            errno.EDQUOT: "; the disk quota is full: free some space and rerun (finished work is kept)"}
+
+
 def explain(e: BaseException) -> tuple[int, str]:
     """The exit status and the one line `speechwire` prints for an exception that reached it."""
     if isinstance(e, (ValueError, OSError)) and not isinstance(e, UnicodeError):
         msg = one_line(str(e)) or type(e).__name__
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
-            msg = f"{e.filename}: {msg}"
-        if isinstance(e, PermissionError):
-            msg += "; check the file's permissions (or write somewhere you own)"
+        if isinstance(e, OSError) and e.strerror:  # the OS's own error: say which file and what to do
+            msg = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+            msg += (f" (and {e.filename2})" if e.filename2 else "") + OS_HINTS.get(e.errno, "")
         return USER_ERROR, msg
     if isinstance(e, ImportError):
         return USER_ERROR, f"{one_line(str(e))}; install the missing package (see README, Install)"

@@ -25,6 +25,7 @@ checkpoints), then evaluate on every test set -> eval-<test>/metrics.json, then 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -150,6 +151,10 @@ def load_grid(path: str | Path) -> GridSpec:
     if unknown:
         from .errors import did_you_mean
 
+        sections = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"preset"}
+        if set(unknown) <= sections:
+            raise ConfigError(f"{path}: this is an experiment config, not a grid file; a grid file names it under "
+                              "base: and lists factors: (docs/grid.md)")
         raise ConfigError(f"{path}: unknown key(s) {unknown};{did_you_mean(unknown[0], GRID_KEYS)} "
                           f"known: {sorted(GRID_KEYS)}")
     base, base_dir = raw.get("base") or {}, path.parent
