@@ -443,7 +443,7 @@ class SpeechLLM(nn.Module):
         files = self.checkpoint_files()
         total = sum(len(b) for b in files.values())
         for name, data in files.items():
-            write_atomic(path / name, data, f"trained weights ({name})", needed=total)
+            write_atomic(path / name, data, "trained weights", needed=total)
         return path
 
     def load_trainable(self, path: str | Path, partial: bool = False) -> list[str]:

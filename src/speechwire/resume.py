@@ -85,7 +85,7 @@ def write_checkpoint(files: dict[str, bytes], final: Path, what: str) -> None:
         if free is not None and free < needed:
             raise DiskFullError(what, final, needed)
         for name in sorted(files, key=lambda n: n == STATE_NAME):
-            write_atomic(tmp / name, files[name], f"{what} ({name})", fsync=True, needed=needed)
+            write_atomic(tmp / name, files[name], what, fsync=True, needed=needed)
         fault_point("checkpoint.before-rename")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # atomic: a step-* folder (no .tmp) is always complete
