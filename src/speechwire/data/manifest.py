@@ -203,7 +203,7 @@ def load_manifest(path: str | Path, skip_invalid: bool = False, check_audio: boo
         ManifestError: "train.jsonl line 17: 'translation' is required for task 'st'" (first
             bad line), unless skip_invalid; also for a missing/empty manifest.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise ManifestError(f"manifest {path} is a folder; pass a JSONL file (one JSON object per line)")
     if not path.is_file():

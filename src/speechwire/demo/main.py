@@ -186,6 +186,8 @@ def run_demo(task: str, out_dir: Path, train: bool = False, tiny: bool = False, 
             cfg = load_config(recipe_config(task), [
                 f"data.train_manifest={sets.train}", f"data.dev_manifest={sets.dev}",
                 f"train.output_dir={out_dir / 'train'}", *(overrides or [])])
+            if cfg.data.feature_cache:  # beside the demo data ($SPEECHWIRE_CACHE honoured)
+                cfg.data.feature_cache = str(demo_data_dir().parent / "features")
             ckpt = train_adapter(cfg, progress)
         else:
             ckpt = asset_dir(task)
