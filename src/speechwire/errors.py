@@ -102,7 +102,7 @@ def loading(field: str, model: str) -> Iterator[None]:
                             f"reached (offline); download it where the hub is reachable (`hf download {model}`) "
                             f"and set {field} to that folder") from e
         if text.split(": ", 1)[-1].startswith((f"{field}=", str(model))):
-            raise LoadError(text.split(": ", 1)[-1]) from e  # already names the key and the fix
+            raise  # our own loaders' messages already name the key (or folder) and the fix
         raise LoadError(f"{field}={model!r}: cannot load it ({text[:400]}); check the hub id or folder "
                         "(a folder needs config.json and the weight files)") from e
 
