@@ -203,7 +203,10 @@ def load_manifest(path: str | Path, skip_invalid: bool = False, check_audio: boo
         ManifestError: "train.jsonl line 17: 'translation' is required for task 'st'" (first
             bad line), unless skip_invalid; also for a missing/empty manifest.
     """
-    path = Path(path).expanduser()
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError as e:  # "~nobody/train.jsonl": no such user
+        raise ManifestError(f"manifest {str(path)[:200]!r}: cannot expand '~' ({e})") from None
     if path.is_dir():
         raise ManifestError(f"manifest {path} is a folder; pass a JSONL file (one JSON object per line)")
     if not path.is_file():
