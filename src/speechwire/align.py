@@ -54,12 +54,13 @@ class TiedCTCHead(nn.Module):
         noise = torch.randn(d, generator=torch.Generator().manual_seed(0)) * mean.norm() / d ** 0.5
         self.blank = nn.Parameter(mean + noise)  # (d,)
         self.register_buffer("vocab_ids", torch.zeros(0, dtype=torch.long))  # (K,)
-        self._keys: torch.Tensor | None = None
+        self._keys: torch.Tensor | None = None  # caches of the frozen table's vocabulary rows
+        self._rows: torch.Tensor | None = None
 
     def set_vocab(self, ids: Sequence[int]) -> None:
         self.vocab_ids = torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long,
                                       device=self.blank.device)
-        self._keys = None
+        self._keys = self._rows = None
 
     def keys(self) -> torch.Tensor:
         """(K, d) unit-norm token embeddings of the vocabulary (cached; the table is frozen)."""
@@ -98,8 +99,9 @@ class TiedCTCHead(nn.Module):
         posterior, blank left out and the rest renormalised (LegoSLM's readout). The LLM then reads
         its own vocabulary, as in the copy test."""
         probs = logits[..., 1:].float().softmax(-1)  # (B, T', K)
-        rows = self.table.detach()[self.vocab_ids.to(self.table.device)].float().to(logits.device)  # (K, d)
-        return probs @ rows
+        if self._rows is None or self._rows.device != logits.device or self._rows.shape[0] != len(self.vocab_ids):
+            self._rows = self.table.detach()[self.vocab_ids.to(self.table.device)].float().to(logits.device)  # (K, d)
+        return probs @ self._rows
 
     def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).
