@@ -337,3 +337,20 @@ def test_lm_stage_with_posterior_readout_feeds_the_llm_token_embeddings(aligned)
     assert torch.allclose(vocab.T @ coef, speech.embeds[0, : speech.lengths[0]].T, atol=1e-4)
     together = model.generate(batch, max_new_tokens=4)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+
+
+def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):
+    tmp, manifest, run, cfg_path, _ = aligned
+    model = SpeechLLM.from_pretrained(run, ["eval.max_repeats=1"])
+    from speechwire.data import collate, load_manifest
+    from speechwire.features import CachedFeatureDataset, FeatureCache
+
+    items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(4)]
+    free = SpeechLLM.from_pretrained(run)
+    long = free._greedy(collate(items), 12)
+    capped = model._greedy(collate(items), 12)
+    for a, b in zip(long, capped):
+        assert all(b[i] != b[i - 1] for i in range(1, len(b)))  # no token twice in a row
+        cut = next((i for i in range(1, len(a)) if a[i] == a[i - 1]), len(a))
+        assert b == a[:cut]  # the same answer up to the first repeat
+    assert capped == [model._greedy(collate([it]), 12)[0] for it in items]

@@ -254,10 +254,11 @@ class EvalConfig:
     max_new_tokens: int = 200
     batch_size: int = 8
     comet_model: str | None = None  # path or id of a COMET model (needs the [comet] extra)
+    max_repeats: int = 0  # > 0: stop an item when one token comes more than this many times in a row
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_repeats < 0:
+            raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1, eval.max_repeats >= 0")
 
 
 @dataclass

@@ -398,11 +398,20 @@ class SpeechLLM(nn.Module):
         cache = None
         next_pos = positions[:, -1:] + 1
         step_inputs, step_mask, step_pos = inputs, mask, positions
+        max_repeats = self.cfg.eval.max_repeats
+        previous = torch.full((B,), -1, dtype=torch.long, device=self.device)
+        run = torch.zeros(B, dtype=torch.long, device=self.device)  # (B,) length of the current run of one token
         for _ in range(max_new):
             res = self.llm(inputs_embeds=step_inputs, attention_mask=step_mask, position_ids=step_pos,
                            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
             token = res.logits[:, -1].float().argmax(-1)  # (B,)
+            if max_repeats > 0:  # a greedy loop ("t t t t ...") ends the item; the extra copies are cut
+                run = torch.where(token == previous, run + 1, torch.ones_like(run))
+                previous = token
+                looping = run > max_repeats
+                token = torch.where(looping, torch.full_like(token, -1), token)
+                done |= looping
             token = torch.where(done, torch.full_like(token, -1), token)
             generated = torch.cat([generated, token[:, None]], dim=1)
             done |= torch.isin(token, stop)
