@@ -250,27 +250,20 @@ def evaluate_alignment(model, utts, cfg, out_dir=None, progress: bool = False, f
     "oov_tokens"}, "num_utterances": n}: the "asr" entry lets the trainer keep the best checkpoint
     by WER as in the LM stage. `out_dir` is accepted for symmetry with evaluate_utterances and unused.
     """
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from .data import SpeechDataset, collate, utterance_duration
+    from .evaluate import eval_loader
     from .metrics import score
 
-    order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
-    batches = [order[i:i + cfg.eval.batch_size] for i in range(0, len(order), cfg.eval.batch_size)]
-    if feature_cache is not None:
-        from .features import CachedFeatureDataset
-
-        ds = CachedFeatureDataset(utts, feature_cache)
-    else:
-        ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
+    loader, batches = eval_loader(utts, cfg, feature_cache)
     was_training = model.training
     model.eval()
     refs, hyps, ref_ids, hyp_ids = [], [], [], []
     loss_sum = tokens = oov = 0.0
     try:
-        for batch in tqdm(DataLoader(ds, batch_sampler=batches, collate_fn=collate), total=len(batches),
-                          desc="align dev", disable=not progress):
+        for batch in tqdm(loader, total=len(batches), desc="align dev", disable=not progress):
+            if not batch["ids"]:
+                continue  # every item invalid and skipped (data.skip_invalid), as in evaluate
             hidden, lengths = model.encode_audio(batch)
             out = model.adapter(hidden.float(), lengths)
             logits = model.align_head(out.embeds)  # (B, T', K + 1)

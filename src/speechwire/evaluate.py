@@ -23,10 +23,9 @@ from .metrics import score
 from .model import SpeechLLM
 
 
-def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,
-                         progress: bool = True, feature_cache=None) -> tuple[list[dict], dict]:
-    """Decode every utterance; returns one record per utterance (input order) and timing totals.
-    With a speechwire.features.FeatureCache the SFM outputs come from it (timing then excludes the SFM)."""
+def eval_loader(utts: list[Utterance], cfg: ExperimentConfig, feature_cache=None) -> tuple[DataLoader, list[list[int]]]:
+    """Evaluation batches of eval.batch_size utterances sorted by duration (little padding), from
+    the feature cache when one is given, else from the audio; returns the loader and its batches."""
     order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
     size = cfg.eval.batch_size
     batches = [order[i:i + size] for i in range(0, len(order), size)]
@@ -36,7 +35,14 @@ def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: Experimen
         ds = CachedFeatureDataset(utts, feature_cache)
     else:
         ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.data.num_workers)
+    return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.data.num_workers), batches
+
+
+def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,
+                         progress: bool = True, feature_cache=None) -> tuple[list[dict], dict]:
+    """Decode every utterance; returns one record per utterance (input order) and timing totals.
+    With a speechwire.features.FeatureCache the SFM outputs come from it (timing then excludes the SFM)."""
+    loader, batches = eval_loader(utts, cfg, feature_cache)
     records: dict[str, dict] = {}
     seconds = audio_seconds = 0.0
     tokens = 0

@@ -242,28 +242,25 @@ class SpeechLLM(nn.Module):
         logits = self.align_head(out.embeds)  # (B, T', K + 1)
         aux, aux_losses = out.aux_loss, dict(out.aux_losses)
         if self.training and self.cfg.align.ctc_weight > 0 and batch.get("transcripts") is not None:
-            loss, _ = self._alignment_loss(batch, logits, out.lengths)
+            loss, _ = self._alignment_loss(batch, out.lengths, logits=logits)
             aux = self.cfg.align.ctc_weight * loss + (aux if aux is not None else 0.0)
             aux_losses["align"] = loss.detach()
         embeds = self.align_head.posterior_embeddings(logits) if self.cfg.align.readout == "posterior" else out.embeds
         embeds, lengths = collapse(embeds, out.lengths, logits) if self.cfg.align.collapse else (embeds, out.lengths)
         return AdapterOutput(embeds, lengths, aux, aux_losses)
 
-    def _alignment_loss(self, batch: dict, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Alignment loss against the transcripts (the source text for ST too) and its token count."""
+    def _alignment_loss(self, batch: dict, lengths: torch.Tensor, logits: torch.Tensor | None = None,
+                        embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Alignment loss against the transcripts (the source text for ST too) and its token count.
+        Given `embeds` instead of `logits`, a training step scores only the batch's tokens +
+        align.negatives random ones (TiedCTCHead.sample_candidates); evaluation scores them all."""
         ids = [self.prompter.text_ids(t or "") for t in batch["transcripts"]]
         labels, label_lengths, _ = self.align_head.labels(ids)
+        if logits is None:
+            candidates = self.align_head.sample_candidates(labels, label_lengths, self.cfg.align.negatives) \
+                if self.training else None
+            logits, labels = self.align_head(embeds, candidates), restrict_labels(labels, candidates)
         loss = alignment_loss(logits, lengths, labels, label_lengths, one_per_token=self.cfg.adapter.name == "cif")
-        return loss, int(label_lengths.sum())
-
-    def _sampled_alignment_loss(self, batch: dict, embeds: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Training-time alignment loss over the batch's tokens + align.negatives random ones."""
-        ids = [self.prompter.text_ids(t or "") for t in batch["transcripts"]]
-        labels, label_lengths, _ = self.align_head.labels(ids)
-        candidates = self.align_head.sample_candidates(labels, label_lengths, self.cfg.align.negatives)
-        logits = self.align_head(embeds, candidates)
-        loss = alignment_loss(logits, lengths, restrict_labels(labels, candidates), label_lengths,
-                              one_per_token=self.cfg.adapter.name == "cif")
         return loss, int(label_lengths.sum())
 
     def _align_forward(self, batch: dict) -> SpeechLLMOutput:
@@ -275,10 +272,7 @@ class SpeechLLM(nn.Module):
             hidden = time_mask(hidden, enc_lengths, self.cfg.align.time_mask)
         targets = self._adapter_targets(batch) if self.training else None
         out = self.adapter(hidden, enc_lengths, targets=targets)
-        if self.training:
-            loss, n_tokens = self._sampled_alignment_loss(batch, out.embeds, out.lengths)
-        else:
-            loss, n_tokens = self._alignment_loss(batch, self.align_head(out.embeds), out.lengths)
+        loss, n_tokens = self._alignment_loss(batch, out.lengths, embeds=out.embeds)
         total = loss + out.aux_loss if out.aux_loss is not None else loss
         return SpeechLLMOutput(total, loss.detach(), {k: v.detach() for k, v in out.aux_losses.items()},
                                n_tokens, int(enc_lengths.sum()), int(out.lengths.sum()))
