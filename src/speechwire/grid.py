@@ -14,6 +14,7 @@ A grid file (docs/grid.md has the full reference):
       adapter: [base, conv]             # plain names: adapter.name (llm: llm.model, encoder: encoder.model)
       task: [asr, st-en-de]             # filters the manifests' items by task (and languages)
     seeds: [0]
+    extra_seeds: {seeds: [1], where: {adapter: [mlp, conv]}}   # more seeds for some combinations only
     test_sets: {synth: data/demo/test.jsonl}
     feature_cache: runs/features        # default <out>/features; false: always encode audio
 
@@ -41,8 +42,8 @@ from .errors import unknown_name
 
 ROLES = {"encoder": ("encoder", "enc", "sfm"), "adapter": ("adapter",), "llm": ("llm",), "task": ("task",)}
 DEFAULT_KEY = {"encoder": "encoder.model", "adapter": "adapter.name", "llm": "llm.model"}
-GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "test_sets", "test_max_items", "feature_cache",
-             "output_dir"}
+GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", "test_sets", "test_max_items",
+             "feature_cache", "output_dir"}
 RUN_FILE = "grid_run.json"
 
 
@@ -71,6 +72,8 @@ class GridSpec:
     feature_cache: str | bool | None = None  # None: <out>/features; False: off
     output_dir: str | None = None
     test_max_items: int | None = None  # score only the first N items of each test set (CPU budgets)
+    extra_seeds: list[int] = field(default_factory=list)  # run these seeds too, for the combinations in
+    extra_where: dict[str, list[str]] = field(default_factory=dict)  # (factor -> levels; all must match)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -199,9 +202,10 @@ def load_grid(path: str | Path) -> GridSpec:
     limit = raw.get("test_max_items")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"{path}: test_max_items={limit!r} must be a positive integer (or left out: all items)")
+    extra_seeds, extra_where = _extra_seeds(path, raw.get("extra_seeds"), factors)
     spec = GridSpec(path, base, _dotted(raw.get("overrides"), f"{path.name}: overrides"), factors, seeds,
                     {str(k): str(v) for k, v in tests.items()}, raw.get("feature_cache"), raw.get("output_dir"),
-                    limit)
+                    limit, extra_seeds, extra_where)
     for run in plan(spec):  # every combination must make a valid config
         try:
             run_config(spec, run, Path("."), cache=None)
@@ -210,22 +214,54 @@ def load_grid(path: str | Path) -> GridSpec:
     return spec
 
 
+def _extra_seeds(path: Path, raw: Any, factors: dict[str, dict]) -> tuple[list[int], dict[str, list[str]]]:
+    """extra_seeds: {seeds: [1], where: {factor: [levels]}} -> (seeds, filter); checks every name."""
+    if raw is None:
+        return [], {}
+    example = "e.g. extra_seeds: {seeds: [1], where: {adapter: [mlp, conv]}}"
+    if not isinstance(raw, dict) or set(raw) - {"seeds", "where"}:
+        raise ConfigError(f"{path}: extra_seeds must be a mapping with seeds: and where:, {example}")
+    seeds, where = raw.get("seeds"), raw.get("where") or {}
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                           for x in seeds):
+        raise ConfigError(f"{path}: extra_seeds.seeds must be a non-empty list of integers, {example}")
+    if not isinstance(where, dict):
+        raise ConfigError(f"{path}: extra_seeds.where must map factors to lists of levels, {example}")
+    out: dict[str, list[str]] = {}
+    for f, levels in where.items():
+        if f not in factors:
+            raise ConfigError(unknown_name("extra_seeds.where factor", str(f), factors, str(path)))
+        levels = [levels] if isinstance(levels, str) else levels
+        for lvl in levels or []:
+            if str(lvl) not in factors[f]:
+                raise ConfigError(unknown_name(f"extra_seeds.where {f} level", str(lvl), factors[f], str(path)))
+        out[str(f)] = [str(x) for x in levels or []]
+    return seeds, out
+
+
 # --- planning -----------------------------------------------------------------------------------
 
 
 def plan(spec: GridSpec) -> list[Run]:
-    """Every combination (factors in file order, seeds last) with its stable folder name."""
+    """Every combination (factors in file order, seeds last) with its stable folder name; then the
+    extra seeds' runs (combinations matching extra_where), so they come last in a time budget."""
     runs = []
     names = list(spec.factors)
-    for combo in itertools.product(*(spec.factors[f].items() for f in names)):
-        for seed in spec.seeds:
+    combos = list(itertools.product(*(spec.factors[f].items() for f in names)))
+    extra = [s for s in spec.extra_seeds if s not in spec.seeds]
+    for seeds, main in ((spec.seeds, True), (extra, False)):
+        for combo in combos:
             levels = {f: lvl for f, (lvl, _) in zip(names, combo)}
-            settings: dict[str, Any] = {}
-            for _, s in combo:
-                settings.update(s)
-            task = next((lvl for f, lvl in levels.items() if role(f) == "task" and not spec.factors[f][lvl]), None)
-            name = "__".join(f"{f}={lvl}" for f, lvl in levels.items()) + f"__seed={seed}"
-            runs.append(Run(name, levels, seed, settings, task))
+            if not main and not all(levels[f] in lvls for f, lvls in spec.extra_where.items()):
+                continue
+            for seed in seeds:
+                settings: dict[str, Any] = {}
+                for _, s in combo:
+                    settings.update(s)
+                task = next((lvl for f, lvl in levels.items() if role(f) == "task" and not spec.factors[f][lvl]),
+                            None)
+                name = "__".join(f"{f}={lvl}" for f, lvl in levels.items()) + f"__seed={seed}"
+                runs.append(Run(name, levels, seed, settings, task))
     return runs
 
 
@@ -329,8 +365,8 @@ def run_status(run_dir: Path) -> str:
 
 
 def count_steps(cfg: ExperimentConfig) -> int:
-    """Optimizer steps of a run (max_steps, or epochs x batches / grad_accum), from durations only."""
-    if cfg.train.max_steps > 0:
+    """LM-stage optimizer steps of a run (max_steps, or epochs x batches / grad_accum), from durations only."""
+    if cfg.train.max_steps >= 0:
         return cfg.train.max_steps
     from .data import load_manifest, make_dataloader
 

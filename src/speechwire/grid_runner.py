@@ -163,23 +163,22 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
     from .evaluate import evaluate_utterances
     from .features import FeatureCache
     from .model import SpeechLLM
-    from .train import Trainer
+    from .train import train
 
     cfg = run_config(spec, run, out, cache)
     run_dir = Path(cfg.train.output_dir)
     reset_peak_memory()
     summary_file = run_dir / "train_summary.json"
-    if summary_file.is_file():  # trained by an earlier, interrupted grid: only evaluation is left
-        fc = FeatureCache.for_config(cfg) if cache else None
+    if not summary_file.is_file():  # else trained by an earlier, interrupted grid: only evaluation is left
+        train(cfg, resume=True, progress=progress)  # both stages when the recipe has align.steps; resumes either
+    from accelerate import PartialState
+
+    is_main = PartialState().is_main_process
+    fc = FeatureCache.for_config(cfg) if cache else None
+    if is_main:
         model = SpeechLLM(cfg, encoder=fc.stub_encoder() if fc else None)
         model.load_trainable(run_dir)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
-        is_main = True
-    else:
-        trainer = Trainer(cfg, resume=True, progress=progress)
-        trainer.setup()
-        trainer.train()
-        model, fc, is_main = trainer.unwrapped, trainer.feature_cache, trainer.acc.is_main_process
     fault_point("grid.after-train")
     summary = json.loads(read_text(summary_file, "training summary")) if summary_file.is_file() else {}
     result: dict[str, Any] = {
@@ -187,6 +186,11 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
         "train_seconds": summary.get("train_seconds"), "trainable_params": summary.get("trainable_params"),
         "feature_cache": summary.get("feature_cache"), "test": {},
     }
+    align_file = run_dir / "align" / "train_summary.json"
+    if align_file.is_file():  # the alignment stage's steps, time and best dev score (CTC greedy path, no LLM)
+        a = json.loads(read_text(align_file, "alignment summary"))
+        result["align"] = {k: a.get(k) for k in ("steps", "train_seconds", "best_dev", "feature_cache")}
+        result["train_seconds"] = round((result["train_seconds"] or 0.0) + (a.get("train_seconds") or 0.0), 2)
     if not is_main:
         return result
     for name, manifest in test_manifests(spec, run, out).items():
