@@ -15,6 +15,7 @@ A grid file (docs/grid.md has the full reference):
       task: [asr, st-en-de]             # filters the manifests' items by task (and languages)
     seeds: [0]
     extra_seeds: {seeds: [1], where: {adapter: [mlp, conv]}}   # more seeds for some combinations only
+    exclude: [{llm: [big], adapter: [cif, ctc]}]               # combinations not run (each filter: all match)
     test_sets: {synth: data/demo/test.jsonl}
     feature_cache: runs/features        # default <out>/features; false: always encode audio
 
@@ -42,8 +43,8 @@ from .errors import unknown_name
 
 ROLES = {"encoder": ("encoder", "enc", "sfm"), "adapter": ("adapter",), "llm": ("llm",), "task": ("task",)}
 DEFAULT_KEY = {"encoder": "encoder.model", "adapter": "adapter.name", "llm": "llm.model"}
-GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", "test_sets", "test_max_items",
-             "feature_cache", "output_dir"}
+GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", "exclude", "test_sets",
+             "test_max_items", "feature_cache", "output_dir"}
 RUN_FILE = "grid_run.json"
 
 
@@ -74,6 +75,7 @@ class GridSpec:
     test_max_items: int | None = None  # score only the first N items of each test set (CPU budgets)
     extra_seeds: list[int] = field(default_factory=list)  # run these seeds too, for the combinations in
     extra_where: dict[str, list[str]] = field(default_factory=dict)  # (factor -> levels; all must match)
+    exclude: list[dict[str, list[str]]] = field(default_factory=list)  # combinations matching a filter are not run
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -203,9 +205,15 @@ def load_grid(path: str | Path) -> GridSpec:
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"{path}: test_max_items={limit!r} must be a positive integer (or left out: all items)")
     extra_seeds, extra_where = _extra_seeds(path, raw.get("extra_seeds"), factors)
+    exclude = raw.get("exclude") or []
+    if not isinstance(exclude, list):
+        raise ConfigError(f"{path}: exclude must be a list of filters, e.g. exclude: [{{llm: [big], adapter: [cif]}}]")
+    exclude = [_where(path, f"exclude[{i}]", w, factors) for i, w in enumerate(exclude)]
     spec = GridSpec(path, base, _dotted(raw.get("overrides"), f"{path.name}: overrides"), factors, seeds,
                     {str(k): str(v) for k, v in tests.items()}, raw.get("feature_cache"), raw.get("output_dir"),
-                    limit, extra_seeds, extra_where)
+                    limit, extra_seeds, extra_where, exclude)
+    if not plan(spec):
+        raise ConfigError(f"{path}: exclude leaves no combination to run")
     for run in plan(spec):  # every combination must make a valid config
         try:
             run_config(spec, run, Path("."), cache=None)
@@ -225,18 +233,23 @@ def _extra_seeds(path: Path, raw: Any, factors: dict[str, dict]) -> tuple[list[i
     if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool)
                                                            for x in seeds):
         raise ConfigError(f"{path}: extra_seeds.seeds must be a non-empty list of integers, {example}")
+    return seeds, _where(path, "extra_seeds.where", where, factors)
+
+
+def _where(path: Path, key: str, where: Any, factors: dict[str, dict]) -> dict[str, list[str]]:
+    """A filter {factor: [levels]} with every factor and level checked against the grid's."""
     if not isinstance(where, dict):
-        raise ConfigError(f"{path}: extra_seeds.where must map factors to lists of levels, {example}")
+        raise ConfigError(f"{path}: {key} must map factors to lists of levels, e.g. {{adapter: [mlp, conv]}}")
     out: dict[str, list[str]] = {}
     for f, levels in where.items():
         if f not in factors:
-            raise ConfigError(unknown_name("extra_seeds.where factor", str(f), factors, str(path)))
+            raise ConfigError(unknown_name(f"{key} factor", str(f), factors, str(path)))
         levels = [levels] if isinstance(levels, str) else levels
         for lvl in levels or []:
             if str(lvl) not in factors[f]:
-                raise ConfigError(unknown_name(f"extra_seeds.where {f} level", str(lvl), factors[f], str(path)))
+                raise ConfigError(unknown_name(f"{key} {f} level", str(lvl), factors[f], str(path)))
         out[str(f)] = [str(x) for x in levels or []]
-    return seeds, out
+    return out
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -253,6 +266,8 @@ def plan(spec: GridSpec) -> list[Run]:
         for combo in combos:
             levels = {f: lvl for f, (lvl, _) in zip(names, combo)}
             if not main and not all(levels[f] in lvls for f, lvls in spec.extra_where.items()):
+                continue
+            if any(all(levels[f] in lvls for f, lvls in w.items()) for w in spec.exclude):
                 continue
             for seed in seeds:
                 settings: dict[str, Any] = {}
@@ -374,17 +389,50 @@ def count_steps(cfg: ExperimentConfig) -> int:
     return max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
 
 
-def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2) -> float:
-    """Time `steps` training steps (from audio, no cache, no checkpoints) in a scratch folder."""
+def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | None = None) -> float:
+    """Time `steps` training steps of cfg's stage (train.stage; "align" uses align.* as in
+    training) in a scratch folder, from the feature cache when `cache` holds the whole train set,
+    else from audio (then the SFM's share is included)."""
     from dataclasses import replace
 
-    from .train import Trainer
+    from .data import load_manifest
+    from .features import FeatureCache
+    from .train import Trainer, stage_config
 
+    if cache is not None:
+        probe_cfg = replace(cfg, data=replace(cfg.data, feature_cache=cache))
+        train_utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
+        if FeatureCache.for_config(probe_cfg).missing(train_utts):
+            cache = None
     with tempfile.TemporaryDirectory() as tmp:
-        train = replace(cfg.train, output_dir=tmp, max_steps=steps, save_every=0, eval_every=0, report_to="none")
-        probe = replace(cfg, train=train, data=replace(cfg.data, feature_cache=None, dev_manifest=None))
+        train = replace(cfg.train, output_dir=tmp, max_steps=steps, save_every=0, eval_every=0, report_to="none",
+                        init_from=None)
+        probe = stage_config(replace(cfg, train=train, data=replace(cfg.data, feature_cache=cache, dev_manifest=None),
+                                     align=replace(cfg.align, steps=steps)))
         t = Trainer(probe, resume=False, progress=False)
         t.setup()
         t0 = time.perf_counter()
-        t.train()
+        t.train()  # includes the first step's warm-up and one final save: a slight overestimate
         return (time.perf_counter() - t0) / steps
+
+
+def probe_eval_seconds_per_item(cfg: ExperimentConfig, manifest: str, items: int = 16,
+                                cache: str | None = None) -> float:
+    """Decode the first `items` utterances of `manifest` with an untrained adapter; seconds per item.
+    An untrained adapter's answers run longer than a trained one's: an upper bound."""
+    from .data import load_manifest
+    from .evaluate import evaluate_utterances
+    from .features import FeatureCache
+    from .model import SpeechLLM
+
+    utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[:items]
+    fc = None
+    if cache is not None:
+        from dataclasses import replace
+
+        fc = FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
+        fc = None if fc.missing(utts) else fc
+    model = SpeechLLM(cfg, encoder=fc.stub_encoder() if fc else None)
+    t0 = time.perf_counter()
+    evaluate_utterances(model, utts, cfg, None, progress=False, feature_cache=fc)
+    return (time.perf_counter() - t0) / max(1, len(utts))

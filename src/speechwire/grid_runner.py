@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .files import append_line, fault_point, read_text, try_lock, write_atomic
-from .grid import (RUN_FILE, GridSpec, Run, cache_root, count_steps, output_root, plan, probe_seconds_per_step,
-                   role, run_config, run_status, test_manifests, write_task_manifests)
+from .grid import (RUN_FILE, GridSpec, Run, cache_root, count_steps, output_root, plan, probe_eval_seconds_per_item,
+                   probe_seconds_per_step, role, run_config, run_status, test_manifests, write_task_manifests)
 
 EVENTS = "grid_events.jsonl"  # one line per run start/finish and cache build, from every worker
 
@@ -262,39 +262,126 @@ def _claim_and_run(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_r
     return True
 
 
+def _level(run: Run, kind: str) -> str:
+    return next((lvl for f, lvl in run.levels.items() if role(f) == kind), "-")
+
+
+def _cache_cost(spec: GridSpec, runs: list[Run], out: Path, cache: str | None) -> dict[str, dict[str, float]]:
+    """Per SFM level: clips and audio seconds the feature cache still lacks, and the seconds to
+    encode them (the SFM's real-time factor from the cache's timing file, else from 8 clips)."""
+    from .data import load_manifest, utterance_duration
+    from .encoders import build_encoder
+    from .features import FeatureCache
+
+    costs: dict[str, dict[str, float]] = {}
+    for level in dict.fromkeys(_encoder_level(r) for r in runs):
+        rs = [r for r in runs if _encoder_level(r) == level]
+        cfg = run_config(spec, rs[0], out, cache)
+        utts = {}
+        for r in rs:
+            c = run_config(spec, r, out, cache)
+            for m in (c.data.train_manifest, c.data.dev_manifest, *test_manifests(spec, r, out).values()):
+                if m:
+                    utts.update({u.id: u for u in load_manifest(m, skip_invalid=c.data.skip_invalid)})
+        fc = FeatureCache.for_config(cfg)
+        todo = fc.missing(list(utts.values()))
+        seconds = sum(utterance_duration(u) for u in todo)
+        rtf = 0.0
+        if todo:
+            timing = fc.dir / "sfm_timing.json"
+            try:
+                rtf = float(json.loads(read_text(timing, "SFM timing"))["encoder_rtf"])
+            except (OSError, ValueError, KeyError, TypeError):
+                encoder = build_encoder(cfg.encoder)
+                probe = FeatureCache.for_config(cfg)
+                probe.build(encoder, todo[:8], cfg.data.max_batch_seconds, cfg.eval.batch_size, progress=False,
+                            store=False)
+                rtf = float(probe.stats_dict()["encoder_rtf"] or 0.0)
+                del encoder
+        costs[level] = {"clips": len(todo), "audio_seconds": seconds, "est_seconds": seconds * rtf}
+    return costs
+
+
+def _eval_items(spec: GridSpec, run: Run, out: Path, cfg: Any) -> int:
+    """Utterances a run decodes with the LLM: every test set, plus the LM stage's final dev score."""
+    from .data import load_manifest
+
+    n = sum(len(load_manifest(m)[: spec.test_max_items]) for m in test_manifests(spec, run, out).values())
+    if cfg.data.dev_manifest:
+        n += min(cfg.train.eval_max_items, len(load_manifest(cfg.data.dev_manifest)))
+    return n
+
+
 def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int] = (0, 1), probe: bool = True,
             print_fn: Any = print) -> dict:
-    """Print the plan: runs, their status and steps, and (probe=True) the estimated training time."""
+    """Print the plan: runs, their status and steps, and (probe=True) the estimated cost of what is
+    left: the feature cache's missing clips, each stage's steps (timed on this machine per SFM x
+    adapter) and the LLM decoding of the test sets (timed per LLM)."""
     out = output_root(spec, out)
     runs = _shard(plan(spec), shard)
     write_task_manifests(spec, runs, out)
-    sec_per_step: dict[str, float] = {}
-    if probe:
-        for r in runs:
-            level = _encoder_level(r)
-            if level not in sec_per_step:
-                sec_per_step[level] = probe_seconds_per_step(run_config(spec, r, out, None))
-    rows, total = [], 0.0
+    cache = cache_root(spec, out)
+    todo = [r for r in runs if run_status(out / r.name) != "done"]
+    cache_cost = _cache_cost(spec, todo, out, cache) if probe and cache and todo else {}
+    align_probe: dict[tuple[str, str], float] = {}
+    lm_probe: dict[tuple[str, str], float] = {}
+    eval_probe: dict[str, float] = {}
+    rows, total = [], sum(c["est_seconds"] for c in cache_cost.values())
     for r in runs:
         cfg = run_config(spec, r, out, None)
-        steps = count_steps(cfg)
-        est = steps * sec_per_step[_encoder_level(r)] if probe else None
-        total += est or 0.0
-        rows.append({"run": r.name, "status": run_status(out / r.name), "steps": steps, "est_seconds": est})
+        status = run_status(out / r.name)
+        align_steps = cfg.align.steps if not cfg.train.init_from else 0
+        lm_steps = count_steps(cfg)
+        row: dict[str, Any] = {"run": r.name, "status": status, "align_steps": align_steps, "lm_steps": lm_steps,
+                               "est_seconds": None}
+        if probe and status != "done":
+            key = (_encoder_level(r), _level(r, "adapter"))
+            if align_steps and key not in align_probe:
+                align_probe[key] = probe_seconds_per_step(replace_stage(cfg, "align"), steps=3, cache=cache)
+            if lm_steps and key not in lm_probe:
+                lm_probe[key] = probe_seconds_per_step(cfg, steps=2, cache=cache)
+            llm = _level(r, "llm")
+            tests = test_manifests(spec, r, out)
+            if tests and llm not in eval_probe:
+                eval_probe[llm] = probe_eval_seconds_per_item(cfg, next(iter(tests.values())), cache=cache)
+            row.update(est_align=align_steps * align_probe.get(key, 0.0), est_lm=lm_steps * lm_probe.get(key, 0.0),
+                       est_eval=_eval_items(spec, r, out, cfg) * eval_probe.get(llm, 0.0))
+            row["est_seconds"] = row["est_align"] + row["est_lm"] + row["est_eval"]
+            total += row["est_seconds"]
+        rows.append(row)
     print_fn(f"grid {spec.path} -> {out}: {len(runs)} run(s) in shard {shard[0]}/{shard[1]} "
-             f"(of {len(plan(spec))}); feature cache: {cache_root(spec, out) or 'off'}")
-    print_fn("| run | status | steps | est. train time |")
-    print_fn("|---|---|---|---|")
+             f"(of {len(plan(spec))}), {len(runs) - len(todo)} done; feature cache: {cache or 'off'}")
+    print_fn("| run | status | align steps | LM steps | est. align | est. LM | est. eval | est. total |")
+    print_fn("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        est = "-" if row["est_seconds"] is None else _fmt_seconds(row["est_seconds"])
-        print_fn(f"| {row['run']} | {row['status']} | {row['steps']} | {est} |")
+        est = [_fmt_seconds(row[k]) if row.get(k) is not None else "-"
+               for k in ("est_align", "est_lm", "est_eval", "est_seconds")]
+        print_fn(f"| {row['run']} | {row['status']} | {row['align_steps']} | {row['lm_steps']} | {' | '.join(est)} |")
     if probe:
-        per = ", ".join(f"{k}: {v:.2f} s/step" for k, v in sec_per_step.items())
-        print_fn(f"timing probe (2 steps from audio, this machine): {per}")
-        print_fn(f"estimated training time, no cache, runs still to do: "
-                 f"{_fmt_seconds(sum(r['est_seconds'] for r in rows if r['status'] != 'done'))} "
-                 f"(evaluation not included; the feature cache removes the SFM share)")
-    return {"runs": rows, "seconds_per_step": sec_per_step, "total_seconds": total}
+        for level, c in cache_cost.items():
+            print_fn(f"feature cache {level}: {c['clips']} clip(s) to encode ({c['audio_seconds'] / 3600:.2f} h of "
+                     f"audio), ~{_fmt_seconds(c['est_seconds'])}")
+        if align_probe:
+            print_fn("alignment step (3-step probe): " + ", ".join(f"{e}/{a}: {v:.2f} s" for (e, a), v in align_probe.items()))
+        if lm_probe:
+            print_fn("LM step (2-step probe): " + ", ".join(f"{e}/{a}: {v:.2f} s" for (e, a), v in lm_probe.items()))
+        if eval_probe:
+            print_fn("decoding (16 test clips, untrained adapter: an upper bound): "
+                     + ", ".join(f"{k}: {v:.2f} s/clip" for k, v in eval_probe.items()))
+        print_fn(f"estimated time of the runs still to do on this machine: {_fmt_seconds(total)} "
+                 f"({len(todo)} run(s){', cache build included' if cache_cost else ''})")
+    return {"runs": rows, "cache": cache_cost, "align_seconds_per_step": {f"{e}/{a}": v for (e, a), v in align_probe.items()},
+            "lm_seconds_per_step": {f"{e}/{a}": v for (e, a), v in lm_probe.items()},
+            "eval_seconds_per_item": eval_probe, "total_seconds": total}
+
+
+def replace_stage(cfg: Any, stage: str) -> Any:
+    """cfg with train.stage set (its other fields untouched)."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.train.stage = stage
+    return out
 
 
 def _fmt_seconds(s: float) -> str:
