@@ -123,3 +123,38 @@ def test_test_max_items_must_be_positive(tmp_path):
     grid.write_text("base: {}\nfactors: {adapter: [mlp]}\ntest_max_items: 0\n")
     with pytest.raises(ConfigError, match="test_max_items=0 must be a positive integer"):
         load_grid(grid)
+
+
+def test_extra_seeds_and_exclude_shape_the_plan(grid_file, tmp_path):
+    raw = yaml.safe_load(grid_file.read_text())
+    raw["extra_seeds"] = {"seeds": [7], "where": {"adapter": ["conv"]}}
+    raw["exclude"] = [{"encoder": ["w48"], "adapter": ["mlp"]}]
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    names = [r.name for r in plan(load_grid(path))]
+    assert names == ["encoder=w32__adapter=mlp__llm=tiny__task=asr__seed=0",
+                     "encoder=w32__adapter=conv__llm=tiny__task=asr__seed=0",
+                     "encoder=w48__adapter=conv__llm=tiny__task=asr__seed=0",
+                     "encoder=w32__adapter=conv__llm=tiny__task=asr__seed=7",  # extra seeds come last
+                     "encoder=w48__adapter=conv__llm=tiny__task=asr__seed=7"]
+    for bad, match in ((["extra_seeds", {"seeds": [1], "where": {"adaptr": ["conv"]}}], "did you mean 'adapter'"),
+                       (["exclude", [{"adapter": ["cnv"]}]], "exclude\\[0\\] adapter level 'cnv'"),
+                       (["exclude", [{"adapter": ["mlp", "conv"]}]], "exclude leaves no combination")):
+        path.write_text(yaml.safe_dump({**raw, bad[0]: bad[1]}, sort_keys=False))
+        with pytest.raises(ConfigError, match=match):
+            load_grid(path)
+
+
+def test_grid_run_trains_both_stages(grid_file, tmp_path):
+    """With align.steps the grid runs the alignment stage, then a 0-step LM stage, and records both."""
+    raw = yaml.safe_load(grid_file.read_text())
+    raw["overrides"] += ["align.steps=2", "train.max_steps=0", "align.max_batch_seconds=3.0"]
+    raw["factors"] = {**raw["factors"], "encoder": {"w32": None}, "adapter": ["mlp"]}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "g"
+    assert main(["grid", str(path), "--out", str(out), "--quiet"]) == 0
+    (result,) = [json.loads(p.read_text()) for p in out.glob("*/grid_run.json")]
+    assert result["align"]["steps"] == 2 and result["steps"] == 0
+    assert result["train_seconds"] >= result["align"]["train_seconds"] > 0
+    assert set(result["test"]) == {"a", "b"}
