@@ -3,7 +3,7 @@
     python scripts/wer_by_voice.py runs/demo-asr/predictions.jsonl
 
 Each synthetic clip's voice, variant, speed and reverb are re-drawn from its seed (the corpus builder
-is deterministic: speechwire.synth.voice.draw_params), so no audio is needed: the table says which
+is deterministic: speechwire.data.synth.voice.draw_params), so no audio is needed: the table says which
 voices and augmentations the frozen SFM can hear (the training data should be speech it hears).
 """
 
@@ -11,8 +11,8 @@ import json
 import sys
 from collections import defaultdict
 
+from speechwire.data.synth.voice import draw_params, list_variants, list_voices, utterance_rng
 from speechwire.metrics import wer
-from speechwire.synth.voice import draw_params, list_variants, list_voices, utterance_rng
 
 
 def main(path: str, seed: int = 0) -> int:

@@ -45,7 +45,7 @@ def test_demo_tiny_st_cascade(tmp_path, capsys):
 
 
 def test_demo_missing_system_packages_is_one_line(tmp_path, monkeypatch, capsys):
-    from speechwire.synth import MissingSystemDepsError
+    from speechwire.data.synth import MissingSystemDepsError
 
     def missing(*a, **k):
         raise MissingSystemDepsError("speechwire data synth needs espeak-ng; install with `sudo apt-get install -y espeak-ng`")

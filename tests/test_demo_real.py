@@ -27,7 +27,7 @@ def _fetch_or_skip(ref: str) -> tuple[str, str | None]:
 
 def _demo_sets_or_skip(task: str):
     from speechwire.demo.data import demo_data_dir, ensure_demo_data
-    from speechwire.synth import MissingSystemDepsError
+    from speechwire.data.synth import MissingSystemDepsError
 
     try:
         return ensure_demo_data(demo_data_dir(), task, train=False, progress=False)

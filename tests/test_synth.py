@@ -1,4 +1,4 @@
-"""Tests of `speechwire data synth` (src/speechwire/synth/): sources, splits, determinism."""
+"""Tests of `speechwire data synth` (src/speechwire/data/synth/): sources, splits, determinism."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechwire.synth import build, sources, voice
-from speechwire.synth.build import build_corpus, real_split_of, split_pairs, synth_main
-from speechwire.synth.sources import (
+from speechwire.data.synth import build, sources, voice
+from speechwire.data.synth.build import build_corpus, real_split_of, split_pairs, synth_main
+from speechwire.data.synth.sources import (
     MissingSystemDepsError,
     SentencePair,
     clean_prompt_text,

@@ -79,10 +79,10 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
         DemoSets with absolute manifest paths.
 
     Raises:
-        speechwire.synth.MissingSystemDepsError: espeak-ng, trans-de-en or the asterisk sounds
+        speechwire.data.synth.MissingSystemDepsError: espeak-ng, trans-de-en or the asterisk sounds
             are not installed (the message names the apt-get command).
     """
-    from ..synth import build_corpus
+    from ..data.synth import build_corpus
 
     data_dir = Path(data_dir).expanduser()
     tests = {k: data_dir / v for k, v in _test_names(task).items()}

@@ -229,7 +229,7 @@ def _with_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> Exper
 
 def demo_main(args: argparse.Namespace) -> int:
     """`speechwire demo` entry point (args: task, train, tiny, out, limit[, overrides])."""
-    from ..synth import MissingSystemDepsError
+    from ..data.synth import MissingSystemDepsError
 
     task = args.task
     out = Path(args.out) if args.out else Path("runs") / f"demo-{task}{'-tiny' if args.tiny else ''}"
