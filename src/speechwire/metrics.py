@@ -1,26 +1,26 @@
 """Scores for automatic speech recognition (ASR) and speech translation (ST).
 
-    normalize_text("Twenty-one [noise] cats, don't they?")   # -> "21 cats don't they"
+    normalize_text("Twenty-one [noise] cats, don't they?")   # -> "21 cats do not they"
     wer(["the cat sat on the mat"], ["the cat sat on mat"])  # -> {"wer": 0.1667, ...}
     score("st", refs, hyps, tgt_lang="de")                   # -> {"bleu": ..., "chrf": ...}
 
 Word error rate (WER) comes from jiwer, BLEU and chrF from sacrebleu (corpus level), COMET
 from the optional ``unbabel-comet`` package (``pip install 'speechwire[comet]'``).
 
-English normaliser (``lang="en"``), applied to references and hypotheses alike; in the spirit
-of Whisper's ``EnglishTextNormalizer`` but much smaller:
-  1. NFKC, lower-case, accents stripped ("café" -> "cafe"); curly apostrophes -> "'".
-  2. Text in square brackets or parentheses is dropped ("[noise]", "(laughs)").
-  3. Punctuation and symbols become spaces, except: an apostrophe between two letters or
-     digits stays ("don't"; contractions are *not* expanded), "." between two digits stays
-     ("3.5"), "," between two digits goes ("1,000" -> "1000"), "%" becomes " percent".
-  4. Hesitations are dropped: uh, um, hmm, mm, mmm, mhm.
-  5. Number words become digits (the one direction we normalise): "twenty one" -> "21",
-     "one hundred and five" -> "105", "three point five" -> "3.5", "two thousand" -> "2000",
-     "twenty first" -> "21st". Digits are left alone, so "21" == "twenty one".
-     Limits: "twenty twenty" -> "20 20" (no years), "a hundred" stays; "no one" -> "no 1"
-     and "a second" -> "a 2nd" happen on both sides, so WER is unaffected.
-  6. Whitespace collapsed.
+English normaliser (``lang="en"``), applied to references and hypotheses alike: Whisper's
+``EnglishTextNormalizer`` (transformers' copy of openai/whisper's, with Whisper's British ->
+American spelling map ``english.json`` from the ``whisper-normalizer`` package), so English WER
+is comparable with published Whisper numbers. It lower-cases; drops text in brackets or
+parentheses ("[noise]", "(laughs)") and hesitations (uh, um, hmm, mm, mhm); expands contractions
+("don't" -> "do not", "it's" -> "it is") and titles ("mr" -> "mister"); turns spoken numbers,
+ordinals, percentages and currencies into digits ("twenty one" -> "21", "twenty first" ->
+"21st", "five percent" -> "5%", "two dollars" -> "$2"); maps British spellings to American
+("colour" -> "color"); removes other punctuation, symbols and accents; collapses whitespace.
+Two steps of ours run first: NFKC (so "𝐓he" and "ＦＵＬＬ" come out lower-case too), and
+typographic apostrophes (’ ‘ ʼ `) become "'", so "It’s" and "It's" both read "it is" (Whisper's
+rules know only the ASCII apostrophe; without this step plain Whisper's synthetic-test WER of the
+demo moves by +2.3 points instead of +0.5; docs/metrics.md has the measured change from the
+normaliser speechwire used before).
 Other languages (basic normaliser): NFKC, lower-case, brackets and punctuation/symbols removed
 (intra-word apostrophes kept), whitespace collapsed; accents and numbers are kept as written.
 For languages written without spaces (zh, ja, th) WER is not meaningful; use a character rate.
@@ -28,118 +28,46 @@ For languages written without spaces (zh, ja, th) WER is not meaningful; use a c
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import re
 import unicodedata
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jiwer
 from sacrebleu.metrics import BLEU, CHRF
 
 _BRACKETED = re.compile(r"\[[^\]]*\]|\([^)]*\)")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
-_FILLERS = frozenset({"uh", "um", "hmm", "mm", "mmm", "mhm"})
-
-_UNITS = "zero one two three four five six seven eight nine".split()
-_TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
-# word -> (value, kind); kind orders what may follow what inside one number
-_CARDINALS: dict[str, tuple[int, str]] = {
-    "zero": (0, "zero"),
-    **{w: (i + 1, "unit") for i, w in enumerate(_UNITS[1:])},
-    **{w: (10 + i, "teen") for i, w in enumerate(_TEENS)},
-    **{w: (20 + 10 * i, "tens") for i, w in enumerate(_TENS)},
-    "hundred": (100, "hundred"),
-    **{w: (v, "scale") for w, v in _SCALES.items()},
-}
-_IRREGULAR_ORDINALS = {"first": "one", "second": "two", "third": "three", "fifth": "five",
-                       "eighth": "eight", "ninth": "nine", "twelfth": "twelve"}
-_REGULAR = [w for w in _CARDINALS if w not in {"zero", *_IRREGULAR_ORDINALS.values(), *_TENS}]
-_ORDINALS = {**{w + "th": w for w in _REGULAR}, **{w[:-1] + "ieth": w for w in _TENS},
-             **_IRREGULAR_ORDINALS}
-# word -> (value, kind, is_ordinal)
-_NUMBER_WORDS = {**{w: (*v, False) for w, v in _CARDINALS.items()},
-                 **{w: (*_CARDINALS[c], True) for w, c in _ORDINALS.items()}}
-_CAN_FOLLOW = {  # kind -> kinds of the previous word that allow it to continue a number
-    "unit": {"tens", "hundred", "scale", "and"},
-    "teen": {"hundred", "scale", "and"},
-    "tens": {"hundred", "scale", "and"},
-    "zero": set(),  # only on its own ("zero point five")
-}
-_AFTER_AND = {"unit", "teen", "tens"}  # "hundred and five"
 
 
-def _ordinal_suffix(n: int) -> str:
-    if n % 100 in (11, 12, 13):
-        return "th"
-    return {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+@functools.cache
+def _english_normalizer() -> Callable[[str], str]:
+    """Whisper's EnglishTextNormalizer, built once (its spelling map is 1,739 words of JSON)."""
+    from importlib.resources import files
+
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    try:
+        mapping = (files("whisper_normalizer") / "normalizers" / "english.json").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise ImportError("the English WER normaliser needs Whisper's spelling map from the whisper-normalizer "
+                          "package: pip install 'whisper-normalizer==0.1.15'") from err
+    return EnglishTextNormalizer(json.loads(mapping))
 
 
-def _parse_number(tokens: list[str], i: int) -> tuple[str, int] | None:
-    """Read the longest number starting at tokens[i]; returns (digits, next index) or None."""
-    total, current, last, last_scale, j, ordinal = 0, 0, "start", math.inf, i, False
-    while j < len(tokens) and not ordinal:
-        word = _NUMBER_WORDS.get(tokens[j])
-        if word is None:  # "and" may join "hundred and five", "thousand and twenty"
-            nxt = _NUMBER_WORDS.get(tokens[j + 1], (0, "", 0))[1] if j + 1 < len(tokens) else ""
-            if tokens[j] == "and" and last in ("hundred", "scale") and nxt in _AFTER_AND:
-                last, j = "and", j + 1
-                continue
-            break
-        value, kind, ordinal = word
-        if kind in _CAN_FOLLOW and (last == "start" or last in _CAN_FOLLOW[kind]):
-            current += value
-        elif kind == "hundred" and 0 < current < 100:
-            current *= 100
-        elif kind == "scale" and 0 < current and value < last_scale:
-            total, current, last_scale = total + current * value, 0, value
-        else:
-            ordinal = False  # this word starts the next number; it is not consumed
-            break
-        last, j = kind, j + 1
-    if j == i:  # "hundred", "thousand" alone are left as words
-        return None
-    number = str(total + current)
-    if ordinal:
-        return number + _ordinal_suffix(total + current), j
-    if j + 1 < len(tokens) and tokens[j] == "point" and tokens[j + 1] in _UNITS:
-        digits, j = [], j + 1
-        while j < len(tokens) and tokens[j] in _UNITS:
-            digits.append(str(_UNITS.index(tokens[j])))
-            j += 1
-        number += "." + "".join(digits)
-    return number, j
-
-
-def _words_to_digits(tokens: list[str]) -> list[str]:
-    out, i = [], 0
-    while i < len(tokens):
-        word, i = _parse_number(tokens, i) or (tokens[i], i + 1)
-        out.append(word)
-    return out
-
-
-def _strip_punctuation(text: str, english: bool) -> str:
-    """Punctuation and symbols -> spaces, keeping intra-word apostrophes (and, for English,
-    decimal points; thousands commas dropped; "%" -> " percent")."""
+def _strip_punctuation(text: str) -> str:
+    """Punctuation and symbols -> spaces, keeping apostrophes between two letters or digits."""
     chars = []
     for k, ch in enumerate(text):
-        cat = unicodedata.category(ch)
-        if cat[0] not in "PSZC":
+        if unicodedata.category(ch)[0] not in "PSZC":
             chars.append(ch)
             continue
         before = text[k - 1] if k > 0 else " "
         after = text[k + 1] if k + 1 < len(text) else " "
-        if ch == "'" and before.isalnum() and after.isalnum():
-            chars.append(ch)
-        elif english and ch in ".," and before.isdecimal() and after.isdecimal():
-            chars.append("." if ch == "." else "")
-        elif english and ch == "%":
-            chars.append(" percent ")
-        else:
-            chars.append(" ")
+        chars.append(ch if ch == "'" and before.isalnum() and after.isalnum() else " ")
     return "".join(chars)
 
 
@@ -148,22 +76,16 @@ def normalize_text(text: str, lang: str = "en") -> str:
 
     Args:
         text: one reference or hypothesis.
-        lang: ISO 639-1 code; "en" (or "en-US"...) picks the English normaliser, others the basic.
+        lang: ISO 639-1 code; "en" (or "en-US"...) picks Whisper's English normaliser, others the basic.
 
     Returns:
-        Lower-case words separated by single spaces; ``normalize_text`` of it changes nothing.
+        Lower-case words separated by single spaces.
     """
-    english = lang.lower().split("-")[0] == "en"
-    text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES)
-    if english:  # strip accents: decompose, drop combining marks, recompose
-        text = unicodedata.normalize("NFKD", text)
-        text = "".join(ch for ch in text if not unicodedata.combining(ch))
-        text = unicodedata.normalize("NFKC", text).lower()
-    text = _strip_punctuation(_BRACKETED.sub(" ", text), english)
-    tokens = text.split()
-    if english:
-        tokens = _words_to_digits([t for t in tokens if t not in _FILLERS])
-    return " ".join(tokens)
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+    if lang.lower().split("-")[0] == "en":
+        return " ".join(_english_normalizer()(text).split())
+    text = text.lower()
+    return " ".join(_strip_punctuation(_BRACKETED.sub(" ", text)).split())
 
 
 def _check_pairs(name: str, references: Sequence[str], hypotheses: Sequence[str]) -> None:
