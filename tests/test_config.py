@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from speechwire.config import ConfigError, ExperimentConfig, load_config, save_config
+from speechwire.config import ConfigError, ExperimentConfig, load_config, resolve_device, save_config
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")
                  if not p.stem.endswith("_grid"))  # grid files: tests/test_grid.py
@@ -38,10 +38,35 @@ def test_yaml_and_overrides(tmp_path):
     ("llm.lora=1", "must be true or false"),
     ("adapter.window_s", "must look like section.key=value"),
     ("adapter.window_seconds=0", "window_seconds=0.0 must be > 0; the paper uses 0.333"),
+    ("train.device=gpu", r"train.device='gpu' must be auto, cpu, cuda or cuda:N"),
+    ("train.device=cuda:x", r"train.device='cuda:x' must be auto, cpu, cuda or cuda:N"),
+    ("train.device=1", "train.device=1 must be of type str"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_device_field_and_its_resolution(tmp_path, monkeypatch):
+    import torch
+
+    assert ExperimentConfig().train.device == "auto"
+    old = tmp_path / "config.yaml"  # a run folder's config written before train.device existed
+    old.write_text("train:\n  lr: 1.0e-3\n")
+    assert load_config(old).train.device == "auto"
+    for value in ("cpu", "cuda", "cuda:0", "cuda:12"):
+        assert load_config(None, [f"train.device={value}"]).train.device == value
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device=cuda:1: torch finds no CUDA GPU.*train.device=auto or cpu"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"train.device=cuda:2: this machine has 2 CUDA GPU\(s\), cuda:0 .. cuda:1"):
+        resolve_device("cuda:2")
+    with pytest.raises(ConfigError, match="train.device='tpu' must be"):
+        resolve_device("tpu")
 
 
 def test_all_problems_at_once():

@@ -83,6 +83,20 @@ def test_evaluate_writes_predictions_and_metrics(corpus, tmp_path):
     assert len(preds) == 16 and {"id", "reference", "hypothesis"} <= set(preds[0])
 
 
+def test_train_device_picks_the_device_of_every_command(corpus, tmp_path, capsys, monkeypatch):
+    tmp, manifest = corpus
+    cfg = write_experiment(tmp, manifest, tmp / "dev_cpu", {"train": {"max_steps": 1, "device": "cpu"}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    assert "device: cpu" in (tmp / "dev_cpu" / "config.yaml").read_text()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp / "dev_cpu"), "train.device=cuda", "--manifest", str(manifest),
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 2
+    assert "train.device=cuda: torch finds no CUDA GPU on this machine" in capsys.readouterr().err
+    assert main(["transcribe", str(tmp / "dev_cpu"), str(tmp_path / "none.wav"), "--set", "train.device=cuda:1"]) == 2
+    assert "train.device=cuda:1: torch finds no CUDA GPU" in capsys.readouterr().err
+
+
 def test_transcribe_reports_bad_files_and_continues(corpus, tmp_path, capsys):
     import numpy as np
     import soundfile as sf

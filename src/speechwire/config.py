@@ -11,6 +11,7 @@ to the authors' values (`apply_presets`; the list is in docs/adapters.md, "Paper
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,6 +188,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16 (GPU)
+    # where training and every command that loads this run (evaluate, transcribe, serve) computes:
+    # auto (a CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N (resolve_device)
+    device: str = "auto"
     seed: int = 0
     log_every: int = 10
     save_every: int = 500
@@ -209,6 +213,8 @@ class TrainConfig:
             p.append(f"grad_accum={self.grad_accum} must be >= 1")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             p.append(f"mixed_precision={self.mixed_precision!r} must be no, bf16 or fp16")
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            p.append(f"device={self.device!r} must be auto, cpu, cuda or cuda:N (e.g. cuda:1)")
         if self.report_to not in ("none", "tensorboard", "wandb"):
             p.append(f"report_to={self.report_to!r} must be none, tensorboard or wandb")
         if self.keep_last < 1:
@@ -279,6 +285,7 @@ class ExperimentConfig:
 
 
 TASKS = ("asr", "st")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # train.device
 DTYPES = {"float32", "bfloat16", "float16"}
 WHISPER_MODES = ("trimmed", "padded", "padded_full")
 
@@ -286,6 +293,24 @@ WHISPER_MODES = ("trimmed", "padded", "padded_full")
 def instructions(prompt: str | list[str]) -> list[str]:
     """An LLMConfig prompt field as its list of paraphrases (a single string is a list of one)."""
     return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+def resolve_device(device: str, key: str = "train.device") -> Any:
+    """The torch.device a config's device string names; "auto" is a CUDA GPU when torch sees one,
+    else the CPU. Raises ConfigError (naming `key`) for a GPU this machine does not have."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"{key}={device!r} must be auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={device}: torch finds no CUDA GPU on this machine; set {key}=auto or cpu")
+        count = torch.cuda.device_count()
+        if int(device.partition(":")[2] or 0) >= count:
+            raise ConfigError(f"{key}={device}: this machine has {count} CUDA GPU(s), cuda:0 .. cuda:{count - 1}")
+    return torch.device(device)
 
 
 # --- dict <-> dataclass -----------------------------------------------------------------------

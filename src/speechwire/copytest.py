@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, resolve_device
 from .data import load_manifest
 from .metrics import score
 
@@ -29,7 +29,6 @@ def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = N
         {"asr": WER metrics (speechwire.metrics), "llm": model, "prompt": the ASR instruction,
         "seconds": wall time}; with out_dir also predictions.jsonl + metrics.json there.
     """
-    import torch
     from tqdm.auto import tqdm
 
     from .features import CachedEncoder
@@ -40,7 +39,7 @@ def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = N
         raise ValueError(f"{manifest}: no utterance with a transcript to copy")
     # the SFM is never used: a weightless stand-in keeps a big encoder from loading
     model = SpeechLLM(cfg, encoder=CachedEncoder(16, 50.0, "none", "copy test: no speech encoder"))
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(resolve_device(cfg.train.device))
     texts = [u.transcript for u in utts]
     start = time.perf_counter()
     hyps: list[str] = []

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, resolve_device
 from .data import SpeechDataset, Utterance, collate, load_manifest, utterance_duration
 from .metrics import score
 from .model import SpeechLLM
@@ -120,7 +120,7 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, out_dir: str | Path 
                  overrides: list[str] | None = None, progress: bool = True) -> dict:
     """`speechwire evaluate`: load a run's final (or any checkpoint folder's) weights and score."""
     model = SpeechLLM.from_pretrained(run_dir, overrides)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(resolve_device(model.cfg.train.device))
     utts = load_manifest(manifest, skip_invalid=model.cfg.data.skip_invalid)
     out = Path(out_dir) if out_dir else Path(run_dir) / f"eval-{Path(manifest).stem}"
     metrics = evaluate_utterances(model, utts, model.cfg, out, progress=progress)

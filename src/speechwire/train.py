@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, load_config, save_config, to_dict
+from .config import ExperimentConfig, load_config, resolve_device, save_config, to_dict
 from .data import load_manifest, make_dataloader
 from .errors import DamagedFileError
 from .files import append_line, fault_point, write_atomic
@@ -86,10 +86,16 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state()
-        # cpu=True when there is no GPU: Accelerate then runs torchrun/`accelerate launch` ranks on gloo
+        # cpu=True on the CPU (train.device): Accelerate then runs torchrun/`accelerate launch` ranks on gloo
+        device = resolve_device(cfg.train.device)
         self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with,
-                               cpu=not torch.cuda.is_available(),
+                               cpu=device.type == "cpu",
                                project_dir=str(self.run_dir))
+        if device.index is not None:  # cuda:N: one process on that GPU (launched ranks take one GPU each)
+            if self.acc.num_processes > 1:
+                raise ValueError(f"train.device={cfg.train.device} names one GPU, but {self.acc.num_processes} "
+                                 "processes were launched (one GPU each); set train.device=cuda or auto")
+            torch.cuda.set_device(device)
         self._configure_deepspeed()
         set_seed(cfg.train.seed)
         utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)

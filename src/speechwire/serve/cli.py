@@ -38,6 +38,7 @@ def serve_main(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from ..config import resolve_device
     from ..longform import load_vad
     from ..model import SpeechLLM
     from .app import create_app
@@ -48,7 +49,7 @@ def serve_main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = SpeechLLM.from_pretrained(args.run_dir, args.overrides).eval()
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(resolve_device(model.cfg.train.device))
     if model.device.type == "cpu" and model.cfg.llm.dtype != "float32":
         print(f"speechwire serve: note: the LLM runs in {model.cfg.llm.dtype} on the CPU; CPUs without native "
               "bf16/fp16 matmuls are faster in float32, where batching also pays (--set llm.dtype=float32; "
