@@ -28,7 +28,9 @@ import torch
 
 def demo_files(n: int) -> list[Path]:
     """The first n recordings of the demo's real-speech test set (~/.cache/speechwire/demo_data)."""
-    manifest = Path.home() / ".cache" / "speechwire" / "demo_data" / "real_test.asr.jsonl"
+    from speechwire.data.synth import DEFAULT_OUT
+
+    manifest = DEFAULT_OUT.expanduser() / "real_test.asr.jsonl"
     if not manifest.is_file():
         sys.exit(f"{manifest} not found: run `speechwire demo` first, or pass --audio FILES")
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]

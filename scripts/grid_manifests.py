@@ -13,10 +13,12 @@ import argparse
 import json
 from pathlib import Path
 
+from speechwire.data.synth import DEFAULT_OUT
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="~/.cache/speechwire/demo_data")
+    ap.add_argument("--data", default=str(DEFAULT_OUT))
     ap.add_argument("--synth", type=int, default=3000, help="synthetic train sentences to keep")
     ap.add_argument("--real-repeat", type=int, default=4, help="copies of the real train prompts")
     args = ap.parse_args()

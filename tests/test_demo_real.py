@@ -26,8 +26,8 @@ def _fetch_or_skip(ref: str) -> tuple[str, str | None]:
 
 
 def _demo_sets_or_skip(task: str):
-    from speechwire.demo.data import demo_data_dir, ensure_demo_data
-    from speechwire.data.synth import MissingSystemDepsError
+    from speechwire.data.synth import MissingSystemDepsError, demo_data_dir
+    from speechwire.demo.data import ensure_demo_data
 
     try:
         return ensure_demo_data(demo_data_dir(), task, train=False, progress=False)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..audio import load_audio
+from ..audio import SAMPLE_RATE, load_audio
 from ..data import Utterance, utterance_duration
 
 CASCADE_PROMPT = "Translate the following English text into {tgt}. Reply with the translation only.\n\n{text}"
@@ -57,7 +57,7 @@ class PlainWhisper:
     @torch.no_grad()
     def transcribe(self, waves: list) -> list[str]:
         """16 kHz mono float waveforms -> one transcript each (batched)."""
-        feats = self.features(waves, sampling_rate=16000, return_tensors="pt").input_features
+        feats = self.features(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         kwargs = {"language": "en", "task": "transcribe"} if self.multilingual else {}
         ids = self.model.generate(feats, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False,
                                   return_timestamps=False, **kwargs)

@@ -1,6 +1,6 @@
 """Demo data: the synthetic + real speech corpus (built or reused), and a 5-tone corpus for --tiny.
 
-    data_dir = demo_data_dir()                       # ~/.cache/speechwire/demo_data
+    data_dir = demo_data_dir()                       # speechwire.data.synth: ~/.cache/speechwire/demo_data
     sets = ensure_demo_data(data_dir, "asr", train=False)
     sets.test   # {"synthetic": path, "real": path}  (ST: {"synthetic": path})
     sets.train, sets.dev                             # combined manifests, only when train=True
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from ..audio import SAMPLE_RATE
+
 NUM_TRAIN = 3000  # synthetic train sentences for --train (docs/data.md: 2.4 h)
 DEV_SYNTH, DEV_REAL = 60, 40  # dev items scored during training (cheap on CPU)
 REAL_REPEAT = 4  # the 305 real train prompts are seen 4x per epoch beside the synthetic ones
@@ -29,12 +30,6 @@ class DemoSets:
     train: Path | None = None
     dev: Path | None = None
     info: dict = field(default_factory=dict)
-
-
-def demo_data_dir() -> Path:
-    """`$SPEECHWIRE_CACHE/demo_data` when the variable is set, else ~/.cache/speechwire/demo_data."""
-    env = os.environ.get("SPEECHWIRE_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "speechwire") / "demo_data"
 
 
 def _test_names(task: str) -> dict[str, str]:

@@ -25,8 +25,9 @@ import torch
 
 from ..config import ExperimentConfig, load_config
 from ..data import load_manifest, utterance_duration
+from ..data.synth import demo_data_dir
 from ..model import CONFIG_NAME, WEIGHTS_NAME
-from .data import DemoSets, build_tiny_corpus, demo_data_dir, ensure_demo_data
+from .data import DemoSets, build_tiny_corpus, ensure_demo_data
 from .report import asr_scores, metrics_table, side_by_side, st_scores, write_outputs
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SAMPLE_RATE = 16000
+from ..audio import SAMPLE_RATE
 
 
 @dataclass

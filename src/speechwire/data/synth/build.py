@@ -34,12 +34,14 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from speechwire.audio import SAMPLE_RATE
+
 from . import sources
 from .sources import MissingSystemDepsError, Prompt, SentencePair
-from .voice import SAMPLE_RATE, draw_params, list_variants, list_voices, render, utterance_rng
+from .voice import draw_params, list_variants, list_voices, render, utterance_rng
 
 CORPUS_VERSION = 1  # bump when the audio pipeline changes: stale partial builds are wiped
-DEFAULT_OUT = Path("~/.cache/speechwire/demo_data")
+DEFAULT_OUT = Path("~/.cache/speechwire/demo_data")  # the demo corpus; demo_data_dir() also honours $SPEECHWIRE_CACHE
 SPLITS = ("train", "dev", "test")
 REAL_SPLIT_TENTHS = {"train": 6, "dev": 2, "test": 2}  # 60/20/20 by text hash
 STATE_FILE = ".build_state.json"
@@ -64,6 +66,15 @@ class _Result:
     job: _Job
     duration: float | None  # None: longer than max_seconds, not kept
     voice: str
+
+
+def demo_data_dir() -> Path:
+    """The demo corpus folder: `$SPEECHWIRE_CACHE/demo_data` when the variable is set, else DEFAULT_OUT
+    (~/.cache/speechwire/demo_data), expanded."""
+    from speechwire.weights.fetch import CACHE_ENV
+
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() / DEFAULT_OUT.name if env else DEFAULT_OUT.expanduser()
 
 
 def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:

@@ -22,7 +22,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16_000
+from speechwire.audio import SAMPLE_RATE
+
 SPEED_WPM = (130, 190)  # espeak-ng -s, words per minute
 PITCH = (30, 70)  # espeak-ng -p, 0-99
 SPEED_FACTOR = (0.9, 1.1)  # tempo+pitch perturbation as in Kaldi's speed perturbation
