@@ -1,6 +1,6 @@
-"""Export a trained demo run as the checkpoint shipped inside the package.
+"""Export a trained demo run as the checkpoint shipped inside the package (a maintainer script).
 
-    python -m speechwire.demo.ship RUN_DIR src/speechwire/assets/demo_asr --command "speechwire train ..."
+    python scripts/ship_demo.py RUN_DIR src/speechwire/assets/demo_asr --command "speechwire train ..."
 
 Writes trainable.safetensors (float16: half the bytes; loading casts back to the model's float32),
 config.yaml with the data paths reset to the demo defaults (frozen parts stay `weights:NAME`),
@@ -15,10 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..config import load_config, save_config
-from ..model import CONFIG_NAME, WEIGHTS_NAME
+from speechwire.config import load_config, save_config
+from speechwire.data.synth import DEFAULT_OUT
+from speechwire.model import CONFIG_NAME, WEIGHTS_NAME
 
-DEFAULT_DATA = "~/.cache/speechwire/demo_data"
+DEFAULT_DATA = DEFAULT_OUT.as_posix()  # "~/.cache/speechwire/demo_data", unexpanded: the shipped config is portable
 
 
 def ship(run_dir: Path, dest: Path, command: str, checkpoint: str = "best") -> Path:
@@ -63,7 +64,7 @@ def ship(run_dir: Path, dest: Path, command: str, checkpoint: str = "best") -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m speechwire.demo.ship", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python scripts/ship_demo.py", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("dest", type=Path)
     p.add_argument("--command", required=True, help="the exact command that trained the run")
