@@ -29,9 +29,11 @@ def test_shapes_and_lengths(name):
     assert out.aux_loss is None and out.aux_losses == {}
     if adapter.deterministic_length:
         assert torch.equal(adapter.output_length(lens), out.lengths)
+        assert out.ratio is None
     else:
         assert adapter.output_length(lens) is None
-        assert adapter.last_ratio == pytest.approx(float(lens.sum()) / float(out.lengths.sum()))
+        assert out.ratio == pytest.approx(float(lens.sum()) / float(out.lengths.sum()))
+    assert not hasattr(adapter, "last_ratio")  # the ratio rides on the output, not on the module
 
 
 @pytest.mark.parametrize("name", NAMES)

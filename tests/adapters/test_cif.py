@@ -94,7 +94,7 @@ def test_training_fires_target_length_and_quantity_loss_uses_unscaled_alphas():
     raw = adapter.alpha(x * valid[..., None], valid)  # (B, T) unscaled
     torch.testing.assert_close(out.aux_losses["quantity"], (raw.sum(1) - n).abs().mean())
     torch.testing.assert_close(out.aux_loss, adapter.cfg.quantity_loss_weight * out.aux_losses["quantity"])
-    assert adapter.last_ratio == pytest.approx(56 / 48)
+    assert out.ratio == pytest.approx(56 / 48)
 
 
 def test_eval_uses_unscaled_alphas_and_always_fires_once():

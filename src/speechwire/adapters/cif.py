@@ -38,7 +38,15 @@ from torch import nn
 
 from ..config import AdapterConfig
 from ..registry import ADAPTERS
-from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
+from .interface import (
+    Adapter,
+    AdapterContext,
+    AdapterOutput,
+    AdapterTargets,
+    check_input,
+    compression_ratio,
+    lengths_to_mask,
+)
 from .transformer import TransformerStack
 
 FIRE_EPS = 1e-4  # slack on floor(S / beta): sums that are an integer up to rounding fire that integer
@@ -125,7 +133,8 @@ class CIFAdapter(Adapter):
     """Continuous Integrate-and-Fire compression before the Base stack (data-dependent length).
 
     Config fields: cif_threshold (1.0), cif_tail_threshold (0.5), cif_tail_rescale (False),
-    quantity_loss_weight (1.0), plus the stack's fields. After each forward, `last_ratio` holds sum(input frames) / sum(outputs).
+    quantity_loss_weight (1.0), plus the stack's fields. Its output's `ratio` is
+    sum(input frames) / sum(outputs).
     """
 
     deterministic_length = False
@@ -142,7 +151,7 @@ class CIFAdapter(Adapter):
             hidden: (B, T, d_enc); lengths: (B,) valid frames.
             targets: in training, targets.target_lengths (B,) = target token counts N.
         Returns:
-            AdapterOutput: embeds (B, K, d_llm), lengths (B,) fire counts; in training also
+            AdapterOutput: embeds (B, K, d_llm), lengths (B,) fire counts, ratio; in training also
             aux_loss = quantity_loss_weight * quantity and aux_losses = {"quantity": ...}.
         Raises:
             ValueError: training mode without targets.target_lengths.
@@ -176,5 +185,5 @@ class CIFAdapter(Adapter):
         if cfg.cif_tail_rescale and not self.training:
             w = rescale_tail(w, alpha_sum.detach(), counts, cfg.cif_threshold, cfg.cif_tail_threshold)
         fired = torch.bmm(w.to(x.dtype), x)  # (B, K, T) @ (B, T, C) -> (B, K, C)
-        self.last_ratio = float(lengths.sum()) / float(counts.sum())
-        return AdapterOutput(self.stack(fired, counts), counts, aux_loss, aux_losses)
+        return AdapterOutput(self.stack(fired, counts), counts, aux_loss, aux_losses,
+                             ratio=compression_ratio(lengths, counts))

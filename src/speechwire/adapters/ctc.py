@@ -30,7 +30,15 @@ from torch import nn
 
 from ..config import AdapterConfig
 from ..registry import ADAPTERS
-from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
+from .interface import (
+    Adapter,
+    AdapterContext,
+    AdapterOutput,
+    AdapterTargets,
+    check_input,
+    compression_ratio,
+    lengths_to_mask,
+)
 from .transformer import TransformerStack
 
 
@@ -81,7 +89,7 @@ class CTCAdapter(Adapter):
     """CTC-guided mean pooling before the Base stack (data-dependent length).
 
     Config fields: ctc_loss_weight (0.1), ctc_blank_id (None = ctx.pad_id), ctc_keep_blanks
-    (True), plus the stack's fields; needs ctx.vocab_size. After each forward, `last_ratio` holds
+    (True), plus the stack's fields; needs ctx.vocab_size. Its output's `ratio` is
     sum(input frames) / sum(outputs).
     """
 
@@ -110,8 +118,8 @@ class CTCAdapter(Adapter):
             hidden: (B, T, d_enc); lengths: (B,) valid frames.
             targets: in training, ctc_labels (B, L) and ctc_label_lengths (B,).
         Returns:
-            AdapterOutput: embeds (B, K, d_llm), lengths (B,) segment counts; in training also
-            aux_loss = ctc_loss_weight * ctc and aux_losses = {"ctc": ...}.
+            AdapterOutput: embeds (B, K, d_llm), lengths (B,) segment counts, ratio; in training
+            also aux_loss = ctc_loss_weight * ctc and aux_losses = {"ctc": ...}.
         Raises:
             ValueError: training without CTC labels, or labels containing the blank id.
         """
@@ -129,8 +137,8 @@ class CTCAdapter(Adapter):
         labels = logits.detach().argmax(dim=-1)  # (B, T)
         seg, keep, counts = segment_ids(labels, lengths, self.blank, self.cfg.ctc_keep_blanks)
         pooled = segment_mean(x, seg, keep, counts)  # (B, K, C)
-        self.last_ratio = float(lengths.sum()) / float(counts.sum())
-        return AdapterOutput(self.stack(pooled, counts), counts, aux_loss, aux_losses)
+        return AdapterOutput(self.stack(pooled, counts), counts, aux_loss, aux_losses,
+                             ratio=compression_ratio(lengths, counts))
 
     def ctc_loss(self, logits: torch.Tensor, lengths: torch.Tensor, targets: AdapterTargets | None) -> torch.Tensor:
         """CTC loss (mean over items of loss / label length), float32, zero_infinity=True.

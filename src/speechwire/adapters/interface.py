@@ -7,6 +7,7 @@ Letters: B batch, T encoder frames, T' adapter outputs, d_enc encoder width, d_l
     out.lengths  # (B,) valid outputs per item
     out.aux_loss # weighted sum of the adapter's auxiliary losses, or None
     out.aux_losses  # {name: unweighted loss} for logging
+    out.ratio    # CIF, CTC: sum(input frames) / sum(outputs) of this batch; None: use output_length
 
 Padding never changes a real item's output: an utterance alone or in a padded batch gives the
 same embeddings.
@@ -48,15 +49,20 @@ class AdapterOutput:
     lengths: torch.Tensor  # (B,)
     aux_loss: torch.Tensor | None = None
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    # data-dependent adapters (CIF, CTC): the measured compression sum(input frames) / sum(outputs)
+    # of this batch; deterministic ones leave it None (their rate is output_length)
+    ratio: float | None = None
+
+
+def compression_ratio(lengths: torch.Tensor, out_lengths: torch.Tensor) -> float:
+    """sum(input frames) / sum(outputs) of a batch, for AdapterOutput.ratio. (B,), (B,) -> float."""
+    return float(lengths.sum()) / float(out_lengths.sum())
 
 
 class Adapter(nn.Module):
     """Base class. Subclasses set `deterministic_length` and implement forward/output_length."""
 
     deterministic_length: bool = True
-    # data-dependent adapters (CIF, CTC) store the measured compression of their last forward here:
-    # sum(input frames) / sum(output vectors); deterministic ones leave it None (use output_length)
-    last_ratio: float | None = None  # data-dependent adapters: input frames / outputs of the last forward
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__()
