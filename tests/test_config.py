@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from speechwire.config import ConfigError, ExperimentConfig, load_config, resolve_device, save_config
+from speechwire.config import (DTYPES, ConfigError, ExperimentConfig, apply_overrides, flatten, load_config,
+                               resolve_device, save_config, torch_dtype)
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")
                  if not p.stem.endswith("_grid"))  # grid files: tests/test_grid.py
@@ -83,3 +84,19 @@ def test_missing_file():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_preset_loads(path):
     load_config(path)
+
+
+def test_flatten_opens_sections_only():
+    data = {"adapter": {"name": "cif", "stack": 2}, "data": {"task_weights": {"asr": 1.0}}, "preset": "paper"}
+    flat = flatten(data)
+    assert flat == {"adapter.name": "cif", "adapter.stack": 2, "data.task_weights": {"asr": 1.0}, "preset": "paper"}
+    overrides = [f"{k}={v}" for k, v in flat.items() if k != "preset"]
+    assert apply_overrides({}, overrides) == {k: v for k, v in data.items() if k != "preset"}
+
+
+def test_torch_dtype_names():
+    import torch
+
+    assert [torch_dtype(n) for n in DTYPES] == [torch.float32, torch.bfloat16, torch.float16]
+    with pytest.raises(ConfigError, match=r"dtype='fp8' must be one of \['bfloat16', 'float16', 'float32'\]"):
+        torch_dtype("fp8")

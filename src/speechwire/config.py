@@ -286,7 +286,7 @@ class ExperimentConfig:
 
 TASKS = ("asr", "st")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # train.device
-DTYPES = {"float32", "bfloat16", "float16"}
+DTYPES = ("float32", "bfloat16", "float16")  # the dtype names configs accept; torch_dtype() maps them
 WHISPER_MODES = ("trimmed", "padded", "padded_full")
 
 
@@ -383,6 +383,33 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def flatten(data: dict) -> dict[str, Any]:
+    """A nested config dict as dotted `section.key` names, one section deep, values as they are.
+
+        flatten({"adapter": {"name": "cif"}, "preset": "paper"})  # {"adapter.name": "cif", "preset": "paper"}
+
+    Only the sections of ExperimentConfig are opened: a mapping inside one (data.task_weights) stays
+    one value, so every key is a `section.key=value` override that apply_overrides reads back.
+    """
+    sections = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in sections and isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def torch_dtype(name: str) -> Any:
+    """A config's dtype name ("float32", "bfloat16", "float16") as the torch.dtype."""
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r} must be one of {sorted(DTYPES)}")
+    import torch
+
+    return getattr(torch, name)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import LLMConfig, instructions
+from .config import LLMConfig, instructions, torch_dtype
 from .data.manifest import language_name as manifest_language_name
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ def language_name(code: str | None) -> str:
     if code is None:
         return "the target language"
     return manifest_language_name(code)
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_tokenizer(cfg: LLMConfig):
@@ -93,7 +89,7 @@ def load_llm(cfg: LLMConfig) -> nn.Module:
     from .errors import loading
 
     with loading("llm.model", cfg.model):
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_torch_dtype(cfg.dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(cfg.dtype), **kwargs)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

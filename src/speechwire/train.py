@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, load_config, resolve_device, save_config, to_dict
+from .config import ExperimentConfig, flatten, load_config, resolve_device, save_config, to_dict
 from .data import load_manifest, make_dataloader
 from .errors import DamagedFileError
 from .files import append_line, fault_point, write_atomic
+from .memory import peak_memory_gib
 from .model import SpeechLLM
 from .resume import STATE_NAME, read_checkpoint, resume_files, rng_state, set_rng_state, write_checkpoint
 
@@ -141,7 +142,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         if log_with:
-            self.acc.init_trackers(self.run_dir.name, config=_flat(to_dict(cfg)))
+            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                       for k, v in flatten(to_dict(cfg)).items()}
+            self.acc.init_trackers(self.run_dir.name, config=hparams)
         if self.resume:
             self._resume()
         self.acc.wait_for_everyone()
@@ -216,7 +219,7 @@ class Trainer:
                    "audio_seconds_per_second": round(audio_seconds / max(elapsed, 1e-9), 3),
                    "trainable_params": sum(p.numel() for p in self.unwrapped.parameters() if p.requires_grad),
                    "final_dev": dev, "best_dev": self.best, "processes": acc.num_processes,
-                   "peak_memory_gib": _peak_memory_gib()}
+                   "peak_memory_gib": peak_memory_gib()}
         if self.feature_cache is not None:
             summary["feature_cache"] = self.feature_cache.stats_dict()
         with self._gathered():
@@ -371,24 +374,6 @@ class _Window:
                   "audio_s_per_s": throughput, "compression": self.enc / max(self.ada, 1)}
         self.values, self.enc, self.ada = {}, 0, 0
         return record
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
-def _peak_memory_gib() -> float:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux: KiB
 
 
 def stage_config(cfg: ExperimentConfig) -> ExperimentConfig:

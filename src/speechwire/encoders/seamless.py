@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import EncoderConfig
+from ..config import EncoderConfig, torch_dtype
 from ..registry import ENCODERS
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
 from .loading import load_submodule, resolve_folder
@@ -130,7 +130,7 @@ class SeamlessSpeechEncoder(SpeechEncoder):
                              "encoder.name=seamless needs a SeamlessM4T v2 checkpoint (facebook/seamless-m4t-v2-large)")
         config._attn_implementation = "sdpa"
         encoder = load_submodule(SeamlessM4Tv2SpeechEncoder, config, folder,
-                                 anchor="feature_projection.projection.weight", dtype=getattr(torch, cfg.dtype))
+                                 anchor="feature_projection.projection.weight", dtype=torch_dtype(cfg.dtype))
         return cls(encoder, max_seconds=cfg.max_seconds, model_id=cfg.model)
 
     def _adaptor_length(self, n: torch.Tensor) -> torch.Tensor:

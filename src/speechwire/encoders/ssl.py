@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ..config import EncoderConfig
+from ..config import EncoderConfig, torch_dtype
 from ..registry import ENCODERS
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
 
@@ -87,7 +87,7 @@ class HFSSLEncoder(SpeechEncoder):
         """
         from transformers import AutoFeatureExtractor, AutoModel
 
-        model = AutoModel.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype))
+        model = AutoModel.from_pretrained(cfg.model, dtype=torch_dtype(cfg.dtype))
         if getattr(model, "main_input_name", "") != "input_values" or not hasattr(model, "_get_feat_extract_output_lengths"):
             raise ValueError(
                 f"encoder.model={cfg.model!r} ({type(model).__name__}) does not take raw waveforms; encoder.name=hf "

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import WHISPER_MODES, EncoderConfig
+from ..config import WHISPER_MODES, EncoderConfig, torch_dtype
 from ..registry import ENCODERS
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
 from .loading import load_submodule, resolve_folder
@@ -158,7 +158,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
             raise ValueError(f"{folder}: config.json has model_type={config.model_type!r}, not a Whisper checkpoint; "
                              "use encoder.name=seamless or hf for other families")
         config._attn_implementation = "sdpa"  # takes the additive padding mask built in forward
-        encoder = load_submodule(WhisperEncoder, config, folder, anchor="conv1.weight", dtype=getattr(torch, cfg.dtype))
+        encoder = load_submodule(WhisperEncoder, config, folder, anchor="conv1.weight", dtype=torch_dtype(cfg.dtype))
         return cls(encoder, mode=cfg.mode, max_seconds=cfg.max_seconds, model_id=cfg.model)
 
     def output_length(self, num_samples: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,49 @@
+import os
+import sys
+
+import pytest
+import torch
+
+from speechwire import memory
+from speechwire.memory import peak_memory_gib, reset_peak_memory
+
+LINUX_PROC = sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK)
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the peak is CUDA's allocator")
+
+
+@cpu_only
+def test_peak_counts_resident_memory():
+    reset_peak_memory()
+    block = b"\x01" * (256 * 2**20)  # written, so resident
+    assert peak_memory_gib() >= 0.25
+    del block
+
+
+@cpu_only
+@pytest.mark.skipif(not LINUX_PROC, reason="needs a writable /proc/self/clear_refs (Linux)")
+def test_reset_forgets_an_earlier_peak():
+    block = b"\x01" * (256 * 2**20)
+    high = peak_memory_gib()
+    del block
+    reset_peak_memory()
+    assert peak_memory_gib() <= high - 0.2  # the 256 MiB freed before the reset no longer counts
+
+
+@cpu_only
+def test_without_proc_falls_back_to_getrusage(monkeypatch, tmp_path):
+    monkeypatch.setattr(memory, "_STATUS", tmp_path / "missing")
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no" / "clear_refs")
+    reset_peak_memory()  # nothing to reset: no error
+    assert peak_memory_gib() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_peak_is_allocator_peak_and_resets():
+    reset_peak_memory()
+    x = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    assert peak_memory_gib() >= 0.25
+    del x
+    torch.cuda.empty_cache()
+    reset_peak_memory()
+    assert peak_memory_gib() < 0.25
