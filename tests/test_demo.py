@@ -21,7 +21,9 @@ def test_demo_tiny_asr_end_to_end(tmp_path, capsys):
     assert set(metrics["sets"]) == {"synthetic", "real"}
     for systems in metrics["sets"].values():
         assert set(systems) == {"speechwire", "plain whisper"}
-        assert all(m["rtf"] > 0 and 0 <= m["wer"] for m in systems.values())
+        # each system's scores have the shape `speechwire evaluate` writes to metrics.json
+        assert all(m["timing"]["real_time_factor"] > 0 and 0 <= m["asr"]["wer"] for m in systems.values())
+        assert all(m["num_utterances"] == m["asr"]["num_utterances"] for m in systems.values())
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"reference", "speechwire", "baseline", "speechwire_wer"} <= set(rows[0])
     assert (out / "wer_by_length.png").read_bytes()[:4] == b"\x89PNG"
@@ -37,8 +39,9 @@ def test_demo_tiny_st_cascade(tmp_path, capsys):
     assert main(["demo", "--tiny", "--task", "st", "--quiet", "--limit", "3", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     systems = metrics["sets"]["synthetic"]
-    assert set(systems) == {"speechwire", "cascade"} and systems["cascade"]["n"] == 3
-    assert {"bleu", "chrf", "rtf"} <= set(systems["speechwire"])
+    assert set(systems) == {"speechwire", "cascade"} and systems["cascade"]["num_utterances"] == 3
+    assert {"bleu", "chrf", "bleu_signature"} <= set(systems["speechwire"]["st"])
+    assert {"decode_seconds", "audio_seconds", "real_time_factor"} <= set(systems["cascade"]["timing"])
     assert (out / "chrf_by_length.png").is_file()
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert {"source", "whisper_transcript"} <= set(rows[0])
@@ -94,3 +97,63 @@ def test_shipped_checkpoint_is_portable(task):
     cfg = load_config(folder / "config.yaml")
     assert cfg.encoder.model.startswith("weights:") and cfg.llm.model.startswith("weights:")
     assert (folder / "trainable.safetensors").stat().st_size < 8 * 2**20
+
+
+def test_metrics_table_reads_the_evaluators_metric_dicts():
+    """Each system's scores are evaluate.compute_metrics + timing + num_utterances; the table reads them."""
+    from speechwire.demo.report import decode_timing, metrics_table, system_metrics
+
+    def rec(i: int, lang: str, hyp: str) -> dict:
+        return {"id": f"u{i}", "task": "st", "tgt_lang": lang, "reference": "ein kleiner Hund", "hypothesis": hyp,
+                "source": "a small dog"}
+
+    ours = [rec(0, "de", "ein kleiner Hund"), rec(1, "fr", "ein kleiner Hund"), rec(2, "fr", "ein Hund")]
+    theirs = [{**r, "hypothesis": "nichts"} for r in ours]
+    metrics = {"sets": {"synthetic": {"speechwire": system_metrics(ours, decode_timing(1.0, 4.0)),
+                                      "cascade": system_metrics(theirs, decode_timing(2.0, 4.0))}}}
+    m = metrics["sets"]["synthetic"]["speechwire"]
+    assert set(m) == {"st-de", "st-fr", "timing", "num_utterances"} and m["num_utterances"] == 3
+    assert m["timing"] == {"decode_seconds": 1.0, "audio_seconds": 4.0, "real_time_factor": 0.25}
+    lines = metrics_table(metrics, "st").splitlines()
+    assert lines[:2] == ["| test set | system | BLEU | chrF | real-time factor | utterances |",
+                         "|---|---|---:|---:|---:|---:|"]
+    assert lines[2] == f"| synthetic | speechwire (de) | {m['st-de']['bleu']:.1f} | {m['st-de']['chrf']:.1f} | 0.250 | 1 |"
+    assert lines[3].startswith("| synthetic | speechwire (fr) |") and lines[3].endswith("| 0.250 | 2 |")
+    assert len(lines) == 6 and lines[5].startswith("| synthetic | cascade (fr) |")
+
+
+def test_cascade_prompt_names_each_utterances_target_language():
+    import torch
+    from transformers import BatchEncoding
+
+    from speechwire.demo.baselines import llm_translate
+
+    prompts: list[str] = []
+
+    class Tokenizer:
+        padding_side, pad_token_id = "right", 0
+
+        def apply_chat_template(self, msgs, tokenize, add_generation_prompt):
+            prompts.append(msgs[-1]["content"])
+            return "chat"
+
+        def __call__(self, chats, **kwargs):
+            return BatchEncoding({"input_ids": torch.zeros(len(chats), 2, dtype=torch.long)})
+
+        def decode(self, ids, skip_special_tokens):
+            return "translated"
+
+    class LLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            return torch.zeros(input_ids.shape[0], 3, dtype=torch.long)
+
+    tok = Tokenizer()
+    out, _ = llm_translate(LLM(), tok, ["hello", "good day"], ["de", "fr"], batch_size=1)
+    assert out == ["translated", "translated"] and tok.padding_side == "right"
+    assert "into German." in prompts[0] and "into French." in prompts[1]
+    with pytest.raises(ValueError, match="2 texts but 1 target languages"):
+        llm_translate(LLM(), tok, ["hello", "good day"], ["de"])

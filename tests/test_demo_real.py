@@ -76,12 +76,13 @@ def test_shipped_demo_on_three_clips(task, tmp_path):
     metrics = run_demo(task, tmp_path / "run", limit=3, progress=False)
     base = "plain whisper" if task == "asr" else "cascade"
     for name, systems in metrics["sets"].items():
-        assert set(systems) == {"speechwire", base} and systems["speechwire"]["n"] == 3
+        assert set(systems) == {"speechwire", base} and systems["speechwire"]["num_utterances"] == 3
         if task == "asr":
             # plain Whisper tiny.en: ~7% WER on the real prompts, ~55% on the hard synthetic voices
             limit = 0.3 if name == "real" else 1.5
-            assert math.isfinite(systems["speechwire"]["wer"]) and systems[base]["wer"] < limit, (name, systems)
+            assert math.isfinite(systems["speechwire"]["asr"]["wer"]) and systems[base]["asr"]["wer"] < limit, \
+                (name, systems)
         else:
-            assert systems[base]["chrf"] > 20, systems
+            assert systems[base]["st"]["chrf"] > 20, systems
     rows = [json.loads(x) for x in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert rows and all(r["speechwire"].strip() for r in rows), rows

@@ -3,19 +3,20 @@
 - Plain Whisper: the same Whisper checkpoint whose encoder speechwire uses, with its own decoder
   (`WhisperForConditionalGeneration`, standard 30 s padded input, greedy, English, no timestamps).
 - Cascade (ST): plain Whisper's transcript, then the same LLM prompted with its chat template to
-  translate it (greedy).
+  translate it into each utterance's target language (greedy).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..audio import SAMPLE_RATE, load_audio
 from ..data import Utterance, utterance_duration
+from ..llm import language_name
 
 CASCADE_PROMPT = "Translate the following English text into {tgt}. Reply with the translation only.\n\n{text}"
 
@@ -79,7 +80,7 @@ class PlainWhisper:
 
 
 @torch.no_grad()
-def llm_translate(llm, tokenizer, texts: list[str], tgt: str = "German", system_prompt: str | None = None,
+def llm_translate(llm, tokenizer, texts: list[str], tgt_langs: Sequence[str | None], system_prompt: str | None = None,
                   max_new_tokens: int = 128, batch_size: int = 8) -> tuple[list[str], float]:
     """Translate English texts with a chat LLM, greedy, batched (left padding).
 
@@ -87,7 +88,8 @@ def llm_translate(llm, tokenizer, texts: list[str], tgt: str = "German", system_
         llm: a Hugging Face causal LM (the demo model's frozen LLM).
         tokenizer: its tokenizer, with a chat template.
         texts: English sentences.
-        tgt: target language name used in the prompt.
+        tgt_langs: each text's target language code from its manifest line ("de"), named in the
+            prompt in English ("German").
         system_prompt: the system turn speechwire uses for this LLM (None: the template's default).
         max_new_tokens: decoding limit.
         batch_size: sentences per generate call.
@@ -95,6 +97,8 @@ def llm_translate(llm, tokenizer, texts: list[str], tgt: str = "German", system_
     Returns:
         (translations in input order, seconds spent in the model).
     """
+    if len(tgt_langs) != len(texts):
+        raise ValueError(f"llm_translate: {len(texts)} texts but {len(tgt_langs)} target languages; pass one per text")
     out: list[str] = []
     seconds = 0.0
     side = tokenizer.padding_side
@@ -103,9 +107,10 @@ def llm_translate(llm, tokenizer, texts: list[str], tgt: str = "German", system_
     try:
         for i in range(0, len(texts), batch_size):
             chats = []
-            for text in texts[i:i + batch_size]:
+            for text, lang in zip(texts[i:i + batch_size], tgt_langs[i:i + batch_size]):
                 msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-                msgs.append({"role": "user", "content": CASCADE_PROMPT.format(tgt=tgt, text=text.strip() or "...")})
+                prompt = CASCADE_PROMPT.format(tgt=language_name(lang), text=text.strip() or "...")
+                msgs.append({"role": "user", "content": prompt})
                 chats.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
             enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             t0 = time.perf_counter()

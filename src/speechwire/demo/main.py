@@ -28,7 +28,7 @@ from ..data import load_manifest, utterance_duration
 from ..data.synth import demo_data_dir
 from ..model import CONFIG_NAME, WEIGHTS_NAME
 from .data import DemoSets, build_tiny_corpus, ensure_demo_data
-from .report import asr_scores, metrics_table, side_by_side, st_scores, write_outputs
+from .report import decode_timing, metrics_table, side_by_side, system_metrics, write_outputs
 
 
 # Utterances per test set when --limit is not given (--limit 0: all). ASR: all 200 synthetic + 101
@@ -137,11 +137,13 @@ def evaluate_sets(model, sets: DemoSets, task: str, limit: int | None, whisper_k
         texts, w_sec = whisper.run(utts, batch_size=bs, progress=progress, desc=f"plain whisper ({name})")
         base, b_sec = texts, w_sec
         if task == "st":
-            base, t_sec = llm_translate(model.llm, model.tokenizer, texts, tgt="German",
+            base, t_sec = llm_translate(model.llm, model.tokenizer, texts, [u.tgt_lang for u in utts],
                                         system_prompt=model.cfg.llm.system_prompt,
                                         max_new_tokens=model.cfg.eval.max_new_tokens, batch_size=bs)
             b_sec = w_sec + t_sec
         by_id = {p["id"]: p for p in preds}
+        ours: list[dict] = []  # evaluator records of both systems, scored alike on the same utterances
+        theirs: list[dict] = []
         for u, b, tr in zip(utts, base, texts):
             p = by_id.get(u.id)
             if p is None:
@@ -151,11 +153,11 @@ def evaluate_sets(model, sets: DemoSets, task: str, limit: int | None, whisper_k
             if task == "st":
                 rec.update(source=u.transcript, whisper_transcript=tr)
             records.append(rec)
-        mine = [r for r in records if r["set"] == name]
-        refs = [r["reference"] for r in mine]
-        score = asr_scores if task == "asr" else st_scores
-        scores[name] = {"speechwire": score(refs, [r["speechwire"] for r in mine], timing["decode_seconds"], audio_s),
-                        base_name: score(refs, [r["baseline"] for r in mine], b_sec, audio_s)}
+            ours.append(p)
+            theirs.append({**p, "hypothesis": b})
+        comet = model.cfg.eval.comet_model
+        scores[name] = {"speechwire": system_metrics(ours, timing, comet),
+                        base_name: system_metrics(theirs, decode_timing(b_sec, audio_s), comet)}
     return records, scores
 
 

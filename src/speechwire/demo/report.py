@@ -1,13 +1,19 @@
-"""Demo output: side-by-side examples, the metrics table, predictions.jsonl, metrics.json, the plot."""
+"""Demo output: side-by-side examples, the metrics table, predictions.jsonl, metrics.json, the plot.
+
+Each system's scores on a test set are what `speechwire evaluate` writes to its metrics.json
+(`system_metrics`: evaluate.compute_metrics + timing + num_utterances), and the table reads them.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from ..metrics import chrf, normalize_text, wer, wer_per_utterance
+from ..evaluate import compute_metrics
+from ..metrics import chrf, real_time_factor, wer, wer_per_utterance
 
 
 def side_by_side(records: list[dict], task: str, n: int = 3) -> str:
@@ -25,34 +31,49 @@ def side_by_side(records: list[dict], task: str, n: int = 3) -> str:
     return "\n".join(lines)
 
 
+def decode_timing(seconds: float, audio_seconds: float) -> dict:
+    """The evaluator's timing keys (decode_seconds, audio_seconds, real_time_factor), rounded as it
+    rounds them, for a system timed outside evaluate.generate_predictions (the baselines)."""
+    return {"decode_seconds": round(seconds, 3), "audio_seconds": round(audio_seconds, 3),
+            "real_time_factor": round(real_time_factor(seconds, max(audio_seconds, 1e-9)), 4)}
+
+
+def system_metrics(records: list[dict], timing: dict, comet_model: str | None = None) -> dict:
+    """One system's scores on one test set, as `speechwire evaluate` writes them to metrics.json.
+
+    Args:
+        records: evaluator-style records (task, tgt_lang, reference, hypothesis, source).
+        timing: evaluate.generate_predictions' timing, or `decode_timing` for a baseline.
+        comet_model: as eval.comet_model (ST adds COMET when set).
+
+    Returns:
+        {"asr": {"wer", ...} | "st": {"bleu", "chrf", ...} (per target language: "st-de"...),
+        "timing": {..., "real_time_factor"}, "num_utterances": n}.
+    """
+    return {**compute_metrics(records, comet_model), "timing": timing, "num_utterances": len(records)}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """A markdown table of pre-formatted cells; `align` has one "l" or "r" per column."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return "\n".join(["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
 def metrics_table(metrics: dict, task: str) -> str:
-    """Markdown table: one row per (test set, system)."""
-    if task == "asr":
-        head = "| test set | system | WER % | real-time factor | utterances |\n|---|---|---:|---:|---:|"
-        rows = [f"| {s} | {name} | {m['wer'] * 100:.1f} | {m['rtf']:.3f} | {m['n']} |"
-                for s, systems in metrics["sets"].items() for name, m in systems.items()]
-    else:
-        head = "| test set | system | BLEU | chrF | real-time factor | utterances |\n|---|---|---:|---:|---:|---:|"
-        rows = [f"| {s} | {name} | {m['bleu']:.1f} | {m['chrf']:.1f} | {m['rtf']:.3f} | {m['n']} |"
-                for s, systems in metrics["sets"].items() for name, m in systems.items()]
-    return "\n".join([head, *rows])
-
-
-def asr_scores(refs: list[str], hyps: list[str], seconds: float, audio_seconds: float) -> dict:
-    out = wer(refs, hyps)
-    return {"wer": out["wer"], "substitutions": out["substitutions"], "deletions": out["deletions"],
-            "insertions": out["insertions"], "ref_words": out["ref_words"], "n": len(refs),
-            "decode_seconds": round(seconds, 3), "audio_seconds": round(audio_seconds, 3),
-            "rtf": seconds / max(audio_seconds, 1e-9)}
-
-
-def st_scores(refs: list[str], hyps: list[str], seconds: float, audio_seconds: float, tgt_lang: str = "de") -> dict:
-    from ..metrics import bleu
-
-    b, c = bleu(refs, hyps, tgt_lang=tgt_lang), chrf(refs, hyps)
-    return {"bleu": b["score"], "chrf": c["score"], "bleu_signature": b.get("signature"), "n": len(refs),
-            "decode_seconds": round(seconds, 3), "audio_seconds": round(audio_seconds, 3),
-            "rtf": seconds / max(audio_seconds, 1e-9)}
+    """Markdown table: one row per (test set, system[, target language]), read from the
+    `system_metrics` dicts in metrics["sets"]."""
+    scores = ["WER %"] if task == "asr" else ["BLEU", "chrF"]
+    rows = []
+    for name, systems in metrics["sets"].items():
+        for system, m in systems.items():
+            for key, s in m.items():
+                if key.split("-")[0] != task or not isinstance(s, dict):
+                    continue
+                label = system if key == task else f"{system} ({key.split('-', 1)[1]})"
+                cells = [f"{s['wer'] * 100:.1f}"] if task == "asr" else [f"{s['bleu']:.1f}", f"{s['chrf']:.1f}"]
+                rows.append([name, label, *cells, f"{m['timing']['real_time_factor']:.3f}", str(s["num_utterances"])])
+    return markdown_table(["test set", "system", *scores, "real-time factor", "utterances"], rows,
+                          "ll" + "r" * (len(scores) + 2))
 
 
 def plot_by_length(records: list[dict], task: str, path: Path, bins: int = 5) -> Path:
@@ -117,5 +138,5 @@ def write_outputs(out_dir: Path, records: list[dict], metrics: dict, task: str) 
     return {"predictions": preds, "metrics": met, "plot": png}
 
 
-__all__ = ["asr_scores", "metrics_table", "normalize_text", "plot_by_length", "side_by_side", "st_scores",
+__all__ = ["decode_timing", "markdown_table", "metrics_table", "plot_by_length", "side_by_side", "system_metrics",
            "write_outputs"]
