@@ -25,7 +25,7 @@ import yaml  # noqa: E402
 from speechwire.encoders.interface import SpeechEncoder  # noqa: E402
 from speechwire.encoders.tiny import save_tiny_whisper  # noqa: E402
 from speechwire.grid import load_grid  # noqa: E402
-from speechwire.grid_runner import run_grid  # noqa: E402
+from speechwire.grid.run import run_grid  # noqa: E402
 from speechwire.tiny import save_tiny_llm  # noqa: E402
 
 

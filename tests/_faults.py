@@ -98,7 +98,7 @@ FORK_SERVER = r"""
 import json, os, signal, sys, time
 import torch
 torch.set_num_threads(1)
-import speechwire.cli, speechwire.train, speechwire.grid_runner, speechwire.model  # warm imports
+import speechwire.cli, speechwire.train, speechwire.grid.run, speechwire.model  # warm imports
 import transformers, accelerate
 out = sys.stdout
 for line in sys.stdin:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from speechwire.analysis import best_by_group, explain, ranking, variance_shares
+from speechwire.grid.analysis import best_by_group, explain, ranking, variance_shares
 
 FACTORS = ["encoder", "adapter", "llm"]
 

@@ -12,7 +12,7 @@ import yaml
 from speechwire.cli import main
 from speechwire.config import ConfigError
 from speechwire.encoders.tiny import save_tiny_whisper
-from speechwire.grid import load_grid, parse_shard, plan
+from speechwire.grid.spec import load_grid, parse_shard, plan
 from speechwire.tiny import save_tiny_llm
 
 from pipeline import mustc_manifest

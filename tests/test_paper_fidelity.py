@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from speechwire.config import ConfigError, ExperimentConfig, available_presets, load_config
-from speechwire.grid import load_grid, plan, run_config
+from speechwire.grid.spec import load_grid, plan, run_config
 from speechwire.model import SpeechLLM
 
 from conftest import TINY_ADAPTER, ToyEncoder, make_batch, select

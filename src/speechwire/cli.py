@@ -131,6 +131,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .grid import dry_run, load_grid, run_grid
+    from .grid.spec import output_root, parse_shard
+
+    spec = load_grid(args.grid)
+    shard = parse_shard(args.shard)
+    if args.dry_run:
+        dry_run(spec, args.out, shard, probe=not args.no_probe)
+        return 0
+    results = run_grid(spec, args.out, shard, use_cache=not args.no_cache, progress=not args.quiet)
+    out = output_root(spec, args.out)
+    print(f"{len(results)} run(s) finished in {out}; next: speechwire report {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .grid import write_report
+
+    path = write_report(args.grid_dir, plots=not args.no_plots)
+    print(f"wrote {path}, {path.parent / 'results.csv'}, {path.parent / 'results.json'}")
+    return 0
+
+
+def cmd_cache_build(args: argparse.Namespace) -> int:
+    """Encode every manifest of CONFIG (+ --manifest) into data.feature_cache, once per clip."""
+    from .config import load_config, resolve_device
+    from .data import load_manifest
+    from .features import prepare_feature_cache
+
+    cfg = load_config(args.config, args.overrides)
+    manifests = [m for m in (cfg.data.train_manifest, cfg.data.dev_manifest, cfg.data.test_manifest) if m]
+    manifests += args.manifest or []
+    if not manifests:
+        raise ValueError(f"{args.config}: no manifest to encode; set data.train_manifest or pass --manifest")
+    utts = [u for m in manifests for u in load_manifest(m, skip_invalid=cfg.data.skip_invalid)]
+    cache, _ = prepare_feature_cache(cfg, utts, device=resolve_device(cfg.train.device), progress=not args.quiet)
+    print(json.dumps(cache.stats_dict(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="speechwire", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -214,9 +254,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_subparser(sub)
 
-    from .grid_cli import add_grid_subparsers  # grid | report | cache
+    g = sub.add_parser("grid", help="run an SFM x adapter x LLM x task grid (see docs/grid.md)")
+    g.add_argument("grid", help="grid YAML file")
+    g.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
+    g.add_argument("--no-probe", action="store_true", help="with --dry-run: skip the timing probes")
+    g.add_argument("--shard", default=None, help="i/n: run every n-th combination from the i-th (0-based)")
+    g.add_argument("--out", default=None, help="grid folder (default: output_dir of the grid file or runs/NAME)")
+    g.add_argument("--no-cache", action="store_true", help="encode audio in every run (no feature cache)")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_grid)
 
-    add_grid_subparsers(sub)
+    r = sub.add_parser("report", help="report.md, results.csv/json and plots from a grid folder")
+    r.add_argument("grid_dir")
+    r.add_argument("--no-plots", action="store_true")
+    r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("cache", help="frozen-SFM feature cache: `cache build CONFIG`")
+    cb = c.add_subparsers(dest="cache_cmd", required=True).add_parser(
+        "build", help="encode every manifest of CONFIG (+ --manifest) into data.feature_cache")
+    cb.add_argument("config")
+    cb.add_argument("overrides", nargs="*", help="e.g. data.feature_cache=runs/features")
+    cb.add_argument("--manifest", action="append", help="another manifest to encode (repeatable)")
+    cb.add_argument("--quiet", action="store_true")
+    cb.set_defaults(func=cmd_cache_build)
     return p
 
 

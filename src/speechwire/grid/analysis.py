@@ -21,12 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ROLE_LABELS = {"encoder": "SFM", "enc": "SFM", "sfm": "SFM", "llm": "LLM", "adapter": "adapter", "task": "task"}
+from .spec import label
+
 LOWER_IS_BETTER = ("wer", "cer")
-
-
-def label(factor: str) -> str:
-    return ROLE_LABELS.get(factor, factor)
 
 
 def lower_is_better(metric: str) -> bool:

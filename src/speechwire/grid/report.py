@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .analysis import best_by_group, explain, label, lower_is_better, ranking, variance_shares
-from .grid import RUN_FILE, role
+from ..tables import markdown_table
+from .analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
+from .spec import RUN_FILE, label, load_grid, plan, role
 
 METRICS = ("wer", "bleu", "chrf", "comet")
 COST = ("trainable_params", "train_seconds", "peak_memory_gib", "steps")
@@ -59,22 +60,6 @@ def metric_name(col: str) -> str:
     return f"{metric.upper() if metric != 'chrf' else 'chrF'} ({task}, {test})"
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int) and abs(v) >= 10000:
-        return f"{v:,}"
-    return str(v)
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str], headers: list[str] | None = None) -> list[str]:
-    lines = ["| " + " | ".join(headers or cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return lines
-
-
 def analyse(rows: list[dict[str, Any]], factors: list[str]) -> dict[str, Any]:
     """Variance shares, sentences and best adapter per SFM x LLM pair, for every metric column."""
     enc = next((f for f in factors if role(f) == "encoder"), None)
@@ -115,21 +100,21 @@ def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
     for a in analysis.values():
         lines += [f"- {a['sentence']}", f"  {a['ranking']}"]
     lines += ["", "## Results", ""]
-    lines += _table(rows, [c for c in cols if c != "run"], [_short(c) for c in cols if c != "run"])
+    lines += markdown_table(rows, [c for c in cols if c != "run"], [_short(c) for c in cols if c != "run"])
     for col, a in analysis.items():
         lines += ["", f"## {a['name']}", "", "Share of variance (sequential sums of squares, see docs/grid.md):", ""]
         shares = a["shares"]
         share_rows = [{"term": " x ".join(label(f) for f in t["factors"]), "df": t["df"],
                        "share": f"{t['share']:.1%}"} for t in shares["terms"]]
         share_rows.append({"term": "residual", "df": "-", "share": f"{shares['residual_share']:.1%}"})
-        lines += _table(share_rows, ["term", "df", "share"])
+        lines += markdown_table(share_rows, ["term", "df", "share"])
         if shares["dropped"]:
             lines.append(f"\nLeft out (a single level here): {', '.join(shares['dropped'])}.")
         if a["best_adapter"]:
             better = "lowest" if a["lower_is_better"] else "highest"
             lines += ["", f"Best adapter per SFM x LLM pair ({better} mean {a['name']}):", ""]
             keys = [k for k in a["best_adapter"][0] if k not in ("value", "runner_up")]
-            lines += _table(a["best_adapter"], keys + ["value", "runner_up"])
+            lines += markdown_table(a["best_adapter"], keys + ["value", "runner_up"])
     if images:
         lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images]
     lines.append("")
@@ -147,8 +132,6 @@ def _expected_runs(grid_dir: Path) -> int | None:
     if not grid.is_file():
         return None
     try:
-        from .grid import load_grid, plan
-
         return len(plan(load_grid(grid)))
     except Exception:  # the grid file moved or names files missing here: report what exists
         return None

@@ -17,10 +17,13 @@ built under its own lock. `grid_events.jsonl` logs who started and finished what
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
+import math
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .files import append_line, fault_point, read_text, try_lock, write_atomic
-from .grid import (RUN_FILE, GridSpec, Run, cache_root, count_steps, output_root, plan, probe_eval_seconds_per_item,
-                   probe_seconds_per_step, role, run_config, run_status, test_manifests, write_task_manifests)
+from ..config import ExperimentConfig
+from ..tables import markdown_table
+from ..files import append_line, fault_point, read_text, try_lock, write_atomic
+from .spec import (RUN_FILE, GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status, test_manifests,
+                   write_task_manifests)
 
 EVENTS = "grid_events.jsonl"  # one line per run start/finish and cache build, from every worker
 
@@ -91,9 +96,9 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
         encoder level -> SFM real-time factor (seconds of encoding per second of audio); with the
         cache off it is 0 (evaluation from audio already includes the SFM).
     """
-    from .data import load_manifest
-    from .encoders import build_encoder
-    from .features import FeatureCache
+    from ..data import load_manifest
+    from ..encoders import build_encoder
+    from ..features import FeatureCache
 
     rtf: dict[str, float] = {}
     by_encoder: dict[str, list[Run]] = {}
@@ -159,11 +164,11 @@ class _LengthMeter:
 
 def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: float, progress: bool = False) -> dict:
     """Train (resuming) then evaluate one combination; returns what grid_run.json holds."""
-    from .data import load_manifest
-    from .evaluate import evaluate_utterances
-    from .features import FeatureCache
-    from .model import SpeechLLM
-    from .train import train
+    from ..data import load_manifest
+    from ..evaluate import evaluate_utterances
+    from ..features import FeatureCache
+    from ..model import SpeechLLM
+    from ..train import train
 
     cfg = run_config(spec, run, out, cache)
     run_dir = Path(cfg.train.output_dir)
@@ -262,6 +267,71 @@ def _claim_and_run(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_r
     return True
 
 
+# --- cost estimates (--dry-run) --------------------------------------------------------------
+
+
+def count_steps(cfg: ExperimentConfig) -> int | None:
+    """LM-stage optimizer steps of a run (max_steps, or epochs x batches / grad_accum), from durations
+    only; None without a train manifest (the run itself then stops with the config error)."""
+    if cfg.train.max_steps >= 0:
+        return cfg.train.max_steps
+    if not cfg.data.train_manifest:
+        return None
+    from ..data import load_manifest, make_dataloader
+
+    batches = len(make_dataloader(load_manifest(cfg.data.train_manifest), cfg.data, seed=cfg.train.seed))
+    return max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
+
+
+def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | None = None) -> float:
+    """Time `steps` training steps of cfg's stage (train.stage; "align" uses align.* as in
+    training) in a scratch folder, from the feature cache when `cache` holds the whole train set,
+    else from audio (then the SFM's share is included)."""
+    from dataclasses import replace
+
+    from ..data import load_manifest
+    from ..features import FeatureCache
+    from ..train import Trainer, stage_config
+
+    if cache is not None:
+        probe_cfg = replace(cfg, data=replace(cfg.data, feature_cache=cache))
+        train_utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
+        if FeatureCache.for_config(probe_cfg).missing(train_utts):
+            cache = None
+    with tempfile.TemporaryDirectory() as tmp:
+        train = replace(cfg.train, output_dir=tmp, max_steps=steps, save_every=0, eval_every=0, report_to="none",
+                        init_from=None)
+        probe = stage_config(replace(cfg, train=train, data=replace(cfg.data, feature_cache=cache, dev_manifest=None),
+                                     align=replace(cfg.align, steps=steps)))
+        t = Trainer(probe, resume=False, progress=False)
+        t.setup()
+        t0 = time.perf_counter()
+        t.train()  # includes the first step's warm-up and one final save: a slight overestimate
+        return (time.perf_counter() - t0) / steps
+
+
+def probe_eval_seconds_per_item(cfg: ExperimentConfig, manifest: str, items: int = 16,
+                                cache: str | None = None) -> float:
+    """Decode the first `items` utterances of `manifest` with an untrained adapter; seconds per item.
+    An untrained adapter's answers run longer than a trained one's: an upper bound."""
+    from ..data import load_manifest
+    from ..evaluate import evaluate_utterances
+    from ..features import FeatureCache
+    from ..model import SpeechLLM
+
+    utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[:items]
+    fc = None
+    if cache is not None:
+        from dataclasses import replace
+
+        fc = FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
+        fc = None if fc.missing(utts) else fc
+    model = SpeechLLM(cfg, encoder=fc.stub_encoder() if fc else None)
+    t0 = time.perf_counter()
+    evaluate_utterances(model, utts, cfg, None, progress=False, feature_cache=fc)
+    return (time.perf_counter() - t0) / max(1, len(utts))
+
+
 def _level(run: Run, kind: str) -> str:
     return next((lvl for f, lvl in run.levels.items() if role(f) == kind), "-")
 
@@ -269,9 +339,9 @@ def _level(run: Run, kind: str) -> str:
 def _cache_cost(spec: GridSpec, runs: list[Run], out: Path, cache: str | None) -> dict[str, dict[str, float]]:
     """Per SFM level: clips and audio seconds the feature cache still lacks, and the seconds to
     encode them (the SFM's real-time factor from the cache's timing file, else from 8 clips)."""
-    from .data import load_manifest, utterance_duration
-    from .encoders import build_encoder
-    from .features import FeatureCache
+    from ..data import load_manifest, utterance_duration
+    from ..encoders import build_encoder
+    from ..features import FeatureCache
 
     costs: dict[str, dict[str, float]] = {}
     for level in dict.fromkeys(_encoder_level(r) for r in runs):
@@ -304,7 +374,7 @@ def _cache_cost(spec: GridSpec, runs: list[Run], out: Path, cache: str | None) -
 
 def _eval_items(spec: GridSpec, run: Run, out: Path, cfg: Any) -> int:
     """Utterances a run decodes with the LLM: every test set, plus the LM stage's final dev score."""
-    from .data import load_manifest
+    from ..data import load_manifest
 
     n = sum(len(load_manifest(m)[: spec.test_max_items]) for m in test_manifests(spec, run, out).values())
     if cfg.data.dev_manifest:
@@ -344,19 +414,18 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
             tests = test_manifests(spec, r, out)
             if tests and llm not in eval_probe:
                 eval_probe[llm] = probe_eval_seconds_per_item(cfg, next(iter(tests.values())), cache=cache)
-            row.update(est_align=align_steps * align_probe.get(key, 0.0), est_lm=lm_steps * lm_probe.get(key, 0.0),
+            row.update(est_align=align_steps * align_probe.get(key, 0.0), est_lm=(lm_steps or 0) * lm_probe.get(key, 0.0),
                        est_eval=_eval_items(spec, r, out, cfg) * eval_probe.get(llm, 0.0))
             row["est_seconds"] = row["est_align"] + row["est_lm"] + row["est_eval"]
             total += row["est_seconds"]
         rows.append(row)
     print_fn(f"grid {spec.path} -> {out}: {len(runs)} run(s) in shard {shard[0]}/{shard[1]} "
              f"(of {len(plan(spec))}), {len(runs) - len(todo)} done; feature cache: {cache or 'off'}")
-    print_fn("| run | status | align steps | LM steps | est. align | est. LM | est. eval | est. total |")
-    print_fn("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        est = [_fmt_seconds(row[k]) if row.get(k) is not None else "-"
-               for k in ("est_align", "est_lm", "est_eval", "est_seconds")]
-        print_fn(f"| {row['run']} | {row['status']} | {row['align_steps']} | {row['lm_steps']} | {' | '.join(est)} |")
+    cols = ["run", "status", "align_steps", "lm_steps", "est_align", "est_lm", "est_eval", "est_seconds"]
+    shown = [{**row, **{k: _fmt_seconds(row[k]) for k in cols[4:] if row.get(k) is not None}} for row in rows]
+    for line in markdown_table(shown, cols, ["run", "status", "align steps", "LM steps", "est. align", "est. LM",
+                                             "est. eval", "est. total"]):
+        print_fn(line)
     if probe:
         for level, c in cache_cost.items():
             print_fn(f"feature cache {level}: {c['clips']} clip(s) to encode ({c['audio_seconds'] / 3600:.2f} h of "
@@ -377,8 +446,6 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
 
 def replace_stage(cfg: Any, stage: str) -> Any:
     """cfg with train.stage set (its other fields untouched)."""
-    import copy
-
     out = copy.deepcopy(cfg)
     out.train.stage = stage
     return out

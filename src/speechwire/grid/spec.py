@@ -29,20 +29,31 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import math
 import os
 import re
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ExperimentConfig, apply_presets, check_names, from_dict, parse_yaml, read_yaml
-from .errors import unknown_name
+from ..config import ConfigError, ExperimentConfig, apply_presets, check_names, from_dict, parse_yaml, read_yaml
+from ..errors import unknown_name
 
-ROLES = {"encoder": ("encoder", "enc", "sfm"), "adapter": ("adapter",), "llm": ("llm",), "task": ("task",)}
-DEFAULT_KEY = {"encoder": "encoder.model", "adapter": "adapter.name", "llm": "llm.model"}
+@dataclass(frozen=True)
+class Role:
+    """What the runner and the report know of a factor: its names in grid files, its label in
+    reports, and the config key a plain level name sets."""
+
+    names: tuple[str, ...]
+    label: str
+    default_key: str | None
+
+
+ROLES = {
+    "encoder": Role(("encoder", "enc", "sfm"), "SFM", "encoder.model"),
+    "adapter": Role(("adapter",), "adapter", "adapter.name"),
+    "llm": Role(("llm",), "LLM", "llm.model"),
+    "task": Role(("task",), "task", None),
+}
 GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", "exclude", "test_sets",
              "test_max_items", "feature_cache", "output_dir"}
 RUN_FILE = "grid_run.json"
@@ -50,7 +61,13 @@ RUN_FILE = "grid_run.json"
 
 def role(factor: str) -> str | None:
     """"encoder" | "adapter" | "llm" | "task" for the factors the runner and report understand."""
-    return next((r for r, names in ROLES.items() if factor in names), None)
+    return next((r for r, spec in ROLES.items() if factor in spec.names), None)
+
+
+def label(factor: str) -> str:
+    """A factor's name in reports: "SFM" for encoder/enc/sfm, "LLM" for llm, else itself."""
+    r = role(factor)
+    return ROLES[r].label if r else factor
 
 
 @dataclass
@@ -113,7 +130,7 @@ def _task_ok(level: str) -> bool:
 
 
 def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[str, dict[str, Any]]:
-    from .adapters import ADAPTERS
+    from ..adapters import ADAPTERS
 
     where = f"{spec_path.name}: factor {factor!r}"
     if isinstance(values, dict):
@@ -136,8 +153,8 @@ def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[st
                 raise ConfigError(f"{where} value {name!r} is not a task; use asr, st, st-TGT or st-SRC-TGT "
                                   "(e.g. st-en-de), or define it under presets:")
             out[name] = {}
-        elif r in DEFAULT_KEY:
-            out[name] = {DEFAULT_KEY[r]: name}
+        elif r and ROLES[r].default_key:
+            out[name] = {ROLES[r].default_key: name}
         else:
             raise ConfigError(f"{where} value {name!r} is not in presets:; define presets.{name} as dotted overrides")
         adapter = out[name].get("adapter.name")
@@ -154,7 +171,7 @@ def load_grid(path: str | Path) -> GridSpec:
         raise ConfigError(f"{path}: top level must be a mapping with factors: (and base:, test_sets:, ...)")
     unknown = sorted(str(k) for k in set(raw) - GRID_KEYS)
     if unknown:
-        from .errors import did_you_mean
+        from ..errors import did_you_mean
 
         sections = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"preset"}
         if set(unknown) <= sections:
@@ -353,7 +370,7 @@ def keep_task(u: Any, task: str) -> bool:
 
 def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
     """Per task level: the base manifests' items of that task, written once under <out>/manifests/."""
-    from .data import load_manifest, write_manifest
+    from ..data import load_manifest, write_manifest
 
     base_data = spec.base.get("data", {})
     sources = {k: spec.overrides.get(f"data.{k}", base_data.get(k)) for k in ("train_manifest", "dev_manifest")}
@@ -377,62 +394,3 @@ def run_status(run_dir: Path) -> str:
     if (run_dir / "train_summary.json").is_file():
         return "trained"
     return "partial" if (run_dir / "checkpoints").is_dir() else "todo"
-
-
-def count_steps(cfg: ExperimentConfig) -> int:
-    """LM-stage optimizer steps of a run (max_steps, or epochs x batches / grad_accum), from durations only."""
-    if cfg.train.max_steps >= 0:
-        return cfg.train.max_steps
-    from .data import load_manifest, make_dataloader
-
-    batches = len(make_dataloader(load_manifest(cfg.data.train_manifest), cfg.data, seed=cfg.train.seed))
-    return max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
-
-
-def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | None = None) -> float:
-    """Time `steps` training steps of cfg's stage (train.stage; "align" uses align.* as in
-    training) in a scratch folder, from the feature cache when `cache` holds the whole train set,
-    else from audio (then the SFM's share is included)."""
-    from dataclasses import replace
-
-    from .data import load_manifest
-    from .features import FeatureCache
-    from .train import Trainer, stage_config
-
-    if cache is not None:
-        probe_cfg = replace(cfg, data=replace(cfg.data, feature_cache=cache))
-        train_utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
-        if FeatureCache.for_config(probe_cfg).missing(train_utts):
-            cache = None
-    with tempfile.TemporaryDirectory() as tmp:
-        train = replace(cfg.train, output_dir=tmp, max_steps=steps, save_every=0, eval_every=0, report_to="none",
-                        init_from=None)
-        probe = stage_config(replace(cfg, train=train, data=replace(cfg.data, feature_cache=cache, dev_manifest=None),
-                                     align=replace(cfg.align, steps=steps)))
-        t = Trainer(probe, resume=False, progress=False)
-        t.setup()
-        t0 = time.perf_counter()
-        t.train()  # includes the first step's warm-up and one final save: a slight overestimate
-        return (time.perf_counter() - t0) / steps
-
-
-def probe_eval_seconds_per_item(cfg: ExperimentConfig, manifest: str, items: int = 16,
-                                cache: str | None = None) -> float:
-    """Decode the first `items` utterances of `manifest` with an untrained adapter; seconds per item.
-    An untrained adapter's answers run longer than a trained one's: an upper bound."""
-    from .data import load_manifest
-    from .evaluate import evaluate_utterances
-    from .features import FeatureCache
-    from .model import SpeechLLM
-
-    utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[:items]
-    fc = None
-    if cache is not None:
-        from dataclasses import replace
-
-        fc = FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
-        fc = None if fc.missing(utts) else fc
-    model = SpeechLLM(cfg, encoder=fc.stub_encoder() if fc else None)
-    t0 = time.perf_counter()
-    evaluate_utterances(model, utts, cfg, None, progress=False, feature_cache=fc)
-    return (time.perf_counter() - t0) / max(1, len(utts))
