@@ -32,8 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig
-from ..tables import markdown_table
 from ..files import append_line, fault_point, read_text, try_lock, write_atomic
+from ..memory import peak_memory_gib, reset_peak_memory
+from ..tables import markdown_table
 from .spec import (RUN_FILE, GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status, test_manifests,
                    write_task_manifests)
 
@@ -58,32 +59,6 @@ def log_event(out: Path, event: str, **fields: Any) -> None:
 def read_result(path: Path) -> dict:
     """A finished run's grid_run.json (written atomically, so whole or absent)."""
     return json.loads(read_text(path, "grid result"))
-
-
-# --- memory -------------------------------------------------------------------------------------
-
-
-def reset_peak_memory() -> None:
-    """GPU: reset the allocator's peak; CPU (Linux): reset the process's peak RSS (VmHWM)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_memory_gib() -> float | None:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 2**20, 3)  # kB -> GiB
-    except OSError:
-        pass
-    return None
 
 
 # --- caches -------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ExperimentConfig, apply_presets, check_names, from_dict, parse_yaml, read_yaml
+from ..config import (ConfigError, ExperimentConfig, apply_presets, check_names, flatten, from_dict, parse_yaml,
+                      read_yaml)
 from ..errors import unknown_name
 
 @dataclass(frozen=True)
@@ -98,17 +99,6 @@ class GridSpec:
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k in ("encoder", "adapter", "llm", "data", "train", "eval") and not prefix:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _dotted(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -122,7 +112,7 @@ def _dotted(value: Any, where: str) -> dict[str, Any]:
         return out
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a mapping of dotted keys (e.g. train.lr: 1e-4) or a list of key=value")
-    return _flatten(value)
+    return flatten(value)
 
 
 def _task_ok(level: str) -> bool:
