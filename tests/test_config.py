@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 
-from speechwire.config import (DTYPES, ConfigError, ExperimentConfig, apply_overrides, flatten, load_config,
-                               resolve_device, save_config, torch_dtype)
+from speechwire import config as config_module
+from speechwire.config import (DTYPES, AdapterFieldWarning, ConfigError, ExperimentConfig, apply_overrides, flatten,
+                               load_config, resolve_device, save_config, torch_dtype, unread_adapter_fields)
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")
+CONFIGS_DIR = Path(__file__).parents[1] / "configs"
+CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*.yaml")
                  if not p.stem.endswith("_grid"))  # grid files: tests/test_grid.py
 
 
@@ -100,3 +103,65 @@ def test_torch_dtype_names():
     assert [torch_dtype(n) for n in DTYPES] == [torch.float32, torch.bfloat16, torch.float16]
     with pytest.raises(ConfigError, match=r"dtype='fp8' must be one of \['bfloat16', 'float16', 'float32'\]"):
         torch_dtype("fp8")
+
+
+# --- fields the chosen adapter does not read ----------------------------------------------------
+
+
+@pytest.fixture()
+def fresh_warnings(monkeypatch):
+    """Forget what earlier tests were warned about (each warning is given once per process)."""
+    monkeypatch.setattr(config_module, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def _adapter_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, AdapterFieldWarning)]
+
+
+def test_field_for_another_adapter_warns_once(fresh_warnings):
+    for _ in range(2):
+        cfg = load_config(None, ["adapter.name=base", "adapter.conv_kernel=5", "adapter.qformer_layers=2"])
+    assert cfg.adapter.conv_kernel == 5  # still loads: a warning, not an error
+    assert _adapter_warnings(fresh_warnings) == [
+        "overrides: the base adapter does not read adapter.conv_kernel=5 (read by conv), "
+        "adapter.qformer_layers=2 (read by wlqformer); they have no effect: remove them or pick an adapter "
+        "that reads them"]
+
+
+def test_field_for_the_right_adapter_does_not_warn(fresh_warnings):
+    load_config(None, ["adapter.name=conv", "adapter.conv_kernel=5", "adapter.hidden_size=64", "adapter.num_heads=4"])
+    load_config(None, ["adapter.name=mlp", "adapter.stack=4", "adapter.hidden_size=64", "adapter.dropout=0.1"])
+    assert _adapter_warnings(fresh_warnings) == []  # dropout=0.1 is the default: not set, nothing to say
+
+
+def test_file_names_itself_and_the_readers(tmp_path, fresh_warnings):
+    p = tmp_path / "x.yaml"
+    p.write_text("adapter:\n  name: linear\n  hidden_size: 64\n  ctc_keep_blanks: false\n")
+    load_config(p)
+    (msg,) = _adapter_warnings(fresh_warnings)
+    assert msg.startswith(f"{p}: the linear adapter does not read adapter.hidden_size=64 (read by base, cif, conv, "
+                          "ctc, mlp, wlqformer), adapter.ctc_keep_blanks=false (read by ctc)")
+
+
+@pytest.mark.parametrize("adapter", ["base", "conv", "cif", "ctc", "wlqformer", "mlp", "linear"])
+def test_shipped_configs_and_presets_do_not_warn(adapter, fresh_warnings):
+    # the paper preset sets every adapter's fields at once: what a preset sets is not checked
+    load_config(CONFIGS_DIR / "paper_mustc.yaml", [f"adapter.name={adapter}"])
+    load_config(None, ["preset=paper", f"adapter.name={adapter}"])
+    assert _adapter_warnings(fresh_warnings) == []
+
+
+def test_shipped_configs_and_checkpoints_do_not_warn(fresh_warnings):
+    assets = Path(config_module.__file__).parent / "assets"
+    for path in [*CONFIGS, *sorted(assets.glob("demo_*/config.yaml"))]:
+        load_config(path)
+    assert _adapter_warnings(fresh_warnings) == []
+
+
+def test_unread_adapter_fields_of_a_whole_section(fresh_warnings):
+    cfg = load_config(None, ["adapter.name=cif", "adapter.conv_final_relu=false", "adapter.cif_tail_rescale=true"])
+    assert unread_adapter_fields(cfg.adapter) == ["conv_final_relu"]
+    assert unread_adapter_fields(cfg.adapter, keys=["cif_tail_rescale"]) == []

@@ -11,9 +11,12 @@ to the authors' values (`apply_presets`; the list is in docs/adapters.md, "Paper
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 import typing
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,10 @@ import yaml
 
 class ConfigError(ValueError):
     """One or more invalid configuration values; the message lists every problem."""
+
+
+class AdapterFieldWarning(UserWarning):
+    """A config sets adapter fields that its adapter does not read: they have no effect."""
 
 
 def _check(problems: list[str], section: str) -> None:
@@ -55,7 +62,9 @@ class EncoderConfig:
 
 @dataclass
 class AdapterConfig:
-    """The trainable adapter between SFM and LLM. Fields unused by the chosen adapter are ignored."""
+    """The trainable adapter between SFM and LLM. Each adapter reads only some fields (its
+    `config_fields`, docs/adapters.md); one it does not read has no effect, and a config file or
+    override that sets it gets an AdapterFieldWarning (`warn_unread_adapter_fields`)."""
 
     name: str = "base"  # base | mlp | linear | conv | cif | ctc | wlqformer
     hidden_size: int = 768  # transformer width (BERT-style layers, no positional encoding)
@@ -440,12 +449,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: top level must be a mapping of sections (encoder:, adapter:, llm:, ...), "
                               f"got {type(data).__name__}")
     apply_overrides(data, overrides or [])
+    written = set(data["adapter"]) if isinstance(data.get("adapter"), dict) else set()  # not the preset's
     try:
         data = apply_presets(data, path.parent if path else None)
         check_names(data)
-        return from_dict(ExperimentConfig, data)
+        cfg = from_dict(ExperimentConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+    warn_unread_adapter_fields(cfg.adapter, written, where=str(path) if path else "overrides")
+    return cfg
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
@@ -491,6 +503,45 @@ def check_names(data: dict) -> None:
         name = node.get("name") if isinstance(node, dict) else None
         if isinstance(name, str) and name not in registry:
             raise ConfigError(unknown_name(registry.kind, name, registry.available(), f"{section}.name"))
+
+
+def unread_adapter_fields(adapter: AdapterConfig, keys: Iterable[str] | None = None) -> list[str]:
+    """The fields among `keys` (default: all) that differ from their default but that the adapter
+    `adapter.name` does not read (each adapter class lists its `config_fields`)."""
+    from .adapters import config_fields
+
+    reads, keys = set(config_fields(adapter.name)), None if keys is None else set(keys)
+    return [f.name for f in dataclasses.fields(AdapterConfig)
+            if (keys is None or f.name in keys) and f.name not in reads and getattr(adapter, f.name) != f.default]
+
+
+_WARNED: set[tuple] = set()  # (adapter, fields and values) already reported in this process
+
+
+def warn_unread_adapter_fields(adapter: AdapterConfig, keys: Iterable[str] | None = None, where: str = "") -> list[str]:
+    """Warn (AdapterFieldWarning) about `unread_adapter_fields(adapter, keys)`, once per process for
+    each adapter and set of values; a warning, not an error, because one file may set fields for
+    several adapters (a grid's common overrides). Returns those fields.
+
+    Args:
+        adapter: the config section.
+        keys: the fields the user wrote (config file, overrides); None: every field.
+        where: the file (or "overrides") the message names.
+    """
+    from .adapters import config_fields
+    from .registry import ADAPTERS
+
+    unread = unread_adapter_fields(adapter, keys)
+    seen = (adapter.name, tuple((k, repr(getattr(adapter, k))) for k in unread))
+    if unread and seen not in _WARNED:
+        _WARNED.add(seen)
+        items = [f"adapter.{k}={json.dumps(getattr(adapter, k))} (read by "
+                 f"{', '.join(n for n in ADAPTERS.available() if k in config_fields(n))})" for k in unread]
+        it, it_has = ("it", "it has") if len(unread) == 1 else ("them", "they have")
+        warnings.warn(f"{where + ': ' if where else ''}the {adapter.name} adapter does not read {', '.join(items)}; "
+                      f"{it_has} no effect: remove {it} or pick an adapter that reads {it}", AdapterFieldWarning,
+                      stacklevel=3)
+    return unread
 
 
 # --- presets ----------------------------------------------------------------------------------

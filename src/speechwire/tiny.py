@@ -69,10 +69,14 @@ def save_tiny_llm(
 
 
 def tiny_experiment_overrides(encoder_dir: Path, llm_dir: Path, adapter: str = "base", encoder: str = "whisper") -> list[str]:
-    """Dotted overrides that shrink every part of an ExperimentConfig to test size."""
+    """Dotted overrides that shrink every part of an ExperimentConfig to test size (for the adapter,
+    only the fields it reads: others would draw an AdapterFieldWarning)."""
+    from .adapters import config_fields
+
+    small = {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "ffn_size": 64, "dropout": 0.0, "qformer_layers": 1}
+    reads = config_fields(adapter)
     return [
         f"encoder.name={encoder}", f"encoder.model={encoder_dir}",
         f"llm.model={llm_dir}",
-        f"adapter.name={adapter}", "adapter.hidden_size=32", "adapter.num_layers=1", "adapter.num_heads=4",
-        "adapter.ffn_size=64", "adapter.dropout=0.0", "adapter.qformer_layers=1",
+        f"adapter.name={adapter}", *(f"adapter.{k}={v}" for k, v in small.items() if k in reads),
     ]

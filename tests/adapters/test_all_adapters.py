@@ -100,3 +100,35 @@ def test_wrong_encoder_width_is_a_clear_error(name):
     x, lens = make_batch([10, 5], d=D_ENC + 1)
     with pytest.raises(ValueError, match=rf"{name} adapter: speech encoder width {D_ENC + 1} does not match"):
         adapter(x, lens)
+
+
+# model.py reads these for the adapter (the output scale; CIF target counts and CTC labels)
+READ_BY_THE_MODEL = {"match_output_scale", "targets_add_special_tokens"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_fields_are_the_fields_it_reads(name):
+    """Each adapter's `config_fields` (what the unread-field warning trusts) is what it reads."""
+    import dataclasses
+
+    from adapter_helpers import tiny_ctx, tiny_cfg
+
+    from speechwire.adapters import build_adapter, config_fields
+    from speechwire.config import AdapterConfig
+
+    names = {f.name for f in dataclasses.fields(AdapterConfig)}
+
+    class Recording(AdapterConfig):
+        def __getattribute__(self, key):
+            if key in names:
+                object.__getattribute__(self, "__dict__").setdefault("_read", set()).add(key)
+            return object.__getattribute__(self, key)
+
+    cfg = Recording(**dataclasses.asdict(tiny_cfg(name, init_std=0.02, cif_tail_rescale=True)))
+    cfg.__dict__["_read"] = set()  # __post_init__'s checks read every field: not counted
+    adapter = build_adapter(cfg, tiny_ctx())
+    x, lens = make_batch([30, 17])
+    adapter.train()(x, lens, make_targets(lens))
+    with torch.no_grad():
+        adapter.eval()(x, lens)
+    assert cfg.__dict__["_read"] | (READ_BY_THE_MODEL & set(config_fields(name))) | {"name"} == set(config_fields(name))

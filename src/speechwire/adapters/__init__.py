@@ -5,7 +5,7 @@ Importing this package registers every adapter; `build_adapter` picks one by nam
 
 from ..config import AdapterConfig
 from ..registry import ADAPTERS
-from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, lengths_to_mask
+from .interface import COMMON_CONFIG_FIELDS, Adapter, AdapterContext, AdapterOutput, AdapterTargets, lengths_to_mask
 from . import projector  # noqa: F401  (registers base, mlp, linear)
 from . import cif, conv, ctc, wlqformer  # noqa: F401  (registers the paper's other adapters)
 
@@ -14,4 +14,10 @@ def build_adapter(cfg: AdapterConfig, ctx: AdapterContext) -> Adapter:
     return ADAPTERS.get(cfg.name)(cfg, ctx)
 
 
-__all__ = ["Adapter", "AdapterContext", "AdapterOutput", "AdapterTargets", "build_adapter", "lengths_to_mask"]
+def config_fields(name: str) -> tuple[str, ...]:
+    """The AdapterConfig fields adapter `name` reads, the common ones first; unknown names raise ValueError."""
+    return COMMON_CONFIG_FIELDS + ADAPTERS.get(name).config_fields
+
+
+__all__ = ["Adapter", "AdapterContext", "AdapterOutput", "AdapterTargets", "build_adapter", "config_fields",
+           "lengths_to_mask"]

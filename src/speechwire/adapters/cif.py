@@ -47,7 +47,7 @@ from .interface import (
     compression_ratio,
     lengths_to_mask,
 )
-from .transformer import TransformerStack
+from .transformer import STACK_FIELDS, TransformerStack
 
 FIRE_EPS = 1e-4  # slack on floor(S / beta): sums that are an integer up to rounding fire that integer
 
@@ -138,6 +138,8 @@ class CIFAdapter(Adapter):
     """
 
     deterministic_length = False
+    config_fields = ("cif_threshold", "cif_tail_threshold", "cif_tail_rescale", "quantity_loss_weight",
+                     "targets_add_special_tokens", *STACK_FIELDS)  # model.py counts the targets
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(cfg, ctx)

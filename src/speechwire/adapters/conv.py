@@ -23,7 +23,7 @@ from torch import nn
 from ..config import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
-from .transformer import TransformerStack
+from .transformer import STACK_FIELDS, TransformerStack
 
 
 def conv_output_length(lengths: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
@@ -64,6 +64,7 @@ class ConvAdapter(Adapter):
     """
 
     deterministic_length = True
+    config_fields = ("conv_layers", "conv_kernel", "conv_stride", "conv_final_relu", *STACK_FIELDS)
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(cfg, ctx)

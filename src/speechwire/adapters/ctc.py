@@ -39,7 +39,7 @@ from .interface import (
     compression_ratio,
     lengths_to_mask,
 )
-from .transformer import TransformerStack
+from .transformer import STACK_FIELDS, TransformerStack
 
 
 def segment_ids(
@@ -94,6 +94,8 @@ class CTCAdapter(Adapter):
     """
 
     deterministic_length = False
+    config_fields = ("ctc_loss_weight", "ctc_blank_id", "ctc_keep_blanks", "targets_add_special_tokens",
+                     *STACK_FIELDS)  # model.py makes the labels
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(cfg, ctx)

@@ -59,10 +59,17 @@ def compression_ratio(lengths: torch.Tensor, out_lengths: torch.Tensor) -> float
     return float(lengths.sum()) / float(out_lengths.sum())
 
 
+# AdapterConfig fields that count for every adapter (model.py reads match_output_scale)
+COMMON_CONFIG_FIELDS = ("name", "match_output_scale")
+
+
 class Adapter(nn.Module):
-    """Base class. Subclasses set `deterministic_length` and implement forward/output_length."""
+    """Base class. Subclasses set `deterministic_length` and `config_fields` and implement forward/output_length."""
 
     deterministic_length: bool = True
+    # the AdapterConfig fields this adapter reads besides COMMON_CONFIG_FIELDS; a config that sets
+    # another one gets an AdapterFieldWarning (config.warn_unread_adapter_fields)
+    config_fields: tuple[str, ...] = ()
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__()

@@ -14,11 +14,13 @@ from torch import nn
 from ..config import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
-from .transformer import TransformerStack
+from .transformer import STACK_FIELDS, TransformerStack
 
 
 @ADAPTERS.register("base")
 class BaseAdapter(Adapter):
+    config_fields = STACK_FIELDS
+
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(cfg, ctx)
         self.stack = TransformerStack(cfg, ctx.in_dim, ctx.out_dim)
@@ -67,8 +69,10 @@ class _Projector(Adapter):
 @ADAPTERS.register("mlp")
 class MLPAdapter(_Projector):
     hidden_layers = 1
+    config_fields = ("stack", "hidden_size")
 
 
 @ADAPTERS.register("linear")
 class LinearAdapter(_Projector):
     hidden_layers = 0
+    config_fields = ("stack",)

@@ -22,6 +22,11 @@ from ..config import AdapterConfig
 from .interface import lengths_to_mask
 
 
+# the AdapterConfig fields TransformerStack reads (the adapters built on it add these to theirs)
+STACK_FIELDS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "dropout", "init_std", "layer_norm_eps",
+                "bert_dropout")
+
+
 def bert_init_(module: nn.Module, std: float) -> None:
     """BERT's init on every Linear, MultiheadAttention and LayerNorm inside `module`, in place:
     weights ~ normal(0, std), biases 0, LayerNorm weight 1 / bias 0."""

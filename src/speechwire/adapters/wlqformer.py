@@ -67,6 +67,8 @@ class WLQFormerAdapter(Adapter):
     """
 
     deterministic_length = True
+    config_fields = ("window_seconds", "queries_per_window", "qformer_layers", "hidden_size", "num_heads", "ffn_size",
+                     "dropout", "init_std", "layer_norm_eps", "bert_dropout")
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(cfg, ctx)
