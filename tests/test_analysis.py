@@ -66,3 +66,19 @@ def test_best_adapter_per_pair_respects_metric_direction():
         r["bleu"] = r.pop("wer")
     best = best_by_group(rows, ["encoder", "llm"], "adapter", "bleu")
     assert {(b["encoder"], b["adapter"]) for b in best} == {("e0", "a4"), ("e1", "a0")}
+
+
+def test_seed_noise_sets_replicates_beside_factor_effects():
+    from speechwire.grid.report import seed_noise
+
+    rows = [{"encoder": e, "adapter": a, "seed": s, "wer": w} for e, a, s, w in [
+        ("tiny", "mlp", 0, 0.50), ("tiny", "mlp", 1, 0.54), ("tiny", "conv", 0, 1.0), ("tiny", "conv", 1, 0.98),
+        ("base", "mlp", 0, 0.40), ("base", "conv", 0, 1.0)]]
+    noise = seed_noise(rows, ["encoder", "adapter"], "wer")
+    assert noise["cells"] == 2
+    assert noise["mean_abs_diff"] == pytest.approx(0.03)
+    assert noise["max_abs_diff"] == pytest.approx(0.04)
+    # pooled within-cell SD: sqrt((2 * 0.02^2 + 2 * 0.01^2) / 2)
+    assert noise["pooled_sd"] == pytest.approx((0.02 ** 2 + 0.01 ** 2) ** 0.5)
+    assert noise["effect_range"]["adapter"] == pytest.approx(2.98 / 3 - 1.44 / 3)  # level means over all rows
+    assert seed_noise([r for r in rows if r["seed"] == 0], ["encoder", "adapter"], "wer") is None

@@ -43,14 +43,65 @@ def collect(grid_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
                             row[f"{test}:{task}.{metric}"] = m[metric]
             row[f"{test}:compression"] = t.get("compression")
             row[f"{test}:rtf"] = t.get("rtf")
+        best = (res.get("align") or {}).get("best_dev") or {}
+        if best.get("value") is not None:  # the alignment stage's own dev score (CTC greedy path, no LLM)
+            row[f"align_dev:{best.get('metric', 'metric')}"] = best["value"]
+        row["_cache"] = [c for c in ((res.get("align") or {}).get("feature_cache"), res.get("feature_cache")) if c]
         rows.append(row)
     return rows, factors
+
+
+def seed_noise(rows: list[dict[str, Any]], factors: list[str], metric: str) -> dict[str, Any] | None:
+    """Seed noise of `metric` beside the factor effects: runs equal in every factor level but the
+    seed form cells; the pooled within-cell SD, the mean |difference| of seed pairs, and per factor
+    the range of its level means over the rows holding the metric."""
+    import numpy as np
+
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            cells.setdefault(tuple(str(r.get(f)) for f in factors), []).append(float(r[metric]))
+    repeated = [v for v in cells.values() if len(v) > 1]
+    if not repeated:
+        return None
+    dof = sum(len(v) - 1 for v in repeated)
+    pooled = float(np.sqrt(sum(((np.array(v) - np.mean(v)) ** 2).sum() for v in repeated) / dof))
+    diffs = [abs(v[i] - v[j]) for v in repeated for i in range(len(v)) for j in range(i + 1, len(v))]
+    ranges = {}
+    for f in factors:
+        means = {}
+        for r in rows:
+            if r.get(metric) is not None:
+                means.setdefault(str(r.get(f)), []).append(float(r[metric]))
+        if len(means) > 1:
+            level_means = [float(np.mean(v)) for v in means.values()]
+            ranges[f] = max(level_means) - min(level_means)
+    return {"cells": len(repeated), "pooled_sd": pooled, "mean_abs_diff": float(np.mean(diffs)),
+            "max_abs_diff": float(max(diffs)), "effect_range": ranges}
+
+
+def cache_summary(rows: list[dict[str, Any]], factors: list[str]) -> list[dict[str, Any]]:
+    """Per SFM level: feature-cache reads, hits and misses (SFM passes inside runs) over its runs."""
+    enc = next((f for f in factors if role(f) == "encoder"), None)
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        level = str(r.get(enc)) if enc else "-"
+        o = out.setdefault(level, {"sfm": level, "runs": 0, "reads": 0, "hits": 0, "misses": 0})
+        o["runs"] += 1
+        for c in r.get("_cache", []):
+            for k in ("reads", "hits", "misses"):
+                o[k] += int(c.get(k) or 0)
+    for o in out.values():
+        looked = o["hits"] + o["misses"]
+        o["hit_rate"] = f"{o['hits'] / looked:.1%}" if looked else "-"
+    return list(out.values())
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     cols: list[str] = []
     for r in rows:
-        cols += [k for k in r if ":" in k and k.rsplit(".", 1)[-1] in METRICS and k not in cols]
+        cols += [k for k in r if ":" in k and k.rsplit(".", 1)[-1] in METRICS and k not in cols
+                 and not k.startswith("align_dev:")]
     return cols
 
 
@@ -72,7 +123,8 @@ def analyse(rows: list[dict[str, Any]], factors: list[str]) -> dict[str, Any]:
         group = [f for f in (enc, llm) if f]
         best = best_by_group(rows, group, adapter, col) if adapter and group else []
         out[col] = {"name": name, "shares": shares, "sentence": explain(shares, name),
-                    "ranking": ranking(shares, name), "best_adapter": best, "lower_is_better": lower_is_better(col)}
+                    "ranking": ranking(shares, name), "best_adapter": best, "lower_is_better": lower_is_better(col),
+                    "seed_noise": seed_noise(rows, factors, col)}
     return out
 
 
@@ -82,6 +134,7 @@ def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
     rows, factors = collect(grid_dir)
     analysis = analyse(rows, factors)
     cols = ["run", *factors, "seed"] + metric_columns(rows)
+    cols += sorted({k for r in rows for k in r if k.startswith("align_dev:")})
     cols += sorted({k for r in rows for k in r if k.endswith((":compression", ":rtf"))}) + list(COST)
     with open(grid_dir / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -99,6 +152,8 @@ def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
     lines += ["", "## What matters", ""]
     for a in analysis.values():
         lines += [f"- {a['sentence']}", f"  {a['ranking']}"]
+        if a["seed_noise"]:
+            lines.append(f"  {_noise_sentence(a['seed_noise'], a['name'])}")
     lines += ["", "## Results", ""]
     lines += markdown_table(rows, [c for c in cols if c != "run"], [_short(c) for c in cols if c != "run"])
     for col, a in analysis.items():
@@ -115,12 +170,25 @@ def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
             lines += ["", f"Best adapter per SFM x LLM pair ({better} mean {a['name']}):", ""]
             keys = [k for k in a["best_adapter"][0] if k not in ("value", "runner_up")]
             lines += markdown_table(a["best_adapter"], keys + ["value", "runner_up"])
+    caches = cache_summary(rows, factors)
+    if any(c["reads"] for c in caches):
+        lines += ["", "## Feature cache", "", "Reads of cached SFM outputs by the runs' training stages; a miss is an "
+                  "SFM pass inside a run (the grid encodes every clip once per SFM before the runs):", ""]
+        lines += markdown_table(caches, ["sfm", "runs", "reads", "hits", "misses", "hit_rate"],
+                                ["SFM", "runs", "reads", "hits", "misses (SFM passes)", "hit rate"])
     if images:
         lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images]
     lines.append("")
     report = grid_dir / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _noise_sentence(noise: dict[str, Any], name: str) -> str:
+    ranges = ", ".join(f"{label(f)} {v:.3g}" for f, v in sorted(noise["effect_range"].items(), key=lambda x: -x[1]))
+    return (f"Seed noise of {name} ({noise['cells']} combination(s) run with 2+ seeds): pooled SD "
+            f"{noise['pooled_sd']:.3g}, mean |difference| {noise['mean_abs_diff']:.3g} (max {noise['max_abs_diff']:.3g}); "
+            f"range of the level means per factor: {ranges}.")
 
 
 def _short(col: str) -> str:
