@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from speechwire.config import load_config
+from speechwire.data import Batch
 from speechwire.encoders.tiny import save_tiny_whisper
 from speechwire.model import SpeechLLM
 from speechwire.tiny import save_tiny_llm
@@ -20,12 +21,12 @@ cfg = load_config(None, [
 model = SpeechLLM(cfg)
 
 waves = [np.random.default_rng(i).standard_normal(16000 * (i + 1)).astype(np.float32) * 0.1 for i in range(2)]
-batch = {
-    "audio": torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in waves], batch_first=True),
-    "audio_lengths": torch.tensor([len(w) for w in waves]),
-    "tasks": ["asr", "st"], "src_langs": ["en", "en"], "tgt_langs": [None, "de"],
-    "targets": ["hello world", "hallo welt"], "transcripts": ["hello world", "hello world"],
-}
+batch = Batch(  # what speechwire.data's loaders yield (they also tokenise the text in their workers)
+    audio=torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in waves], batch_first=True),  # (B, S)
+    audio_lengths=torch.tensor([len(w) for w in waves]),  # (B,)
+    tasks=["asr", "st"], src_langs=["en", "en"], tgt_langs=[None, "de"],
+    targets=["hello world", "hallo welt"], transcripts=["hello world", "hello world"],
+)
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 model.train()
 out = model(batch)  # cross-entropy on the target tokens + the adapter's auxiliary loss

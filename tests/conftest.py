@@ -8,11 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import dataclasses
+
 import pytest
 import torch
 
 torch.set_num_threads(1)  # pytest-xdist runs one worker per core; more threads only thrash
 
+from speechwire.data import Batch
 from speechwire.encoders.interface import EncoderOutput, SpeechEncoder, check_waveforms
 from speechwire.tiny import save_tiny_llm
 
@@ -61,26 +64,30 @@ TINY_ADAPTER = ["adapter.hidden_size=32", "adapter.num_layers=1", "adapter.num_h
                 "adapter.ffn_size=64", "adapter.dropout=0.0", "adapter.qformer_layers=1"]
 
 
-def make_batch(lengths, texts, tasks=None, tgt_langs=None, seed=0, transcripts=None):
+def make_batch(lengths, texts, tasks=None, tgt_langs=None, seed=0, transcripts=None) -> Batch:
+    """A Batch of random audio (seeded) with the given texts; no token ids (the model makes them)."""
     g = torch.Generator().manual_seed(seed)
     audio = torch.zeros(len(lengths), max(lengths))
     for i, n in enumerate(lengths):
         audio[i, :n] = torch.randn(n, generator=g) * 0.3
     B = len(lengths)
-    return {"audio": audio, "audio_lengths": torch.tensor(lengths), "targets": list(texts),
-            "transcripts": list(transcripts or texts), "tasks": list(tasks or ["asr"] * B),
-            "src_langs": ["en"] * B, "tgt_langs": list(tgt_langs or [None] * B), "ids": [str(i) for i in range(B)]}
+    return Batch(audio=audio, audio_lengths=torch.tensor(lengths), targets=list(texts),
+                 transcripts=list(transcripts or texts), tasks=list(tasks or ["asr"] * B),
+                 src_langs=["en"] * B, tgt_langs=list(tgt_langs or [None] * B), ids=[str(i) for i in range(B)])
 
 
-def select(batch: dict, idx: list[int]) -> dict:
-    """Sub-batch of items `idx`, re-padded to their own longest audio."""
-    n = int(batch["audio_lengths"][idx].max())
+def select(batch: Batch, idx: list[int]) -> Batch:
+    """Sub-batch of items `idx`, re-padded to their own longest audio (token ids dropped)."""
+    n = int(batch.audio_lengths[idx].max())
     out = {}
-    for k, v in batch.items():
-        if k == "audio":
-            out[k] = v[idx][:, :n]
+    for f in dataclasses.fields(batch):
+        v = getattr(batch, f.name)
+        if v is None or f.name == "tokens":
+            continue
+        if f.name == "audio":
+            out[f.name] = v[idx][:, :n]
         elif torch.is_tensor(v):
-            out[k] = v[idx]
+            out[f.name] = v[idx]
         else:
-            out[k] = [v[i] for i in idx]
-    return out
+            out[f.name] = [v[i] for i in idx]
+    return Batch(**out)

@@ -257,7 +257,7 @@ def test_lm_stage_starts_from_the_aligned_adapter(aligned):
     together = model.generate(collate(items), max_new_tokens=4)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
     hidden = collate(items)
-    out = model._adapt(hidden, hidden["hidden"], hidden["hidden_lengths"])
+    out = model._adapt(hidden, hidden.hidden, hidden.hidden_lengths)
     assert out.lengths.tolist() == [2, 2, 2, 2]  # two letters each, as the aligned head reads them
 
 
@@ -330,7 +330,7 @@ def test_lm_stage_with_posterior_readout_feeds_the_llm_token_embeddings(aligned)
 
     items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(3)]
     batch = collate(items)
-    speech = model._adapt(batch, batch["hidden"], batch["hidden_lengths"])
+    speech = model._adapt(batch, batch.hidden, batch.hidden_lengths)
     table = model.llm.get_input_embeddings().weight.detach()
     vocab = table[model.align_head.vocab_ids]  # (K, d): every output lies in the span of these rows
     coef = torch.linalg.lstsq(vocab.T, speech.embeds[0, : speech.lengths[0]].T).solution

@@ -90,11 +90,11 @@ def test_cached_batches_hold_the_same_items(corpus):
     utts = load_manifest(manifest)
     cache = FeatureCache.for_config(cfg)
     cache.ensure(utts, progress=False)
-    audio = [b["ids"] for b in make_dataloader(utts, cfg.data, seed=0)]
+    audio = [b.ids for b in make_dataloader(utts, cfg.data, seed=0)]
     cached = list(make_dataloader(utts, cfg.data, seed=0, feature_cache=cache))
-    assert audio == [b["ids"] for b in cached]
+    assert audio == [b.ids for b in cached]
     b = cached[0]
-    assert b["hidden"].shape[:2] == (len(b["ids"]), int(b["hidden_lengths"].max()))
+    assert b.hidden.shape[:2] == (len(b.ids), int(b.hidden_lengths.max())) and b.audio is None
     assert isinstance(CachedFeatureDataset(utts, cache)[0]["duration"], float)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -50,8 +52,8 @@ def test_loss_ignores_prompt_audio_and_padding(tiny_llm_dir):
     out = model(batch)
     assert out.num_target_tokens == len(model.prompter.target_ids("abc")) + len(model.prompter.target_ids("defgh"))
     # garbage in the padded tail of the short item changes nothing
-    noisy = {**batch, "audio": batch["audio"].clone()}
-    noisy["audio"][0, 8000:] = 5.0
+    noisy = dataclasses.replace(batch, audio=batch.audio.clone())
+    noisy.audio[0, 8000:] = 5.0
     assert torch.allclose(model(noisy).loss, out.loss, atol=1e-6)
     # labels cover exactly the target tokens: the loss equals a hand-computed CE over them
     hidden, lengths = model.encode_audio(batch)
@@ -116,7 +118,7 @@ def test_generate_from_waveform_list(tiny_llm_dir):
 def test_nan_and_short_audio_are_named(tiny_llm_dir):
     model = build(tiny_llm_dir)
     batch = make_batch([4000, 4000], ["a", "b"])
-    batch["audio"][1, 10] = float("nan")
+    batch.audio[1, 10] = float("nan")
     with pytest.raises(ValueError, match=r"item\(s\) \[1\].*NaN"):
         model(batch)
     with pytest.raises(ValueError, match="minimum"):

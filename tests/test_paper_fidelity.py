@@ -164,7 +164,7 @@ def test_instruction_paraphrases_train_drawn_eval_first(tiny_llm_dir):
         return texts
 
     model.train()
-    assert instructions_seen() == [p.draw_variant("asr", batch["ids"][i], 0) for i in range(6)]
+    assert instructions_seen() == [p.draw_variant("asr", batch.ids[i], 0) for i in range(6)]
     model.eval()
     assert instructions_seen() == [0] * 6
 

@@ -255,19 +255,19 @@ def evaluate_alignment(model, utts, cfg, out_dir=None, progress: bool = False, f
     from .evaluate import eval_loader
     from .metrics import score
 
-    loader, batches = eval_loader(utts, cfg, feature_cache)
+    loader, batches = eval_loader(utts, cfg, feature_cache, model.batch_tokenizer(training=False))
     was_training = model.training
     model.eval()
     refs, hyps, ref_ids, hyp_ids = [], [], [], []
     loss_sum = tokens = oov = 0.0
     try:
         for batch in tqdm(loader, total=len(batches), desc="align dev", disable=not progress):
-            if not batch["ids"]:
+            if not batch.ids:
                 continue  # every item invalid and skipped (data.skip_invalid), as in evaluate
             hidden, lengths = model.encode_audio(batch)
             out = model.adapter(hidden.float(), lengths)
             logits = model.align_head(out.embeds)  # (B, T', K + 1)
-            ids = [model.prompter.text_ids(t or "") for t in batch["transcripts"]]
+            ids = model.with_tokens(batch).tokens.transcripts  # the transcripts' LLM token ids
             labels, label_lengths, dropped = model.align_head.labels(ids)
             n = int(label_lengths.sum())
             loss_sum += float(alignment_loss(logits, out.lengths, labels, label_lengths,
@@ -276,7 +276,7 @@ def evaluate_alignment(model, utts, cfg, out_dir=None, progress: bool = False, f
             decoded = greedy_decode(model.align_head, logits, out.lengths)
             ref_ids += ids
             hyp_ids += decoded
-            refs += [t or "" for t in batch["transcripts"]]
+            refs += [t or "" for t in batch.transcripts]
             hyps += [model.prompter.decode(d) for d in decoded]
     finally:
         model.train(was_training)

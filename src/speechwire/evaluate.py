@@ -13,19 +13,20 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import ExperimentConfig, resolve_device
-from .data import SpeechDataset, Utterance, collate, load_manifest, utterance_duration
+from .data import BatchTokenizer, Collator, SpeechDataset, Utterance, load_manifest, utterance_duration
 from .metrics import score
 from .model import SpeechLLM
 
 
-def eval_loader(utts: list[Utterance], cfg: ExperimentConfig, feature_cache=None) -> tuple[DataLoader, list[list[int]]]:
+def eval_loader(utts: list[Utterance], cfg: ExperimentConfig, feature_cache=None,
+                tokenizer: BatchTokenizer | None = None) -> tuple[DataLoader, list[list[int]]]:
     """Evaluation batches of eval.batch_size utterances sorted by duration (little padding), from
-    the feature cache when one is given, else from the audio; returns the loader and its batches."""
+    the feature cache when one is given, else from the audio, tokenised by `tokenizer` in the
+    DataLoader workers (SpeechLLM.batch_tokenizer(training=False)); returns the loader and its batches."""
     order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
     size = cfg.eval.batch_size
     batches = [order[i:i + size] for i in range(0, len(order), size)]
@@ -35,30 +36,31 @@ def eval_loader(utts: list[Utterance], cfg: ExperimentConfig, feature_cache=None
         ds = CachedFeatureDataset(utts, feature_cache)
     else:
         ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
-    return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.data.num_workers), batches
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collator(tokenizer), num_workers=cfg.data.num_workers)
+    return loader, batches
 
 
 def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,
                          progress: bool = True, feature_cache=None) -> tuple[list[dict], dict]:
     """Decode every utterance; returns one record per utterance (input order) and timing totals.
     With a speechwire.features.FeatureCache the SFM outputs come from it (timing then excludes the SFM)."""
-    loader, batches = eval_loader(utts, cfg, feature_cache)
+    loader, batches = eval_loader(utts, cfg, feature_cache, model.batch_tokenizer(training=False))
     records: dict[str, dict] = {}
     seconds = audio_seconds = 0.0
     tokens = 0
     for batch in tqdm(loader, total=len(batches), desc="evaluate", disable=not progress, dynamic_ncols=True):
-        if not batch["ids"]:
+        if not batch.ids:
             continue
         t0 = time.perf_counter()
-        hyps = model.generate(batch, max_new_tokens=cfg.eval.max_new_tokens)
+        out = model.generate_output(batch, max_new_tokens=cfg.eval.max_new_tokens)
         seconds += time.perf_counter() - t0
-        tokens += model.last_generated_tokens
-        audio_seconds += sum(batch["durations"])
-        for i, hyp in enumerate(hyps):
-            records[batch["ids"][i]] = {
-                "id": batch["ids"][i], "task": batch["tasks"][i], "tgt_lang": batch["tgt_langs"][i],
-                "reference": batch["targets"][i], "hypothesis": hyp, "source": batch["transcripts"][i],
-                "duration": round(batch["durations"][i], 3),
+        tokens += out.num_tokens
+        audio_seconds += sum(batch.durations)
+        for i, hyp in enumerate(out.texts):
+            records[batch.ids[i]] = {
+                "id": batch.ids[i], "task": batch.tasks[i], "tgt_lang": batch.tgt_langs[i],
+                "reference": batch.targets[i], "hypothesis": hyp, "source": batch.transcripts[i],
+                "duration": round(batch.durations[i], 3),
             }
     ordered = [records[u.id] for u in utts if u.id in records]
     timing = {"decode_seconds": round(seconds, 3), "audio_seconds": round(audio_seconds, 3),

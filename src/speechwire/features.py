@@ -262,7 +262,7 @@ class FeatureCache:
         Returns:
             the cache's running stats (misses/writes/encoder_batches updated).
         """
-        from .data.dataset import SpeechDataset, collate
+        from .data import SpeechDataset, collate
 
         if store:
             self.write_meta(encoder)
@@ -287,13 +287,13 @@ class FeatureCache:
         for idx, batch in zip(batches, bar):
             t0 = time.perf_counter()
             with torch.no_grad():
-                out = encoder(batch["audio"].to(device), batch["audio_lengths"].to(device))  # (B, T, d)
+                out = encoder(batch.audio.to(device), batch.audio_lengths.to(device))  # (B, T, d)
             self.stats.encoder_seconds += time.perf_counter() - t0
             self.stats.encoder_batches += 1
-            self.stats.audio_seconds += float(batch["audio_lengths"].sum()) / SAMPLE_RATE
+            self.stats.audio_seconds += float(batch.audio_lengths.sum()) / SAMPLE_RATE
             for b, i in enumerate(idx if store else []):
                 n = int(out.lengths[b])
-                self.put(utts[i], out.hidden[b, :n], int(batch["audio_lengths"][b]))
+                self.put(utts[i], out.hidden[b, :n], int(batch.audio_lengths[b]))
         return self.stats
 
     def ensure(self, utts: Sequence[Utterance], encoder: SpeechEncoder | None = None,
@@ -322,7 +322,8 @@ class FeatureCache:
 
 
 class CachedFeatureDataset(Dataset):
-    """Like SpeechDataset, but items carry the cached SFM output "hidden" (T, d) instead of "audio"."""
+    """Like SpeechDataset, but items carry the cached SFM output "hidden" (T, d) instead of "audio"
+    (collate then fills Batch.hidden and hidden_lengths)."""
 
     def __init__(self, utts: Sequence[Utterance], cache: FeatureCache) -> None:
         self.utts, self.cache = list(utts), cache

@@ -9,6 +9,9 @@ padding never changes a real item's numbers.
 
     item i:  [pad..] prompt-before-audio <audio_start> speech_i <audio_end> prompt-after target_i
     labels:  -100 everywhere except target_i (text + end-of-turn)
+
+Batches are speechwire.data.Batch; their token ids (prompts, targets, transcripts) come from the
+collator's BatchTokenizer (DataLoader workers), or from `with_tokens` for batches without them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from torch.nn import functional as F
 from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
 from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
 from .config import ExperimentConfig, load_config
+from .data.batch import Batch, BatchTokenizer, BatchTokens
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
 
@@ -45,6 +50,19 @@ class SpeechLLMOutput:
     num_target_tokens: int = 0
     encoder_frames: int = 0  # sum over the batch, for compression ratios
     adapter_frames: int = 0
+
+
+@dataclass
+class GenerationOutput:
+    """What `SpeechLLM.generate_output` decoded for a batch."""
+
+    texts: list[str]  # one per item
+    token_ids: list[list[int]]  # generated ids per item, without the stop token
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens generated over the batch (tokens/s in evaluation)."""
+        return sum(len(x) for x in self.token_ids)
 
 
 def _pad_sequences(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
@@ -158,16 +176,39 @@ class SpeechLLM(nn.Module):
         table = self.llm.get_input_embeddings()
         return table(torch.tensor(ids, dtype=torch.long, device=self.device))
 
-    def encode_audio(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen SFM; a batch that already carries cached features ("hidden") skips it."""
-        if "hidden" in batch:
-            return batch["hidden"].to(self.device), batch["hidden_lengths"].to(self.device)
-        audio, lengths = batch["audio"].to(self.device), batch["audio_lengths"].to(self.device)
+    def batch_tokenizer(self, training: bool) -> BatchTokenizer:
+        """Tokenises batches with this LLM's chat prompts: pass it to make_dataloader (or eval_loader)
+        so DataLoader workers do it. training: draw each item's instruction paraphrase."""
+        return BatchTokenizer(self.prompter, self.cfg.train.seed, self.cfg.adapter.targets_add_special_tokens, training)
+
+    def with_tokens(self, batch: Batch | Mapping) -> Batch:
+        """`batch` as a Batch with token ids for this model's mode: its own when they were made for
+        it (training or not), else made here; a dict in the earlier format is converted. The
+        batch passed in is never changed."""
+        if not isinstance(batch, Batch):
+            batch = Batch.from_dict(batch)
+        if batch.tokens is not None and batch.tokens.training == self.training:
+            return batch
+        return self.batch_tokenizer(self.training).add_tokens(batch)
+
+    def _tokens(self, batch: Batch) -> BatchTokens:
+        tokens = self.with_tokens(batch).tokens
+        assert tokens is not None
+        return tokens
+
+    def encode_audio(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen SFM; a batch that already carries cached features (hidden) skips it."""
+        if batch.hidden is not None:
+            return batch.hidden.to(self.device), batch.hidden_lengths.to(self.device)
+        if batch.audio is None or batch.audio_lengths is None:
+            raise ValueError("the batch has neither audio (audio, audio_lengths) nor cached features (hidden, "
+                             "hidden_lengths)")
+        audio, lengths = batch.audio.to(self.device), batch.audio_lengths.to(self.device)
         with torch.no_grad():
             out = self.encoder(audio, lengths)
         return out.hidden, out.lengths
 
-    def _adapter_targets(self, batch: dict) -> AdapterTargets:
+    def _adapter_targets(self, batch: Batch) -> AdapterTargets:
         """The adapter's training targets, both from the source transcript (for ST too, as in the
         authors' code): CTC labels, and the CIF target length = the transcript's token count.
 
@@ -176,19 +217,16 @@ class SpeechLLM(nn.Module):
         its translation, with a warning (once per model). adapter.targets_add_special_tokens counts
         the tokenizer's own special tokens too (Llama, Mistral: BOS), as the authors do.
         """
-        special = self.cfg.adapter.targets_add_special_tokens
-        B = len(batch["targets"])
-        tasks = batch.get("tasks") or ["asr"] * B
-        sources = [t if t and t.strip() else (target if task == "asr" else None)  # ASR: target = transcript
-                   for t, target, task in zip(batch.get("transcripts") or [None] * B, batch["targets"], tasks)]
-        missing = [i for i, t in enumerate(sources) if t is None]
+        tokens = self._tokens(batch)
+        if tokens.sources is None:
+            raise ValueError("training needs the batch's targets (Batch.targets: the text the LLM must produce)")
+        missing = tokens.missing_sources
         if missing and self.cfg.adapter.name == "cif" and not getattr(self, "_warned_no_transcript", False):
-            ids = [(batch.get("ids") or list(range(B)))[i] for i in missing]
+            ids = [(batch.ids or list(range(len(batch))))[i] for i in missing]
             warnings.warn(f"cif adapter: ST items {ids} have no transcript; their CIF target length is the token "
                           "count of their translation instead (further items are not reported)", stacklevel=3)
             self._warned_no_transcript = True
-        counted = [self.prompter.text_ids(t if t is not None else target, special)
-                   for t, target in zip(sources, batch["targets"])]
+        counted = tokens.sources
         tgt_len = torch.tensor([len(c) for c in counted], device=self.device)
         if missing:
             return AdapterTargets(target_lengths=tgt_len)
@@ -199,29 +237,26 @@ class SpeechLLM(nn.Module):
             labels[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=ctc_lengths)
 
-    def _sequences(self, batch: dict, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool):
+    def _sequences(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool):
         """Assemble left-padded inputs_embeds (B, L, d_llm), attention mask, positions, labels.
 
         The instruction: in training, each item's own paraphrase (drawn from train.seed and its id,
         ChatPrompter.draw_variant); in evaluation and generation always the first, so an item's
-        prompt never depends on its batch."""
+        prompt never depends on its batch (BatchTokenizer)."""
         B = embeds.shape[0]
-        tasks = batch.get("tasks") or ["asr"] * B
-        src = batch.get("src_langs") or ["en"] * B
-        tgt = batch.get("tgt_langs") or [None] * B
-        keys = batch.get("ids") or batch.get("targets") or [""] * B
+        tokens = self._tokens(batch)
+        if with_targets and tokens.targets is None:
+            raise ValueError("the loss needs the batch's targets (Batch.targets: the text the LLM must produce)")
         llm_dtype = self.llm.get_input_embeddings().weight.dtype
         markers = self.audio_markers.to(llm_dtype)
         seqs, labels = [], []
         for i in range(B):
-            variant = self.prompter.draw_variant(tasks[i], str(keys[i]), self.cfg.train.seed) if self.training else 0
-            prompt = self.prompter.prompt(tasks[i], src[i], tgt[i], variant)
-            parts = [self.embed_text(prompt.before_audio), markers[:1], embeds[i, : lengths[i]].to(llm_dtype),
-                     markers[1:], self.embed_text(prompt.after_audio)]
+            parts = [self.embed_text(tokens.before_audio[i]), markers[:1], embeds[i, : lengths[i]].to(llm_dtype),
+                     markers[1:], self.embed_text(tokens.after_audio[i])]
             n_prompt = sum(p.shape[0] for p in parts)
             lab = [IGNORE] * n_prompt
             if with_targets:
-                target = self.prompter.target_ids(batch["targets"][i])
+                target = tokens.targets[i]
                 parts.append(self.embed_text(target))
                 lab += target
             seqs.append(torch.cat(parts))
@@ -233,7 +268,7 @@ class SpeechLLM(nn.Module):
 
     # --- training ---------------------------------------------------------------------------
 
-    def _adapt(self, batch: dict, hidden: torch.Tensor, enc_lengths: torch.Tensor) -> AdapterOutput:
+    def _adapt(self, batch: Batch, hidden: torch.Tensor, enc_lengths: torch.Tensor) -> AdapterOutput:
         """Adapter, then (with an alignment head) its CTC aux loss in training and the collapse."""
         targets = self._adapter_targets(batch) if self.training else None
         out = self.adapter(hidden.float(), enc_lengths, targets=targets)
@@ -241,20 +276,24 @@ class SpeechLLM(nn.Module):
             return out
         logits = self.align_head(out.embeds)  # (B, T', K + 1)
         aux, aux_losses = out.aux_loss, dict(out.aux_losses)
-        if self.training and self.cfg.align.ctc_weight > 0 and batch.get("transcripts") is not None:
+        if self.training and self.cfg.align.ctc_weight > 0 and batch.transcripts is not None:
             loss, _ = self._alignment_loss(batch, out.lengths, logits=logits)
             aux = self.cfg.align.ctc_weight * loss + (aux if aux is not None else 0.0)
             aux_losses["align"] = loss.detach()
         embeds = self.align_head.posterior_embeddings(logits) if self.cfg.align.readout == "posterior" else out.embeds
-        embeds, lengths = collapse(embeds, out.lengths, logits) if self.cfg.align.collapse else (embeds, out.lengths)
-        return AdapterOutput(embeds, lengths, aux, aux_losses)
+        if not self.cfg.align.collapse:
+            return AdapterOutput(embeds, out.lengths, aux, aux_losses, out.ratio)
+        embeds, lengths = collapse(embeds, out.lengths, logits)
+        return AdapterOutput(embeds, lengths, aux, aux_losses)  # ratio: the adapter's, not the collapse's
 
-    def _alignment_loss(self, batch: dict, lengths: torch.Tensor, logits: torch.Tensor | None = None,
+    def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,
                         embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """Alignment loss against the transcripts (the source text for ST too) and its token count.
         Given `embeds` instead of `logits`, a training step scores only the batch's tokens +
         align.negatives random ones (TiedCTCHead.sample_candidates); evaluation scores them all."""
-        ids = [self.prompter.text_ids(t or "") for t in batch["transcripts"]]
+        ids = self._tokens(batch).transcripts
+        if ids is None:
+            raise ValueError("the alignment loss needs the batch's transcripts (Batch.transcripts)")
         labels, label_lengths, _ = self.align_head.labels(ids)
         if logits is None:
             candidates = self.align_head.sample_candidates(labels, label_lengths, self.cfg.align.negatives) \
@@ -263,7 +302,7 @@ class SpeechLLM(nn.Module):
         loss = alignment_loss(logits, lengths, labels, label_lengths, one_per_token=self.cfg.adapter.name == "cif")
         return loss, int(label_lengths.sum())
 
-    def _align_forward(self, batch: dict) -> SpeechLLMOutput:
+    def _align_forward(self, batch: Batch) -> SpeechLLMOutput:
         """train.stage=align: the adapter's outputs spell the transcript against the LLM's token
         embeddings (align.py); the LLM itself never runs."""
         hidden, enc_lengths = self.encode_audio(batch)
@@ -277,8 +316,9 @@ class SpeechLLM(nn.Module):
         return SpeechLLMOutput(total, loss.detach(), {k: v.detach() for k, v in out.aux_losses.items()},
                                n_tokens, int(enc_lengths.sum()), int(out.lengths.sum()))
 
-    def forward(self, batch: dict) -> SpeechLLMOutput:
+    def forward(self, batch: Batch | Mapping) -> SpeechLLMOutput:
         """Loss on target tokens only (prompt, speech and padding ignored) + adapter aux loss."""
+        batch = self.with_tokens(batch)  # tokenised once here when the collator did not
         if self.cfg.train.stage == "align":
             return self._align_forward(batch)
         hidden, enc_lengths = self.encode_audio(batch)
@@ -307,7 +347,7 @@ class SpeechLLM(nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        audio: dict | list,
+        audio: Batch | Mapping | list,
         task: str = "asr",
         src_lang: str = "en",
         tgt_lang: str | None = None,
@@ -317,12 +357,29 @@ class SpeechLLM(nn.Module):
         """Greedy decoding with a KV cache, batched; same text as decoding items one by one.
 
         Args:
-            audio: a collated batch dict (see data.collate) or a list of 1-D 16 kHz mono waveforms.
+            audio: a Batch (data.collate; a dict in the earlier format is converted) or a list of
+                1-D 16 kHz mono waveforms.
             task, src_lang, tgt_lang: used for a list input ("st" needs tgt_lang).
         Returns:
-            one string per item.
+            one string per item (generate_output also returns the token ids).
         """
-        batch = audio if isinstance(audio, dict) else self._batch_from_waveforms(audio, sample_rate, task, src_lang, tgt_lang)
+        return self.generate_output(audio, task, src_lang, tgt_lang, max_new_tokens, sample_rate).texts
+
+    @torch.no_grad()
+    def generate_output(
+        self,
+        audio: Batch | Mapping | list,
+        task: str = "asr",
+        src_lang: str = "en",
+        tgt_lang: str | None = None,
+        max_new_tokens: int | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> GenerationOutput:
+        """`generate`, returning the texts with the generated token ids (and their count)."""
+        if isinstance(audio, (Batch, Mapping)):
+            batch = audio if isinstance(audio, Batch) else Batch.from_dict(audio)
+        else:
+            batch = self._batch_from_waveforms(audio, sample_rate, task, src_lang, tgt_lang)
         max_new = max_new_tokens or self.cfg.eval.max_new_tokens
         was_training = self.training
         self.eval()
@@ -330,10 +387,10 @@ class SpeechLLM(nn.Module):
             ids = self._greedy(batch, max_new)
         finally:
             self.train(was_training)
-        self.last_generated_tokens = sum(len(x) for x in ids)  # for tokens/s in evaluation
-        return [self.prompter.decode(x) for x in ids]
+        return GenerationOutput([self.prompter.decode(x) for x in ids], ids)
 
-    def _batch_from_waveforms(self, waves: list, sample_rate: int, task: str, src_lang: str, tgt_lang: str | None) -> dict:
+    def _batch_from_waveforms(self, waves: list, sample_rate: int, task: str, src_lang: str,
+                              tgt_lang: str | None) -> Batch:
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"audio must be 16 kHz mono; got sample_rate={sample_rate}. "
                              "Load files with speechwire.audio.load_audio, which resamples.")
@@ -351,8 +408,8 @@ class SpeechLLM(nn.Module):
         for i, w in enumerate(tensors):
             padded[i, : len(w)] = w
         B = len(tensors)
-        return {"audio": padded, "audio_lengths": lengths, "tasks": [task] * B,
-                "src_langs": [src_lang] * B, "tgt_langs": [tgt_lang] * B}
+        return Batch(audio=padded, audio_lengths=lengths, tasks=[task] * B, src_langs=[src_lang] * B,
+                     tgt_langs=[tgt_lang] * B)
 
     @torch.no_grad()
     def generate_from_text(self, texts: list[str], task: str = "asr", src_lang: str = "en",
@@ -367,7 +424,7 @@ class SpeechLLM(nn.Module):
             if x:
                 embeds[i, : len(x)] = self.embed_text(x).float()
         B = len(texts)
-        batch = {"tasks": [task] * B, "src_langs": [src_lang] * B, "tgt_langs": [tgt_lang] * B}
+        batch = Batch(tasks=[task] * B, src_langs=[src_lang] * B, tgt_langs=[tgt_lang] * B)
         was_training = self.training
         self.eval()
         try:
@@ -376,14 +433,15 @@ class SpeechLLM(nn.Module):
             self.train(was_training)
         return [self.prompter.decode(x) for x in out]
 
-    def _greedy(self, batch: dict, max_new: int) -> list[list[int]]:
+    def _greedy(self, batch: Batch, max_new: int) -> list[list[int]]:
+        batch = self.with_tokens(batch)
         hidden, enc_lengths = self.encode_audio(batch)
         out = self._adapt(batch, hidden, enc_lengths)
         return self._decode(batch, out.embeds, out.lengths, max_new)
 
-    def _decode(self, batch: dict, embeds: torch.Tensor, lengths: torch.Tensor, max_new: int) -> list[list[int]]:
-        """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm). Hand-written rather
-        than HF generate so that a left-padded batch returns exactly what items alone return."""
+    def _decode(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, max_new: int) -> list[list[int]]:
+        """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm): the generated ids
+        per item, cut before the stop token."""
         inputs, mask, positions, _ = self._sequences(batch, embeds, lengths, with_targets=False)
         B = inputs.shape[0]
         stop = torch.tensor(sorted(self.prompter.stop_ids), device=self.device)
@@ -395,6 +453,7 @@ class SpeechLLM(nn.Module):
         max_repeats = self.cfg.eval.max_repeats
         previous = torch.full((B,), -1, dtype=torch.long, device=self.device)
         run = torch.zeros(B, dtype=torch.long, device=self.device)  # (B,) length of the current run of one token
+        # hand-written, not HF generate: per-item positions and stops make a batch decode what its items decode alone
         for _ in range(max_new):
             res = self.llm(inputs_embeds=step_inputs, attention_mask=step_mask, position_ids=step_pos,
                            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ExperimentConfig, flatten, load_config, resolve_device, save_config, to_dict
-from .data import load_manifest, make_dataloader
+from .data import Batch, load_manifest, make_dataloader
 from .errors import DamagedFileError
 from .files import append_line, fault_point, write_atomic
 from .memory import peak_memory_gib
@@ -126,7 +126,8 @@ class Trainer:
                 print(f"started from {cfg.train.init_from}" + (f" (not used: {', '.join(skipped)})" if skipped else ""))
         self.model.to(self.acc.device)
         self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
-                                      rank=self.acc.process_index, feature_cache=self.feature_cache)
+                                      rank=self.acc.process_index, feature_cache=self.feature_cache,
+                                      tokenizer=self.model.batch_tokenizer(training=True))  # workers tokenise
         batches = len(self.loader)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps >= 0 else \
             max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
@@ -177,7 +178,7 @@ class Trainer:
         micro = 0
         while self.step < self.total_steps:
             for batch in self.loader:
-                if not batch["ids"]:
+                if not batch.ids:
                     continue  # every item of this batch was invalid and skipped (data.skip_invalid)
                 sync = (micro + 1) % cfg.grad_accum == 0
                 with acc.no_sync(model) if not sync and acc.num_processes > 1 else nullcontext():
@@ -186,8 +187,8 @@ class Trainer:
                     acc.backward(out.loss if self._deepspeed else out.loss / cfg.grad_accum)
                 window.add(out, batch)
                 if acc.num_processes > 1 and len(self._ids_seen) < 10000:
-                    self._ids_seen.extend(batch["ids"])
-                audio_seconds += sum(batch["durations"])
+                    self._ids_seen.extend(batch.ids)
+                audio_seconds += sum(batch.durations)
                 micro += 1
                 if not sync:
                     continue
@@ -361,7 +362,7 @@ class _Window:
         self.values: dict[str, list[float]] = {}
         self.enc = self.ada = 0
 
-    def add(self, out, batch: dict) -> None:
+    def add(self, out, batch: Batch) -> None:
         self.values.setdefault("loss", []).append(float(out.loss.detach()))
         self.values.setdefault("lm_loss", []).append(float(out.lm_loss))
         for k, v in out.aux_losses.items():

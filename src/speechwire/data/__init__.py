@@ -1,17 +1,19 @@
-"""The data layer: manifests, importers, duration-bucketed batching, dataset and collate.
+"""The data layer: manifests, importers, duration-bucketed batching, dataset, the batch and collate.
 
     utts = load_manifest("train.jsonl")                    # validated Utterances
     loader = make_dataloader(utts, cfg.data, seed=0)      # batches of padded 16 kHz audio
     for epoch in range(E):
         loader.set_epoch(epoch)
-        for batch in loader: ...                          # format: see data/dataset.py
+        for batch in loader: ...                          # a Batch: see data/batch.py
     ckpt["data"] = loader.state_dict()                    # exact mid-epoch resume
 
 Modules: manifest (Utterance, JSONL I/O, language names), importers (MuST-C, CoVoST 2, HF
-datasets, CLI), sampler (DurationBucketSampler), dataset (SpeechDataset, collate, loaders).
+datasets, CLI), sampler (DurationBucketSampler), dataset (SpeechDataset, loaders), batch (Batch,
+its token ids, collate).
 """
 
-from speechwire.data.dataset import SpeechDataLoader, SpeechDataset, collate, filter_by_duration, make_dataloader
+from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, Collator, collate
+from speechwire.data.dataset import SpeechDataLoader, SpeechDataset, filter_by_duration, make_dataloader
 from speechwire.data.importers import add_import_subparser, import_covost2, import_hf, import_main, import_mustc
 from speechwire.data.manifest import (
     ManifestError,
@@ -24,7 +26,7 @@ from speechwire.data.manifest import (
 from speechwire.data.sampler import DurationBucketSampler
 
 __all__ = [
-    "DurationBucketSampler", "ManifestError", "SpeechDataLoader", "SpeechDataset", "Utterance",
+    "Batch", "BatchTokenizer", "BatchTokens", "Collator", "DurationBucketSampler", "ManifestError", "SpeechDataLoader", "SpeechDataset", "Utterance",
     "add_import_subparser", "collate", "filter_by_duration", "import_covost2", "import_hf",
     "import_main", "import_mustc", "language_name", "load_manifest", "make_dataloader",
     "utterance_duration", "write_manifest",

@@ -1,15 +1,13 @@
-"""Dataset, collate and DataLoader: utterances -> padded 16 kHz waveform batches for the model.
+"""Dataset and DataLoader: utterances -> batches of padded 16 kHz waveforms for the model.
 
-Letters: B batch, S samples at 16 kHz. The batch format (what SpeechLLM consumes):
+Letters: B batch, S samples at 16 kHz. The batch format (what SpeechLLM consumes) is
+speechwire.data.batch.Batch: audio (B, S) zero-padded, audio_lengths (B,), and per item the id,
+task, languages, target, transcript and duration; with a BatchTokenizer also their token ids.
 
-    {"audio": FloatTensor (B, S) zero-padded, "audio_lengths": LongTensor (B,) valid samples,
-     "ids": list[str], "tasks": list[str], "src_langs": list[str], "tgt_langs": list[str | None],
-     "targets": list[str] (text the LLM must produce), "transcripts": list[str] (source text, CTC),
-     "durations": list[float] (seconds actually loaded)}
-
-Audio is decoded in DataLoader workers (data.num_workers). A bad file raises AudioError naming
-the file and the utterance; with skip_invalid the item is dropped with a warning, so a batch may
-be smaller than planned, and it is empty (B = 0) when every item failed: skip such batches.
+Audio is decoded (and, with a tokenizer, text tokenised) in DataLoader workers (data.num_workers).
+A bad file raises AudioError naming the file and the utterance; with skip_invalid the item is
+dropped with a warning, so a batch may be smaller than planned, and it is empty (B = 0) when every
+item failed: skip such batches.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechwire.audio import SAMPLE_RATE, AudioError, load_audio
 from speechwire.config import DataConfig
+from speechwire.data.batch import Batch, BatchTokenizer, Collator
 from speechwire.data.manifest import Utterance, utterance_duration
 from speechwire.data.sampler import DurationBucketSampler
 
@@ -65,51 +64,13 @@ class SpeechDataset(Dataset):
         }
 
 
-def collate(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Pad a list of SpeechDataset items into the batch format (None items are dropped).
-
-    Args:
-        items: SpeechDataset outputs.
-
-    Returns:
-        the batch dict described in the module docstring; "audio" is (B, S) with
-        S = the longest item, zero beyond each item's audio_lengths.
-    """
-    items = [it for it in items if it is not None]
-    if items and "hidden" in items[0]:  # cached SFM output (speechwire.features) instead of audio
-        return {**_pad_hidden(items), **_fields(items)}
-    lengths = torch.tensor([it["audio"].shape[0] for it in items], dtype=torch.long)  # (B,)
-    audio = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)  # (B, S)
-    for b, it in enumerate(items):
-        audio[b, : lengths[b]] = it["audio"]
-    return {"audio": audio, "audio_lengths": lengths, **_fields(items)}
-
-
-def _fields(items: Sequence[dict[str, Any]]) -> dict[str, list]:
-    return {
-        "ids": [it["id"] for it in items], "tasks": [it["task"] for it in items],
-        "src_langs": [it["src_lang"] for it in items], "tgt_langs": [it["tgt_lang"] for it in items],
-        "targets": [it["target"] for it in items], "transcripts": [it["transcript"] for it in items],
-        "durations": [it["duration"] for it in items],
-    }
-
-
-def _pad_hidden(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """(T_i, d) cached encoder outputs -> "hidden" (B, T, d) zero-padded + "hidden_lengths" (B,)."""
-    lengths = torch.tensor([it["hidden"].shape[0] for it in items], dtype=torch.long)  # (B,)
-    first = items[0]["hidden"]
-    hidden = first.new_zeros(len(items), int(lengths.max()), first.shape[1])  # (B, T, d)
-    for b, it in enumerate(items):
-        hidden[b, : lengths[b]] = it["hidden"]
-    return {"hidden": hidden, "hidden_lengths": lengths}
-
-
 class SpeechDataLoader(DataLoader):
     """DataLoader over a DurationBucketSampler that counts the batches it delivered, so that
     `state_dict()` is exact even when workers prefetch ahead of the training loop."""
 
-    def __init__(self, dataset: SpeechDataset, batch_sampler: DurationBucketSampler, **kwargs: Any) -> None:
-        super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=collate, **kwargs)
+    def __init__(self, dataset: SpeechDataset, batch_sampler: DurationBucketSampler,
+                 collate_fn: Collator | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn or Collator(), **kwargs)
         self._delivered = 0
 
     @property
@@ -117,7 +78,7 @@ class SpeechDataLoader(DataLoader):
         assert isinstance(self.batch_sampler, DurationBucketSampler)
         return self.batch_sampler
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         self._delivered = self.sampler_._skip  # resumed batches count as delivered
         for batch in super().__iter__():
             self._delivered += 1
@@ -148,7 +109,7 @@ def filter_by_duration(utts: Sequence[Utterance], min_seconds: float, max_second
 
 def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch: int = 0,
                     num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                    feature_cache: Any = None) -> SpeechDataLoader:
+                    feature_cache: Any = None, tokenizer: BatchTokenizer | None = None) -> SpeechDataLoader:
     """Build the DataLoader for training (shuffle=True) or evaluation (shuffle=False).
 
     Utterances outside [cfg.min_seconds, cfg.max_seconds] are dropped with a warning. Task
@@ -162,11 +123,13 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
         num_replicas: distributed world size.
         rank: this process's rank.
         shuffle: shuffle and apply task weights.
-        feature_cache: a speechwire.features.FeatureCache: batches carry cached "hidden" (B, T, d)
-            + "hidden_lengths" instead of audio; the same items per batch (batching uses durations only).
+        feature_cache: a speechwire.features.FeatureCache: batches carry cached hidden (B, T, d)
+            + hidden_lengths instead of audio; the same items per batch (batching uses durations only).
+        tokenizer: the model's BatchTokenizer (SpeechLLM.batch_tokenizer): the workers add each
+            batch's token ids; None: the model tokenises.
 
     Returns:
-        a SpeechDataLoader yielding batch dicts (see the module docstring), with
+        a SpeechDataLoader yielding Batches (speechwire.data.batch), with
         set_epoch / state_dict / load_state_dict.
     """
     utts = filter_by_duration(utts, cfg.min_seconds, cfg.max_seconds)
@@ -189,7 +152,7 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
     if cfg.num_workers > 0:
         kwargs.update(persistent_workers=False, prefetch_factor=2,
                       worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(seed))
-    return SpeechDataLoader(ds, sampler, **kwargs)
+    return SpeechDataLoader(ds, sampler, Collator(tokenizer), **kwargs)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..data.batch import Batch
+
 log = logging.getLogger(__name__)
 
 
@@ -124,8 +126,8 @@ class Batcher:
         audio = torch.zeros(len(jobs), int(lengths.max()))  # (B, S), right-padded; lengths mark the real part
         for i, j in enumerate(jobs):
             audio[i, : len(j.audio)] = torch.from_numpy(j.audio)
-        batch = {"audio": audio, "audio_lengths": lengths, "tasks": [j.task for j in jobs],
-                 "src_langs": [j.src_lang for j in jobs], "tgt_langs": [j.tgt_lang for j in jobs]}
+        batch = Batch(audio=audio, audio_lengths=lengths, tasks=[j.task for j in jobs],
+                      src_langs=[j.src_lang for j in jobs], tgt_langs=[j.tgt_lang for j in jobs])
         self.batch_sizes[len(jobs)] += 1
         return self.model.generate(batch)
 

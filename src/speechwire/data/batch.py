@@ -1,0 +1,164 @@
+"""The batch SpeechLLM consumes: how the collator builds it, and the token ids of its text.
+
+Letters: B batch, S samples at 16 kHz, T encoder frames, d_enc encoder width.
+
+    batch = collate(items)                               # Batch: padded audio (or cached features) + text
+    tokenizer = model.batch_tokenizer(training=True)     # BatchTokenizer: the LLM's chat prompts
+    loader = make_dataloader(utts, cfg.data, seed=0, tokenizer=tokenizer)
+    for batch in loader: ...                             # batch.tokens made in the DataLoader workers
+
+The token ids (BatchTokens) are what SpeechLLM feeds the LLM and its losses: the chat prompt
+before and after the speech (training draws each item's instruction paraphrase from train.seed and
+its id; evaluation takes the first), the target text + end of turn, and the source transcript
+(CTC labels, CIF target lengths, the alignment stage). SpeechLLM uses a batch's tokens when they
+were made for its mode (training or not) and tokenises the batch itself otherwise (inference
+batches, hand-built ones): the same ids either way (tests/test_data_batch.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from speechwire.llm import ChatPrompter
+
+
+@dataclass
+class BatchTokens:
+    """Token ids of a batch's text, one list per item (BatchTokenizer)."""
+
+    training: bool  # instructions drawn per item (train.seed, item id); False: always the first
+    before_audio: list[list[int]]  # the chat up to <audio_start> (excluded)
+    after_audio: list[list[int]]  # the chat after <audio_end> up to the assistant's first token
+    targets: list[list[int]] | None  # target text + end of turn; None: the batch has no targets
+    # the adapter's targets (CTC labels, CIF target lengths): the transcript; an ASR item without
+    # one: its target; an ST item without one: its translation (listed in missing_sources)
+    sources: list[list[int]] | None
+    missing_sources: list[int]  # items (ST) without a transcript: no CTC labels for this batch
+    transcripts: list[list[int]] | None  # the transcripts alone ("" when missing): the alignment stage
+
+
+@dataclass(kw_only=True)
+class Batch:
+    """Padded speech and each item's text; one of audio / hidden is set (the other is None)."""
+
+    audio: torch.Tensor | None = None  # (B, S) float32 at 16 kHz, zero beyond audio_lengths
+    audio_lengths: torch.Tensor | None = None  # (B,) long, valid samples
+    hidden: torch.Tensor | None = None  # (B, T, d_enc) cached SFM output (features.py), zero-padded
+    hidden_lengths: torch.Tensor | None = None  # (B,) long, valid frames
+    ids: list[str] | None = None  # None (hand-built batches): the targets key the instruction draw
+    tasks: list[str]  # "asr" | "st"
+    src_langs: list[str | None]
+    tgt_langs: list[str | None]  # the ST target language; None for ASR
+    targets: list[str] | None = None  # what the LLM must produce; None: inference
+    transcripts: list[str | None] | None = None  # the source text (for ST too); None: unknown
+    durations: list[float] | None = None  # seconds actually loaded
+    tokens: BatchTokens | None = None  # from BatchTokenizer; None: SpeechLLM tokenises the batch
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @classmethod
+    def from_dict(cls, batch: Mapping[str, Any]) -> "Batch":
+        """A batch in the earlier dict format (keys as the field names): what SpeechLLM still
+        accepts. Missing tasks / languages are "asr" / "en" / None, as before; other keys are ignored."""
+        for key in ("audio_lengths", "hidden_lengths", "tasks", "ids", "targets"):
+            if batch.get(key) is not None:
+                B = len(batch[key])
+                break
+        else:
+            raise ValueError("a batch needs audio (audio + audio_lengths) or cached features (hidden + "
+                             "hidden_lengths), or at least its tasks")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"tasks", "src_langs", "tgt_langs"}
+        return cls(tasks=list(batch.get("tasks") or ["asr"] * B), src_langs=list(batch.get("src_langs") or ["en"] * B),
+                   tgt_langs=list(batch.get("tgt_langs") or [None] * B),
+                   **{k: batch[k] for k in fields if batch.get(k) is not None})
+
+
+class BatchTokenizer:
+    """Makes a batch's BatchTokens with the LLM's chat template (llm.ChatPrompter).
+
+    Args:
+        prompter: the LLM's ChatPrompter.
+        seed: train.seed: draws each training item's instruction paraphrase (with its id).
+        special_tokens: adapter.targets_add_special_tokens: the adapter's targets (sources) count
+            the tokenizer's own special tokens (Llama, Mistral: BOS), as the authors do.
+        training: draw the instruction per item (training) or take the first (evaluation).
+    """
+
+    def __init__(self, prompter: ChatPrompter, seed: int, special_tokens: bool, training: bool) -> None:
+        self.prompter, self.seed, self.special_tokens, self.training = prompter, seed, special_tokens, training
+
+    def __call__(self, batch: Batch) -> BatchTokens:
+        p, B = self.prompter, len(batch)
+        keys = batch.ids or batch.targets or [""] * B
+        prompts = [p.prompt(task, src, tgt, p.draw_variant(task, str(key), self.seed) if self.training else 0)
+                   for task, src, tgt, key in zip(batch.tasks, batch.src_langs, batch.tgt_langs, keys)]
+        targets = sources = None
+        missing: list[int] = []
+        if batch.targets is not None:
+            targets = [p.target_ids(t) for t in batch.targets]
+            transcripts = batch.transcripts or [None] * B
+            chosen = [t if t and t.strip() else (target if task == "asr" else None)  # ASR: target = transcript
+                      for t, target, task in zip(transcripts, batch.targets, batch.tasks)]
+            missing = [i for i, t in enumerate(chosen) if t is None]
+            sources = [p.text_ids(t if t is not None else target, self.special_tokens)
+                       for t, target in zip(chosen, batch.targets)]
+        transcript_ids = [p.text_ids(t or "") for t in batch.transcripts] if batch.transcripts is not None else None
+        return BatchTokens(self.training, [x.before_audio for x in prompts], [x.after_audio for x in prompts],
+                           targets, sources, missing, transcript_ids)
+
+    def add_tokens(self, batch: Batch) -> Batch:
+        """A copy of `batch` with its tokens (the batch itself is not changed)."""
+        return dataclasses.replace(batch, tokens=self(batch))
+
+
+def collate(items: Sequence[dict[str, Any] | None]) -> Batch:
+    """Pad SpeechDataset (or CachedFeatureDataset) items into a Batch; None items are dropped.
+
+    Args:
+        items: dataset outputs: "audio" (S,) or "hidden" (T, d_enc), and the utterance's fields.
+
+    Returns:
+        a Batch with audio (B, S), S = the longest item, zero beyond each item's audio_lengths, or
+        with hidden (B, T, d_enc) likewise; B = 0 when every item was None.
+    """
+    items = [it for it in items if it is not None]
+    if items and "hidden" in items[0]:  # cached SFM output (speechwire.features) instead of audio
+        lengths = torch.tensor([it["hidden"].shape[0] for it in items], dtype=torch.long)  # (B,)
+        first = items[0]["hidden"]
+        hidden = first.new_zeros(len(items), int(lengths.max()), first.shape[1])  # (B, T, d_enc)
+        for b, it in enumerate(items):
+            hidden[b, : lengths[b]] = it["hidden"]
+        return Batch(hidden=hidden, hidden_lengths=lengths, **_fields(items))
+    lengths = torch.tensor([it["audio"].shape[0] for it in items], dtype=torch.long)  # (B,)
+    audio = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)  # (B, S)
+    for b, it in enumerate(items):
+        audio[b, : lengths[b]] = it["audio"]
+    return Batch(audio=audio, audio_lengths=lengths, **_fields(items))
+
+
+def _fields(items: Sequence[dict[str, Any]]) -> dict[str, list]:
+    return {
+        "ids": [it["id"] for it in items], "tasks": [it["task"] for it in items],
+        "src_langs": [it["src_lang"] for it in items], "tgt_langs": [it["tgt_lang"] for it in items],
+        "targets": [it["target"] for it in items], "transcripts": [it["transcript"] for it in items],
+        "durations": [it["duration"] for it in items],
+    }
+
+
+class Collator:
+    """The DataLoader's collate_fn: `collate`, then (given a BatchTokenizer) the batch's token ids,
+    so that DataLoader workers tokenise, not the training loop."""
+
+    def __init__(self, tokenizer: BatchTokenizer | None = None) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: Sequence[dict[str, Any] | None]) -> Batch:
+        batch = collate(items)
+        return batch if self.tokenizer is None else self.tokenizer.add_tokens(batch)
