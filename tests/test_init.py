@@ -19,19 +19,19 @@ def test_import_is_light():
 
 def test_exports_are_the_modules_objects():
     from speechwire.config import load_config
-    from speechwire.data import make_dataloader
+    from speechwire.data import Batch, make_dataloader
     from speechwire.model import SpeechLLM
 
-    assert (speechwire.load_config, speechwire.SpeechLLM, speechwire.make_dataloader) == \
-        (load_config, SpeechLLM, make_dataloader)
-    assert {"SpeechLLM", "load_config", "make_dataloader"} <= set(dir(speechwire))
+    assert (speechwire.load_config, speechwire.SpeechLLM, speechwire.make_dataloader, speechwire.Batch) == \
+        (load_config, SpeechLLM, make_dataloader, Batch)
+    assert {"Batch", "SpeechLLM", "load_config", "make_dataloader"} <= set(dir(speechwire))
 
 
 def test_readme_python_section_names_are_exported():
     section = README.read_text().split("## Python in ten lines", 1)[1].split("\n## ", 1)[0]
     names = {n.strip() for group in re.findall(r"from speechwire\.\w+ import ([\w, ]+)", section)
              for n in group.split(",")}
-    names |= set(re.findall(r"speechwire\.\w+\.(\w+)", section))  # speechwire.data.make_dataloader
+    names |= set(re.findall(r"speechwire\.\w+\.(\w+)", section))  # "a speechwire.data.Batch"
     assert names and names <= set(speechwire.__all__)
 
 

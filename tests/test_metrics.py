@@ -120,7 +120,7 @@ _NUMBERISH = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(st.text() | _NUMBERISH)
 def test_english_normaliser_output_is_lower_case_single_spaced(text):
-    # Whisper's normaliser is not idempotent ("1 2 3" -> "one 2 3" -> "123"), so no such property here
+    # Whisper's normaliser is not idempotent ("2 1" -> "2 one" -> "21"), so no such property here
     out = normalize_text(text)
     assert out == " ".join(out.split()) and out == out.lower()
 

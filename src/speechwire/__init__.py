@@ -1,6 +1,6 @@
 """speechwire: connect any speech foundation model to any causal LLM through a trainable adapter.
 
-    from speechwire import SpeechLLM, load_config, make_dataloader
+    from speechwire import Batch, SpeechLLM, load_config, make_dataloader
 
     cfg = load_config("configs/demo_asr.yaml", ["adapter.name=conv"])
     model = SpeechLLM(cfg)
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"load_config": "config", "SpeechLLM": "model", "make_dataloader": "data"}  # name -> its module
-__all__ = ["SpeechLLM", "__version__", "load_config", "make_dataloader"]
+_EXPORTS = {"load_config": "config", "SpeechLLM": "model", "make_dataloader": "data", "Batch": "data"}  # name -> module
+__all__ = ["Batch", "SpeechLLM", "__version__", "load_config", "make_dataloader"]
 
 if TYPE_CHECKING:
     from .config import load_config
-    from .data import make_dataloader
+    from .data import Batch, make_dataloader
     from .model import SpeechLLM
 
 
