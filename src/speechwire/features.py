@@ -45,14 +45,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import EncoderConfig, ExperimentConfig
+from .config import DTYPES, EncoderConfig, ExperimentConfig, torch_dtype
 from .data.manifest import Utterance, utterance_duration
 from .encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
 from .errors import DamagedFileError
 from .files import fault_point, read_safetensors, read_text, safetensors_bytes, try_lock, write_atomic
 
 CACHE_FORMAT = 1  # part of the SFM key: bump when the file layout changes
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @lru_cache(maxsize=4096)
@@ -124,12 +123,12 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | Path, encoder: EncoderConfig, cache_dtype: str = "float16") -> None:
-        if cache_dtype not in TORCH_DTYPES:
-            raise ValueError(f"data.feature_cache_dtype={cache_dtype!r} must be one of {sorted(TORCH_DTYPES)}")
+        if cache_dtype not in DTYPES:
+            raise ValueError(f"data.feature_cache_dtype={cache_dtype!r} must be one of {sorted(DTYPES)}")
         self.identity = sfm_identity(encoder, cache_dtype)
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root).expanduser() / f"{encoder.name}-{digest}"
-        self.encoder_cfg, self.dtype = encoder, TORCH_DTYPES[cache_dtype]
+        self.encoder_cfg, self.dtype = encoder, torch_dtype(cache_dtype)
         self.stats = CacheStats()
         self._keys: dict[tuple, str] = {}
         self._rebuild_encoder: SpeechEncoder | None = None

@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, resolve_device
 from ..files import append_line, fault_point, read_text, try_lock, write_atomic
 from ..memory import peak_memory_gib, reset_peak_memory
 from ..tables import markdown_table
@@ -96,7 +95,7 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
         with fc.locked():  # another worker building this SFM's cache finishes first; we then find its entries
             todo = fc.missing(utts)
             if todo or not timing.is_file() or fc.read_meta() is None:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+                device = resolve_device(cfg.train.device)
                 encoder = build_encoder(cfg.encoder).to(device)
                 fc.build(encoder, todo, cfg.data.max_batch_seconds, cfg.data.max_batch_size, cfg.data.num_workers,
                          progress)
@@ -158,7 +157,7 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
     if is_main:
         model = SpeechLLM(cfg, encoder=fc.stub_encoder() if fc else None)
         model.load_trainable(run_dir)
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(resolve_device(cfg.train.device))
     fault_point("grid.after-train")
     summary = json.loads(read_text(summary_file, "training summary")) if summary_file.is_file() else {}
     result: dict[str, Any] = {
