@@ -10,7 +10,8 @@ import soundfile as sf
 from _datautil import tone, write_tone
 
 from speechwire.audio import load_audio
-from speechwire.data import ManifestError, import_covost2, import_hf, import_main, import_mustc, load_manifest
+from speechwire.cli import main
+from speechwire.data import ManifestError, import_covost2, import_hf, import_mustc, load_manifest
 
 
 def make_mustc(root, tgt="de", split="dev"):
@@ -33,8 +34,8 @@ def make_mustc(root, tgt="de", split="dev"):
 def test_mustc_both_tasks_with_segments(tmp_path):
     data = make_mustc(tmp_path / "MUSTC")
     out = tmp_path / "m" / "dev.jsonl"
-    assert import_main(["mustc", "--root", str(tmp_path / "MUSTC"), "--tgt-lang", "de", "--split", "dev",
-                        "--out", str(out), "--tasks", "asr", "st"]) == 0
+    assert main(["data", "import", "mustc", "--root", str(tmp_path / "MUSTC"), "--tgt-lang", "de", "--split", "dev",
+                 "--out", str(out), "--tasks", "asr", "st"]) == 0
     utts = load_manifest(out)
     assert [u.id for u in utts] == ["ted_11_0_asr", "ted_11_0_st", "ted_11_1_asr", "ted_11_1_st",
                                     "ted_12_0_asr", "ted_12_0_st"]
@@ -114,6 +115,6 @@ def test_hf_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"column\(s\) \['text'\] not in the dataset"):
         import_hf(ds, tmp_path / "o2")
     ds.save_to_disk(str(tmp_path / "saved"))
-    assert import_main(["hf", "--dataset", str(tmp_path / "saved"), "--out-dir", str(tmp_path / "o3"),
-                        "--text-column", "sentence", "--split", "test"]) == 0
+    assert main(["data", "import", "hf", "--dataset", str(tmp_path / "saved"), "--out-dir", str(tmp_path / "o3"),
+                 "--text-column", "sentence", "--split", "test"]) == 0
     assert [u.id for u in load_manifest(tmp_path / "o3" / "manifest.jsonl")] == ["test_0000000", "test_0000001"]

@@ -126,13 +126,14 @@ def test_hub_id_offline_same_line_with_or_without_hf_hub_offline(world, capsys, 
     assert res.returncode == 2 and [line for line in res.stderr.splitlines() if line.strip()] == [expected]
 
 
-def test_debug_flag_and_env_show_the_traceback(world, capsys, monkeypatch):
+def test_debug_flag_shows_the_traceback(world, capsys, monkeypatch):
     _, cfg, _, _ = world
     with pytest.raises(ConfigError, match="unknown adapter 'mlpp'"):
         main(["config", str(cfg), "adapter.name=mlpp", "--debug"])
-    monkeypatch.setenv("SPEECHWIRE_DEBUG", "1")
     with pytest.raises(ConfigError):
-        main(["config", str(cfg), "adapter.name=mlpp"])
+        main(["--debug", "config", str(cfg), "adapter.name=mlpp"])
+    monkeypatch.setenv("SPEECHWIRE_DEBUG", "1")  # no longer read: --debug is the only switch
+    assert main(["config", str(cfg), "adapter.name=mlpp"]) == 2
 
 
 def test_argument_mistakes_and_bugs_are_one_line(world, capsys, monkeypatch):

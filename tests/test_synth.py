@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from speechwire.data.synth import build, sources, voice
-from speechwire.data.synth.build import build_corpus, real_split_of, split_pairs, synth_main
+from speechwire.cli import main
+from speechwire.data.synth.build import build_corpus, real_split_of, split_pairs
 from speechwire.data.synth.sources import (
     MissingSystemDepsError,
     SentencePair,
@@ -146,7 +147,7 @@ def test_missing_espeak_says_what_to_install(
     monkeypatch.setattr(sources.shutil, "which", lambda name: None)
     with pytest.raises(MissingSystemDepsError, match="sudo apt-get install -y espeak-ng"):
         build_corpus(tmp_path / "out", 1, 1, 1, real=False, progress=False)
-    assert synth_main(["--out", str(tmp_path / "out"), "--no-real", "--quiet"]) == 1
+    assert main(["data", "synth", "--out", str(tmp_path / "out"), "--no-real", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "espeak-ng" in err and "install_system_deps.sh" in err and err.count("\n") == 1
 

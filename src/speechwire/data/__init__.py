@@ -8,13 +8,13 @@
     ckpt["data"] = loader.state_dict()                    # exact mid-epoch resume
 
 Modules: manifest (Utterance, JSONL I/O, language names), importers (MuST-C, CoVoST 2, HF
-datasets, CLI), sampler (DurationBucketSampler), dataset (SpeechDataset, loaders), batch (Batch,
+datasets), sampler (DurationBucketSampler), dataset (SpeechDataset, loaders), batch (Batch,
 its token ids, collate).
 """
 
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, Collator, collate
 from speechwire.data.dataset import SpeechDataLoader, SpeechDataset, filter_by_duration, make_dataloader
-from speechwire.data.importers import add_import_subparser, import_covost2, import_hf, import_main, import_mustc
+from speechwire.data.importers import import_covost2, import_hf, import_mustc
 from speechwire.data.manifest import (
     ManifestError,
     Utterance,
@@ -27,7 +27,7 @@ from speechwire.data.sampler import DurationBucketSampler
 
 __all__ = [
     "Batch", "BatchTokenizer", "BatchTokens", "Collator", "DurationBucketSampler", "ManifestError", "SpeechDataLoader", "SpeechDataset", "Utterance",
-    "add_import_subparser", "collate", "filter_by_duration", "import_covost2", "import_hf",
-    "import_main", "import_mustc", "language_name", "load_manifest", "make_dataloader",
+    "collate", "filter_by_duration", "import_covost2", "import_hf",
+    "import_mustc", "language_name", "load_manifest", "make_dataloader",
     "utterance_duration", "write_manifest",
 ]

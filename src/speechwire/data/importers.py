@@ -4,13 +4,11 @@
     speechwire data import covost2 --tsv-dir TSV --clips CV/en/clips --src-lang en --tgt-lang de --split dev --out dev.jsonl
     speechwire data import hf      --dataset NAME_OR_DIR --split test --audio-column audio --text-column text --out-dir hf_test
 
-The CLI is `import_main(argv)` (argv after "data import"), or `add_import_subparser(subparsers)`
-to mount "import" under an existing argparse subparsers object (it sets `func=run_import`).
+The commands call `import_mustc`, `import_covost2` and `import_hf` (their parsers are in speechwire.cli).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import re
@@ -246,68 +244,3 @@ def import_hf(dataset: Any, out_dir: str | Path, audio_column: str = "audio", te
     write_manifest(out_dir / "manifest.jsonl", utts)
     return utts
 
-
-# --- CLI ----------------------------------------------------------------------------------------
-
-
-def add_import_subparser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `import {mustc,covost2,hf}` to an argparse subparsers object; sets func=run_import."""
-    p = subparsers.add_parser("import", help="convert a corpus into a JSONL manifest")
-    sub = p.add_subparsers(dest="corpus", required=True)
-    m = sub.add_parser("mustc", help="MuST-C: <root>/en-<tgt>/data/<split>/")
-    m.add_argument("--root", required=True)
-    m.add_argument("--tgt-lang", required=True)
-    m.add_argument("--split", required=True)
-    m.add_argument("--out", required=True)
-    m.add_argument("--src-lang", default="en")
-    c = sub.add_parser("covost2", help="CoVoST 2 split TSVs + Common Voice clips")
-    c.add_argument("--tsv-dir", required=True)
-    c.add_argument("--clips", required=True)
-    c.add_argument("--src-lang", required=True)
-    c.add_argument("--tgt-lang", required=True)
-    c.add_argument("--split", required=True)
-    c.add_argument("--out", required=True)
-    c.add_argument("--skip-invalid", action="store_true")
-    h = sub.add_parser("hf", help="any Hugging Face datasets audio dataset")
-    h.add_argument("--dataset", required=True, help="hub name, or a folder from save_to_disk")
-    h.add_argument("--out-dir", required=True)
-    h.add_argument("--config", default=None)
-    h.add_argument("--split", default="train")
-    h.add_argument("--audio-column", default="audio")
-    h.add_argument("--text-column", default="text")
-    h.add_argument("--translation-column", default=None)
-    h.add_argument("--id-column", default=None)
-    h.add_argument("--src-lang", default="en")
-    h.add_argument("--tgt-lang", default=None)
-    h.add_argument("--skip-invalid", action="store_true")
-    for q in (m, c, h):
-        q.add_argument("--tasks", nargs="+", choices=["asr", "st"], default=None,
-                       help="tasks to emit (default: st for mustc/covost2; asr [+ st] for hf)")
-    p.set_defaults(func=run_import)
-    return p
-
-
-def run_import(args: argparse.Namespace) -> int:
-    """Run the importer chosen on the command line; prints the count and the manifest path."""
-    if args.corpus == "mustc":
-        utts = import_mustc(args.root, args.tgt_lang, args.split, args.out, args.tasks or ["st"], args.src_lang)
-        out = args.out
-    elif args.corpus == "covost2":
-        utts = import_covost2(args.tsv_dir, args.clips, args.src_lang, args.tgt_lang, args.split, args.out,
-                              args.tasks or ["st"], args.skip_invalid)
-        out = args.out
-    else:
-        utts = import_hf(args.dataset, args.out_dir, args.audio_column, args.text_column, args.translation_column,
-                         args.split, args.config, args.src_lang, args.tgt_lang, args.tasks, args.id_column,
-                         args.skip_invalid)
-        out = str(Path(args.out_dir) / "manifest.jsonl")
-    print(f"wrote {len(utts)} utterances to {out}")
-    return 0
-
-
-def import_main(argv: Sequence[str] | None = None) -> int:
-    """`speechwire data import ...` as a function: argv starts with mustc, covost2 or hf."""
-    parser = argparse.ArgumentParser(prog="speechwire data")
-    add_import_subparser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["import", *(argv or [])])
-    return args.func(args)

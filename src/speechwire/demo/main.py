@@ -12,11 +12,9 @@ metrics.json, PNG. The run folder is a checkpoint: `speechwire transcribe RUN_DI
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shutil
-import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -31,7 +29,7 @@ from .data import DemoSets, build_tiny_corpus, ensure_demo_data
 from .report import decode_timing, metrics_table, side_by_side, system_metrics, write_outputs
 
 
-# Utterances per test set when --limit is not given (--limit 0: all). ASR: all 200 synthetic + 101
+# Utterances per test set when `speechwire demo` gets no --limit (--limit 0: all). ASR: all 200 synthetic + 101
 # real (~5 min on 2 cores); ST: the first 50 of 200 (Qwen runs twice per clip: 100 clips took 13 min).
 DEFAULT_LIMIT: dict[str, int | None] = {"asr": None, "st": 50}
 
@@ -230,20 +228,4 @@ def _with_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> Exper
     return from_dict(ExperimentConfig, apply_overrides(to_dict(cfg), overrides))
 
 
-def demo_main(args: argparse.Namespace) -> int:
-    """`speechwire demo` entry point (args: task, train, tiny, out, limit[, overrides])."""
-    from ..data.synth import MissingSystemDepsError
-
-    task = args.task
-    out = Path(args.out) if args.out else Path("runs") / f"demo-{task}{'-tiny' if args.tiny else ''}"
-    limit = DEFAULT_LIMIT[task] if args.limit is None else (args.limit if args.limit > 0 else None)
-    try:
-        run_demo(task, out, train=args.train, tiny=args.tiny, limit=limit,
-                 overrides=list(getattr(args, "overrides", None) or []), progress=not getattr(args, "quiet", False))
-    except (DemoError, MissingSystemDepsError) as e:
-        print(f"speechwire demo: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-__all__ = ["DemoError", "asset_dir", "demo_main", "install_checkpoint", "run_demo"]
+__all__ = ["DEFAULT_LIMIT", "DemoError", "asset_dir", "install_checkpoint", "run_demo"]

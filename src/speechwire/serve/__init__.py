@@ -6,8 +6,8 @@
     errors.py   OpenAI-shaped JSON errors, the upload-size limit
     run.py      the run's model id and the tasks it was trained for
     upload.py   uploaded bytes -> validated waveform + pieces
-    server.py   uvicorn on a socket we bind (port 0), or in a background thread (notebooks, tests)
-    cli.py      the command (argument parsing, model loading)
+    server.py   run_server (model loading, uvicorn on a socket we bind, port 0), or a background thread
+                (notebooks, tests); the `serve` command's flags are in speechwire/cli.py
 
 Needs fastapi, uvicorn and python-multipart (installed with speechwire). Usage: docs/serving.md.
 """

@@ -1,5 +1,6 @@
 """Run the app under uvicorn: on a socket we bind ourselves (so port 0 works), or in a background thread.
 
+    run_server("runs/demo-asr", port=8000, max_batch=16)        # `speechwire serve`: load, bind, serve until Ctrl-C
     with BackgroundServer(create_app(model, run)) as server:     # a notebook, a test, a benchmark
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -55,3 +57,60 @@ class BackgroundServer:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
+
+
+def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 16,
+               max_wait_ms: float = 10.0, max_upload_mb: float = 25.0, max_queue: int = 1024, vad: str = "auto",
+               tasks: list[str] | None = None, threads: int | None = None, log_level: str = "info",
+               overrides: list[str] | None = None) -> None:
+    """Load the run folder `run_dir` and serve it until interrupted (`speechwire serve`; docs/serving.md).
+
+    Args:
+        run_dir: a run folder (config.yaml + trainable.safetensors).
+        host: address to bind; not loopback means anyone who reaches it can use the model (no authentication).
+        port: TCP port; 0 picks a free one (printed).
+        max_batch: most pieces per batched generate call (1: no batching).
+        max_wait_ms: longest a piece waits for a batch to fill.
+        max_upload_mb: larger uploads get 413.
+        max_queue: most pieces waiting; beyond it requests get 503.
+        vad: how recordings over the encoder's limit are cut: "auto" (Silero VAD when installed), "silero", "energy".
+        tasks: tasks to answer, a subset of ("asr", "st"); None: those of the run's training manifest.
+        threads: torch CPU threads; None: torch's own choice.
+        log_level: uvicorn and logging level (critical, error, warning, info, debug).
+        overrides: dotted config overrides, e.g. ["eval.max_new_tokens=100"].
+    """
+    import logging
+
+    import torch
+    import uvicorn
+
+    from ..config import resolve_device
+    from ..longform import load_vad
+    from ..model import SpeechLLM
+    from .app import create_app
+    from .run import describe_run
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    model = SpeechLLM.from_pretrained(run_dir, overrides or []).eval()
+    model.to(resolve_device(model.cfg.train.device))
+    if model.device.type == "cpu" and model.cfg.llm.dtype != "float32":
+        print(f"speechwire serve: note: the LLM runs in {model.cfg.llm.dtype} on the CPU; CPUs without native "
+              "bf16/fp16 matmuls are faster in float32, where batching also pays (--set llm.dtype=float32; "
+              "docs/serving.md)", flush=True)
+    run = describe_run(run_dir, model.cfg, tasks)
+    if vad != "energy" and load_vad() is None:
+        if vad == "silero":
+            raise ValueError("--vad silero: the silero-vad package is not installed; `pip install silero-vad`")
+        print("speechwire serve: silero-vad is not installed; long recordings are cut by energy", flush=True)
+    app = create_app(model, run, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                     max_upload_mb=max_upload_mb, vad=vad, max_queue=max_queue)
+    sock = bind(host, port)
+    print(f"speechwire serve: model {run.id!r} (tasks: {', '.join(run.tasks)}; from {run.tasks_from}) "
+          f"listening on {url_of(sock)}", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print("speechwire serve: warning: no authentication; anyone who reaches this address can use the model",
+              flush=True)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -16,14 +16,12 @@ endian:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
 import shutil
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -349,19 +347,3 @@ def publish_folder(tmp: Path, dest: Path, required: tuple[str, ...] | list[str])
     os.replace(tmp, dest)
     return dest
 
-
-def convert_main(argv: list[str] | None = None) -> int:
-    """`speechwire convert whisper-ct2 SRC DST`: CTranslate2 Whisper folder -> HF checkpoint."""
-    parser = argparse.ArgumentParser(prog="speechwire convert whisper-ct2",
-                                     description="Convert a CTranslate2 Whisper folder into a "
-                                                 "Hugging Face Whisper checkpoint.")
-    parser.add_argument("src", type=Path, help="folder with model.bin, config.json, tokenizer.json")
-    parser.add_argument("dst", type=Path, help="output folder (created)")
-    args = parser.parse_args(argv)
-    try:
-        out = convert_ct2_whisper(args.src, args.dst)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0

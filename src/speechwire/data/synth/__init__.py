@@ -4,7 +4,7 @@ Synthetic English speech (espeak-ng) of the `trans-de-en` sentence pairs, for AS
 English->German ST, plus real prompts from `asterisk-core-sounds-en` for ASR. See docs/data.md.
 """
 
-from .build import DEFAULT_OUT, build_corpus, demo_data_dir, split_pairs, synth_main
+from .build import DEFAULT_OUT, build_corpus, demo_data_dir, split_pairs
 from .sources import MissingSystemDepsError, check_system_deps
 
 __all__ = [
@@ -14,5 +14,4 @@ __all__ = [
     "check_system_deps",
     "demo_data_dir",
     "split_pairs",
-    "synth_main",
 ]

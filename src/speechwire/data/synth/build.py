@@ -16,12 +16,10 @@ Real prompts are split 60/20/20 by a hash of their text, independent of the seed
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -71,10 +69,10 @@ class _Result:
 def demo_data_dir() -> Path:
     """The demo corpus folder: `$SPEECHWIRE_CACHE/demo_data` when the variable is set, else DEFAULT_OUT
     (~/.cache/speechwire/demo_data), expanded."""
-    from speechwire.weights.fetch import CACHE_ENV
+    from speechwire.weights.fetch import env_cache_dir
 
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() / DEFAULT_OUT.name if env else DEFAULT_OUT.expanduser()
+    env = env_cache_dir()
+    return env / DEFAULT_OUT.name if env else DEFAULT_OUT.expanduser()
 
 
 def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
@@ -310,34 +308,3 @@ def build_corpus(
     os.replace(tmp, summary_path)
     return summary
 
-
-def synth_main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``speechwire data synth --out DIR --train N --dev N --test N --seed S``.
-
-    Returns:
-        Process exit status (0 ok, 1 missing system packages or bad sizes).
-    """
-    ap = argparse.ArgumentParser(prog="speechwire data synth", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (%(default)s)")
-    ap.add_argument("--train", type=int, default=3000, help="synthetic train sentences")
-    ap.add_argument("--dev", type=int, default=200, help="synthetic dev sentences")
-    ap.add_argument("--test", type=int, default=200, help="synthetic test sentences")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    ap.add_argument("--max-seconds", type=float, default=12.0, help="drop longer utterances")
-    ap.add_argument("--no-real", action="store_true", help="skip the asterisk real prompts")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
-    try:
-        summary = build_corpus(
-            args.out, num_train=args.train, num_dev=args.dev, num_test=args.test, seed=args.seed,
-            workers=args.workers, real=not args.no_real, progress=not args.quiet,
-            max_seconds=args.max_seconds,
-        )  # fmt: skip
-    except (MissingSystemDepsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
-    print(f"demo corpus in {Path(args.out).expanduser()}: {counts}; "
-          f"{summary['total_hours']:.2f} h")  # fmt: skip
-    return 0
