@@ -282,6 +282,7 @@ _FAULT_HITS: dict[str, int] = {}
 def fault_point(name: str) -> None:
     """With SPEECHWIRE_FAULTS="NAME[@n],...", SIGKILL this process the n-th time (default first) it
     reaches `name`. For kill tests only; unset, it costs one environment lookup."""
+    # kept as an environment variable: a test-only hook that must reach the forked process deep inside a run
     spec = os.environ.get("SPEECHWIRE_FAULTS")
     if not spec:
         return
