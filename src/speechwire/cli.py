@@ -43,6 +43,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train CONFIG (+ overrides), resuming from its checkpoints unless --no-resume; prints the summary."""
     from .config import load_config
     from .train import train
 
@@ -54,9 +55,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score RUN_DIR on --manifest: predictions.jsonl + metrics.json; prints the metrics."""
     from .evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.manifest, args.out, args.overrides, progress=not args.quiet)
+    metrics = evaluate_run(run_dir=args.run_dir, manifest=args.manifest, out_dir=args.out, overrides=args.overrides,
+                           progress=not args.quiet)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -134,6 +137,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    """`convert whisper-ct2 SRC DST`: exit status 1 when SRC is not a readable CTranslate2 Whisper folder."""
     from .weights.ct2_whisper import convert_ct2_whisper
 
     try:
@@ -159,12 +163,13 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_copytest(args: argparse.Namespace) -> int:
+    """Can the LLM of CONFIG (a YAML file or a run folder) copy the transcripts of --manifest? Prints WER."""
     from .config import load_config
     from .copytest import copy_test
 
     config = Path(args.config)
     cfg = load_config(config / "config.yaml" if config.is_dir() else config, args.overrides)
-    metrics = copy_test(cfg, args.manifest, args.limit, args.out, progress=not args.quiet)
+    metrics = copy_test(cfg, manifest=args.manifest, limit=args.limit, out_dir=args.out, progress=not args.quiet)
     print(json.dumps(metrics, indent=2))
     print(f"copy test: {cfg.llm.model} WER {metrics['asr']['wer_percent']:.1f} % over {metrics['num_utterances']} "
           "transcripts given as text")
@@ -199,24 +204,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    """Run (or with --dry-run, plan and cost) this shard of a grid file."""
     from .grid import dry_run, load_grid, run_grid
     from .grid.spec import output_root, parse_shard
 
     spec = load_grid(args.grid)
     shard = parse_shard(args.shard)
     if args.dry_run:
-        dry_run(spec, args.out, shard, probe=not args.no_probe)
+        dry_run(spec, out=args.out, shard=shard, probe=not args.no_probe)
         return 0
-    results = run_grid(spec, args.out, shard, use_cache=not args.no_cache, progress=not args.quiet)
+    results = run_grid(spec, out=args.out, shard=shard, use_cache=not args.no_cache, progress=not args.quiet)
     out = output_root(spec, args.out)
     print(f"{len(results)} run(s) finished in {out}; next: speechwire report {out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """report.md, results.csv/json and plots from a grid folder."""
     from .grid import write_report
 
-    path = write_report(args.grid_dir, plots=not args.no_plots)
+    path = write_report(grid_dir=args.grid_dir, plots=not args.no_plots)
     print(f"wrote {path}, {path.parent / 'results.csv'}, {path.parent / 'results.json'}")
     return 0
 
