@@ -42,7 +42,7 @@ def grid_file(tmp_path_factory):
     return path
 
 
-GRIDS = sorted((Path(__file__).parents[1] / "configs").glob("*_grid.yaml"))
+GRIDS = sorted((Path(__file__).parents[2] / "configs").glob("*_grid.yaml"))
 
 
 @pytest.mark.parametrize("path", GRIDS, ids=[p.name for p in GRIDS])
