@@ -23,10 +23,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from speechwire.encoders.interface import SpeechEncoder  # noqa: E402
-from speechwire.encoders.tiny import save_tiny_whisper  # noqa: E402
 from speechwire.grid import load_grid  # noqa: E402
 from speechwire.grid.run import run_grid  # noqa: E402
-from speechwire.tiny import save_tiny_llm  # noqa: E402
+from speechwire.testing import save_tiny_llm, save_tiny_whisper  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     ap.add_argument("--whisper-dim", type=int, default=256)
     ap.add_argument("--whisper-layers", type=int, default=4)
     args = ap.parse_args()
-    from pipeline import write_mustc
+    from helpers import write_mustc
     from speechwire.cli import main as cli
 
     calls = {"n": 0}

@@ -24,8 +24,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from speechwire.encoders.tiny import save_tiny_whisper
-from speechwire.tiny import save_tiny_llm
+from speechwire.testing import save_tiny_llm, save_tiny_whisper
 
 
 def corpus(root: Path, n: int) -> Path:

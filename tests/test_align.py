@@ -19,7 +19,7 @@ from speechwire.encoders.interface import EncoderOutput, SpeechEncoder
 from speechwire.model import SpeechLLM
 from speechwire.train import Trainer, stage_config, train
 
-from pipeline import write_experiment
+from helpers import write_experiment
 
 WORDS = ["hi", "no", "up", "me", "go", "at"]  # one letter per tone: a frame-wise adapter can spell them
 

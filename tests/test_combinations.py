@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from speechwire.config import load_config
-from speechwire.encoders.tiny import save_tiny_seamless, save_tiny_wav2vec2, save_tiny_whisper
 from speechwire.model import SpeechLLM
-from speechwire.tiny import save_tiny_llm
+from speechwire.testing import save_tiny_llm, save_tiny_seamless, save_tiny_wav2vec2, save_tiny_whisper
 
-from conftest import TINY_ADAPTER, make_batch, select
+from helpers import TINY_ADAPTER, make_batch, select
 
 ENCODERS = {"whisper": save_tiny_whisper, "seamless": save_tiny_seamless, "hf": save_tiny_wav2vec2}
 

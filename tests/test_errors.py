@@ -18,7 +18,7 @@ from speechwire.errors import did_you_mean
 from speechwire.files import read_safetensors
 from speechwire.registry import ADAPTERS
 
-from _faults import ENV, tiny_run
+from helpers import ENV, tiny_run
 
 OFFLINE = ("is not in the local Hugging Face cache and the hub cannot be reached (offline); download it where the "
            "hub is reachable")

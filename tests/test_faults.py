@@ -24,13 +24,10 @@ from speechwire.features import FeatureCache
 from speechwire.grid import load_grid, plan
 from speechwire.grid.run import EVENTS, run_grid
 from speechwire.resume import load_resume
+from speechwire.testing import save_tiny_llm, save_tiny_whisper
 from speechwire.train import latest_checkpoint, train
 
-from speechwire.encoders.tiny import save_tiny_whisper
-from speechwire.tiny import save_tiny_llm
-
-from _faults import Forker, disk_full
-from pipeline import mustc_manifest, write_experiment
+from helpers import Forker, disk_full, mustc_manifest, write_experiment
 
 
 def _weights(run: Path) -> dict:

@@ -14,7 +14,7 @@ from speechwire.data import load_manifest, make_dataloader
 from speechwire.features import CachedFeatureDataset, FeatureCache
 from speechwire.train import train
 
-from pipeline import mustc_manifest, write_experiment
+from helpers import mustc_manifest, write_experiment
 
 
 @pytest.fixture(scope="module")

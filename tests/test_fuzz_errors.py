@@ -33,7 +33,7 @@ from speechwire.model import SpeechLLM
 from speechwire.resume import read_checkpoint
 from speechwire.train import latest_checkpoint
 
-from _faults import assert_clean, template, tiny_run, verdict
+from helpers import assert_clean, template, tiny_run, verdict
 
 FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

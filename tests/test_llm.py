@@ -6,7 +6,7 @@ import pytest
 
 from speechwire.config import LLMConfig
 from speechwire.llm import AUDIO_END, AUDIO_START, ChatPrompter, language_name, load_tokenizer
-from speechwire.tiny import save_tiny_llm
+from speechwire.testing import save_tiny_llm
 
 
 def test_prompt_splits_around_audio_markers(tiny_llm_dir):

@@ -11,8 +11,7 @@ from speechwire.config import load_config
 from speechwire.longform import Piece, group_regions, join_text, split_recording, transcribe_long
 from speechwire.model import SpeechLLM
 
-from _speechaudio import SR, speech_with_pauses
-from conftest import TINY_ADAPTER, ToyEncoder
+from helpers import SR, TINY_ADAPTER, ToyEncoder, speech_with_pauses
 
 
 def test_short_recording_is_one_untouched_piece(monkeypatch):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from speechwire.config import load_config
 from speechwire.model import IGNORE, WEIGHTS_NAME, SpeechLLM
 
-from conftest import TINY_ADAPTER, ToyEncoder, make_batch, select
+from helpers import TINY_ADAPTER, ToyEncoder, make_batch, select
 
 
 def build(tiny_llm_dir, *overrides, seed=0):

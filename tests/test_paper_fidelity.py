@@ -16,7 +16,7 @@ from speechwire.config import ConfigError, ExperimentConfig, available_presets, 
 from speechwire.grid.spec import load_grid, plan, run_config
 from speechwire.model import SpeechLLM
 
-from conftest import TINY_ADAPTER, ToyEncoder, make_batch, select
+from helpers import TINY_ADAPTER, ToyEncoder, make_batch, select
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from speechwire.cli import main
 from speechwire.train import latest_checkpoint, lr_factor
 
-from pipeline import mustc_manifest, write_experiment
+from helpers import mustc_manifest, write_experiment
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 CLI = [sys.executable, "-m", "speechwire.cli"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_helpers import D_ENC, D_LLM, build, make_batch, make_targets
 
 from speechwire.registry import ADAPTERS
+
+from helpers import D_ENC, D_LLM, make_frames, make_targets, tiny_adapter
 
 NAMES = ADAPTERS.available()
 
@@ -18,8 +19,8 @@ def test_registry_has_all_paper_adapters():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_and_lengths(name):
-    adapter = build(name).eval()
-    x, lens = make_batch([40, 23, 5, 1])
+    adapter = tiny_adapter(name).eval()
+    x, lens = make_frames([40, 23, 5, 1])
     with torch.no_grad():
         out = adapter(x, lens)
     assert out.embeds.shape == (4, int(out.lengths.max()), D_LLM)
@@ -38,8 +39,8 @@ def test_shapes_and_lengths(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_padding_invariance(name):
-    adapter = build(name).eval()
-    x, lens = make_batch([7, 60], seed=1)
+    adapter = tiny_adapter(name).eval()
+    x, lens = make_frames([7, 60], seed=1)
     with torch.no_grad():
         alone = adapter(x[:1, :7], lens[:1])
         batch = adapter(x, lens)
@@ -50,8 +51,8 @@ def test_padding_invariance(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_reach_every_parameter(name):
-    adapter = build(name).train()
-    x, lens = make_batch([30, 17, 9], seed=2)
+    adapter = tiny_adapter(name).train()
+    x, lens = make_frames([30, 17, 9], seed=2)
     out = adapter(x, lens, make_targets(lens))
     w = torch.randn(out.embeds.shape, generator=torch.Generator().manual_seed(0))
     loss = (out.embeds * w).sum() + (out.aux_loss if out.aux_loss is not None else 0.0)
@@ -70,10 +71,10 @@ def test_overfit_four_sequences(name):
     both pool the same segments (CTC training itself is tested in test_ctc.py).
     """
     kw = {"ctc_loss_weight": 0.0} if name == "ctc" else {}
-    student, teacher = build(name, seed=0, **kw).train(), build(name, seed=1, **kw).train()
+    student, teacher = tiny_adapter(name, seed=0, **kw).train(), tiny_adapter(name, seed=1, **kw).train()
     if name == "ctc":
         student.head.load_state_dict(teacher.head.state_dict())
-    x, lens = make_batch([16, 14, 11, 8], seed=3)
+    x, lens = make_frames([16, 14, 11, 8], seed=3)
     targets = make_targets(lens)
     with torch.no_grad():
         goal = teacher(x, lens, targets).embeds  # (B, T', d_llm)
@@ -96,8 +97,8 @@ def test_overfit_four_sequences(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_wrong_encoder_width_is_a_clear_error(name):
-    adapter = build(name).eval()
-    x, lens = make_batch([10, 5], d=D_ENC + 1)
+    adapter = tiny_adapter(name).eval()
+    x, lens = make_frames([10, 5], d=D_ENC + 1)
     with pytest.raises(ValueError, match=rf"{name} adapter: speech encoder width {D_ENC + 1} does not match"):
         adapter(x, lens)
 
@@ -111,7 +112,7 @@ def test_config_fields_are_the_fields_it_reads(name):
     """Each adapter's `config_fields` (what the unread-field warning trusts) is what it reads."""
     import dataclasses
 
-    from adapter_helpers import tiny_ctx, tiny_cfg
+    from helpers import tiny_adapter_cfg, tiny_adapter_ctx
 
     from speechwire.adapters import build_adapter, config_fields
     from speechwire.config import AdapterConfig
@@ -124,10 +125,10 @@ def test_config_fields_are_the_fields_it_reads(name):
                 object.__getattribute__(self, "__dict__").setdefault("_read", set()).add(key)
             return object.__getattribute__(self, key)
 
-    cfg = Recording(**dataclasses.asdict(tiny_cfg(name, init_std=0.02, cif_tail_rescale=True)))
+    cfg = Recording(**dataclasses.asdict(tiny_adapter_cfg(name, init_std=0.02, cif_tail_rescale=True)))
     cfg.__dict__["_read"] = set()  # __post_init__'s checks read every field: not counted
-    adapter = build_adapter(cfg, tiny_ctx())
-    x, lens = make_batch([30, 17])
+    adapter = build_adapter(cfg, tiny_adapter_ctx())
+    x, lens = make_frames([30, 17])
     adapter.train()(x, lens, make_targets(lens))
     with torch.no_grad():
         adapter.eval()(x, lens)

@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from adapter_helpers import D_LLM, build, make_batch, make_targets
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from speechwire.adapters import AdapterTargets
 from speechwire.adapters.cif import cif_fire_counts, cif_weights, rescale_tail
+
+from helpers import D_LLM, make_frames, make_targets, tiny_adapter
 
 
 def cif_reference(alphas: list[float], h: torch.Tensor, beta: float = 1.0, tail: float = 0.5) -> list[torch.Tensor]:
@@ -84,8 +85,8 @@ def test_scaled_alphas_fire_exactly_the_target_length(alphas, n):
 
 
 def test_training_fires_target_length_and_quantity_loss_uses_unscaled_alphas():
-    adapter = build("cif").train()
-    x, lens = make_batch([30, 17, 9], seed=1)
+    adapter = tiny_adapter("cif").train()
+    x, lens = make_frames([30, 17, 9], seed=1)
     n = torch.tensor([7, 40, 1])  # 40 > 17 frames: alphas > 1, frames fire several times
     out = adapter(x, lens, AdapterTargets(target_lengths=n))
     assert out.lengths.tolist() == [7, 40, 1]
@@ -98,10 +99,10 @@ def test_training_fires_target_length_and_quantity_loss_uses_unscaled_alphas():
 
 
 def test_eval_uses_unscaled_alphas_and_always_fires_once():
-    adapter = build("cif").eval()
+    adapter = tiny_adapter("cif").eval()
     with torch.no_grad():
         adapter.alpha.proj.bias.fill_(-20.0)  # alphas ~ 2e-9: nothing would ever fire
-    x, lens = make_batch([30, 5], seed=2)
+    x, lens = make_frames([30, 5], seed=2)
     out = adapter(x, lens)
     assert out.lengths.tolist() == [1, 1]
     with torch.no_grad():
@@ -113,16 +114,16 @@ def test_eval_uses_unscaled_alphas_and_always_fires_once():
 
 
 def test_training_without_target_lengths_is_a_clear_error():
-    adapter = build("cif").train()
-    x, lens = make_batch([10])
+    adapter = tiny_adapter("cif").train()
+    x, lens = make_frames([10])
     with pytest.raises(ValueError, match="target_lengths"):
         adapter(x, lens, AdapterTargets())
     adapter(x, lens, make_targets(lens))  # fine with targets
 
 
 def test_empty_target_still_fires_one_vector():
-    adapter = build("cif").train()
-    x, lens = make_batch([10, 6])
+    adapter = tiny_adapter("cif").train()
+    x, lens = make_frames([10, 6])
     out = adapter(x, lens, AdapterTargets(target_lengths=torch.tensor([0, 3])))
     assert out.lengths.tolist() == [1, 3]
 
@@ -170,8 +171,8 @@ def test_tail_rescale_like_the_authors_torch_cif_port():
 
 
 def test_tail_rescale_switch_in_the_adapter():
-    x, lens = make_batch([23, 9], seed=5)
-    ours, paper = build("cif").eval(), build("cif", cif_tail_rescale=True).eval()
+    x, lens = make_frames([23, 9], seed=5)
+    ours, paper = tiny_adapter("cif").eval(), tiny_adapter("cif", cif_tail_rescale=True).eval()
     paper.load_state_dict(ours.state_dict())
     a, b = ours(x, lens), paper(x, lens)
     assert a.lengths.tolist() == b.lengths.tolist()

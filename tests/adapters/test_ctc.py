@@ -7,12 +7,13 @@ import itertools
 
 import pytest
 import torch
-from adapter_helpers import PAD, VOCAB, build, make_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speechwire.adapters import AdapterTargets
 from speechwire.adapters.ctc import segment_ids, segment_mean
+
+from helpers import PAD, VOCAB, make_frames, tiny_adapter
 
 
 def pool_reference(labels: list[int], x: torch.Tensor, blank: int, keep_blanks: bool) -> torch.Tensor:
@@ -93,7 +94,7 @@ def test_default_keeps_blank_runs_like_the_authors():
     torch.testing.assert_close(segment_mean(x[None], seg, keep, counts)[0], ref)
 
     # through the adapter with its default config: a head whose argmax follows those labels
-    adapter = build("ctc").eval()
+    adapter = tiny_adapter("ctc").eval()
     assert adapter.cfg.ctc_keep_blanks
     hidden = torch.zeros(1, 10, adapter.ctx.in_dim)
     hidden[0, torch.arange(10), torch.tensor(frame_labels)] = 1.0  # one-hot of the label in d_enc
@@ -102,7 +103,7 @@ def test_default_keeps_blank_runs_like_the_authors():
         adapter.head.bias.zero_()
         adapter.head.weight[torch.arange(4), torch.arange(4)] = 5.0  # logit of label v = 5 * hidden[v]
     assert adapter(hidden, lens).lengths.tolist() == [6]
-    dropping = build("ctc", ctc_keep_blanks=False).eval()  # the option: blank runs dropped
+    dropping = tiny_adapter("ctc", ctc_keep_blanks=False).eval()  # the option: blank runs dropped
     dropping.load_state_dict(adapter.state_dict())
     assert dropping(hidden, lens).lengths.tolist() == [3]  # 3 / 2 2 / 3
 
@@ -116,8 +117,8 @@ def _targets(labels: list[list[int]]) -> AdapterTargets:
 
 
 def test_ctc_loss_equals_torch_ctc_loss():
-    adapter = build("ctc").train()
-    x, lens = make_batch([12, 7], seed=1)
+    adapter = tiny_adapter("ctc").train()
+    x, lens = make_frames([12, 7], seed=1)
     targets = _targets([[3, 5, 5, 9], [7, 2]])
     out = adapter(x, lens, targets)
     valid = torch.arange(12)[None, :] < lens[:, None]
@@ -130,8 +131,8 @@ def test_ctc_loss_equals_torch_ctc_loss():
 
 
 def test_ctc_loss_decreases_when_trained():
-    adapter = build("ctc").train()
-    x, lens = make_batch([20, 16, 12], seed=2)
+    adapter = tiny_adapter("ctc").train()
+    x, lens = make_frames([20, 16, 12], seed=2)
     targets = _targets([[3, 5, 9, 11], [7, 2, 2], [30, 1]])
     opt = torch.optim.Adam(adapter.head.parameters(), lr=3e-2)
     losses = []
@@ -145,8 +146,8 @@ def test_ctc_loss_decreases_when_trained():
 
 
 def test_training_without_transcripts_is_a_clear_error():
-    adapter = build("ctc").train()
-    x, lens = make_batch([10])
+    adapter = tiny_adapter("ctc").train()
+    x, lens = make_frames([10])
     for targets in (None, AdapterTargets(target_lengths=torch.tensor([3]))):
         with pytest.raises(ValueError, match="transcript"):
             adapter(x, lens, targets)
@@ -154,26 +155,26 @@ def test_training_without_transcripts_is_a_clear_error():
 
 
 def test_labels_longer_than_frames_warn_and_zero_their_loss():
-    adapter = build("ctc").train()
-    x, lens = make_batch([3, 10], seed=3)
+    adapter = tiny_adapter("ctc").train()
+    x, lens = make_frames([3, 10], seed=3)
     with pytest.warns(UserWarning, match=r"items \[0\] have more transcript tokens than encoder frames"):
         out = adapter(x, lens, _targets([[1, 2, 3, 4, 5], [4, 5]]))
     assert torch.isfinite(out.aux_loss)
 
 
 def test_blank_inside_transcript_and_blank_override():
-    adapter = build("ctc").train()
-    x, lens = make_batch([10])
+    adapter = tiny_adapter("ctc").train()
+    x, lens = make_frames([10])
     with pytest.raises(ValueError, match="ctc_blank_id"):
         adapter(x, lens, _targets([[3, PAD, 4]]))
-    custom = build("ctc", ctc_blank_id=VOCAB - 1)
+    custom = tiny_adapter("ctc", ctc_blank_id=VOCAB - 1)
     assert custom.blank == VOCAB - 1
     custom(x, lens, _targets([[3, PAD, 4]]))  # the pad id is an ordinary label now
 
 
 def test_label_padding_value_is_ignored_and_bad_ids_are_clear_errors():
-    adapter = build("ctc").train()
-    x, lens = make_batch([12, 9], seed=4)
+    adapter = tiny_adapter("ctc").train()
+    x, lens = make_frames([12, 9], seed=4)
     t = _targets([[3, 5, 9], [7]])
     a = adapter(x, lens, t).aux_losses["ctc"]
     t.ctc_labels[1, 1:] = -100  # the model pads with the ignore index

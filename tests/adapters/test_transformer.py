@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_helpers import build, make_batch
 from torch import nn
 
 from speechwire.adapters.transformer import bert_init_
+
+from helpers import make_frames, tiny_adapter
 
 BERT = dict(init_std=0.02, layer_norm_eps=1e-12, bert_dropout=True, dropout=0.1, hidden_size=64, ffn_size=256)
 
@@ -18,7 +19,7 @@ def _layers(adapter) -> nn.Module:
 
 @pytest.mark.parametrize("name", ["base", "wlqformer"])
 def test_bert_style_switches(name):
-    torch_style, bert = build(name, dropout=0.1, hidden_size=64, ffn_size=256), build(name, **BERT)
+    torch_style, bert = tiny_adapter(name, dropout=0.1, hidden_size=64, ffn_size=256), tiny_adapter(name, **BERT)
     assert torch_style.state_dict().keys() == bert.state_dict().keys()  # checkpoints fit either way
     norms = [m for m in _layers(bert).modules() if isinstance(m, nn.LayerNorm)]
     assert norms and all(m.eps == 1e-12 for m in norms)
@@ -47,8 +48,8 @@ def test_bert_init_covers_separate_qkv_projections():
 
 @pytest.mark.parametrize("name", ["base", "wlqformer"])
 def test_bert_style_keeps_padding_invariance(name):
-    adapter = build(name, **BERT).eval()
-    x, lens = make_batch([21, 9], seed=2, d=adapter.ctx.in_dim)
+    adapter = tiny_adapter(name, **BERT).eval()
+    x, lens = make_frames([21, 9], seed=2, d=adapter.ctx.in_dim)
     both = adapter(x, lens)
     alone = adapter(x[1:, :9], lens[1:])
     n = int(alone.lengths[0])

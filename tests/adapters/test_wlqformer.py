@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_helpers import D_LLM, build, make_batch
 
 from speechwire.adapters import AdapterContext
 from speechwire.adapters.wlqformer import WLQFormerAdapter, window_frames
 from speechwire.config import AdapterConfig
+
+from helpers import D_LLM, make_frames, tiny_adapter
 
 
 def test_window_frames():
@@ -19,21 +20,21 @@ def test_window_frames():
 
 def test_output_lengths_by_hand():
     # window_seconds 0.1 at 50 Hz -> 5 frames; 2 queries per window
-    adapter = build("wlqformer", window_seconds=0.1, queries_per_window=2).eval()
+    adapter = tiny_adapter("wlqformer", window_seconds=0.1, queries_per_window=2).eval()
     assert adapter.window == 5
-    x, lens = make_batch([40, 21, 5, 1])
+    x, lens = make_frames([40, 21, 5, 1])
     out = adapter(x, lens)
     assert out.lengths.tolist() == [16, 10, 2, 2]  # ceil(n / 5) * 2
     assert out.embeds.shape == (4, 16, D_LLM)
     assert adapter.output_length(torch.tensor([500])).tolist() == [200]
     # the paper's setting on Whisper: 10 s = 500 frames, 17-frame windows, 1 query -> 30 outputs
-    assert build("wlqformer").output_length(torch.tensor([500])).tolist() == [30]
+    assert tiny_adapter("wlqformer").output_length(torch.tensor([500])).tolist() == [30]
 
 
 def test_windows_are_independent():
     """Perturbing the frames of one window changes only that window's outputs."""
-    adapter = build("wlqformer", window_seconds=0.1, queries_per_window=2).eval()
-    x, lens = make_batch([23], seed=5)  # windows of 5 frames: 4 full + a partial one of 3
+    adapter = tiny_adapter("wlqformer", window_seconds=0.1, queries_per_window=2).eval()
+    x, lens = make_frames([23], seed=5)  # windows of 5 frames: 4 full + a partial one of 3
     with torch.no_grad():
         ref = adapter(x, lens).embeds.view(1, 5, 2, D_LLM)
         for w in range(5):
@@ -45,8 +46,8 @@ def test_windows_are_independent():
 
 
 def test_last_partial_window_ignores_padding():
-    adapter = build("wlqformer", window_seconds=0.1).eval()
-    x, lens = make_batch([7, 12], seed=6)
+    adapter = tiny_adapter("wlqformer", window_seconds=0.1).eval()
+    x, lens = make_frames([7, 12], seed=6)
     with torch.no_grad():
         a = adapter(x, lens).embeds
         x[0, 7:] = 1e3

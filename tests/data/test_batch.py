@@ -7,14 +7,13 @@ import warnings
 
 import pytest
 import torch
-from _datautil import write_tone
 
 from speechwire.config import DataConfig, LLMConfig, load_config
 from speechwire.data import Batch, BatchTokenizer, Collator, SpeechDataset, Utterance, collate, make_dataloader
 from speechwire.llm import AUDIO_END, AUDIO_START, ChatPrompter, load_tokenizer
 from speechwire.model import IGNORE, SpeechLLM
 
-from conftest import TINY_ADAPTER, ToyEncoder, make_batch
+from helpers import TINY_ADAPTER, ToyEncoder, make_batch, write_tone
 
 PARAPHRASES = ["Transcribe A.", "Transcribe B.", "Transcribe C."], ["To {tgt} A.", "To {tgt} B.", "To {tgt} C."]
 SYSTEM = "You are helpful."

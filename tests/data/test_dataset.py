@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _datautil import write_tone
 
 from speechwire.audio import AudioError
 from speechwire.config import DataConfig
 from speechwire.data import Batch, SpeechDataset, Utterance, collate, make_dataloader
+
+from helpers import write_tone
 
 
 def corpus(tmp_path, n=12) -> list[Utterance]:

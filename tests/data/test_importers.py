@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from _datautil import tone, write_tone
 
 from speechwire.audio import load_audio
 from speechwire.cli import main
 from speechwire.data import ManifestError, import_covost2, import_hf, import_mustc, load_manifest
+
+from helpers import tone, write_tone
 
 
 def make_mustc(root, tgt="de", split="dev"):

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from _datautil import write_tone
 
 from speechwire.data import ManifestError, Utterance, language_name, load_manifest, write_manifest
+
+from helpers import write_tone
 
 
 def write_lines(path: Path, rows: list) -> Path:

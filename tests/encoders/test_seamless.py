@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from speechwire.config import EncoderConfig
 from speechwire.encoders import build_encoder
 from speechwire.encoders.seamless import fbank_features
-from speechwire.encoders.tiny import save_tiny_seamless
+from speechwire.testing import save_tiny_seamless
 
 SR = 16000
 
@@ -120,7 +120,7 @@ def test_bad_inputs_give_clear_errors(folder, x, lengths, match):
 
 
 def test_wrong_family_is_named(tmp_path):
-    from speechwire.encoders.tiny import save_tiny_whisper
+    from speechwire.testing import save_tiny_whisper
 
     with pytest.raises(ValueError, match="model_type='whisper', not seamless_m4t_v2"):
         build_encoder(EncoderConfig(name="seamless", model=str(save_tiny_whisper(tmp_path))))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from speechwire.config import EncoderConfig
 from speechwire.encoders import build_encoder
-from speechwire.encoders.tiny import save_tiny_wav2vec2
+from speechwire.testing import save_tiny_wav2vec2
 
 SR = 16000
 
@@ -85,7 +85,7 @@ def test_bad_inputs_give_clear_errors(enc):
 
 
 def test_model_without_waveform_input_is_refused(tmp_path):
-    from speechwire.encoders.tiny import save_tiny_whisper
+    from speechwire.testing import save_tiny_whisper
 
     with pytest.raises(ValueError, match="does not take raw waveforms.*encoder.name=whisper"):
         build_encoder(EncoderConfig(name="hf", model=str(save_tiny_whisper(tmp_path))))

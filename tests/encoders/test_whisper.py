@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from speechwire.config import EncoderConfig
 from speechwire.encoders import build_encoder
-from speechwire.encoders.tiny import save_tiny_whisper
 from speechwire.encoders.whisper import N_SAMPLES, log_mel
 from speechwire.registry import ENCODERS
+from speechwire.testing import save_tiny_whisper
 
 SR = 16000
 

@@ -11,11 +11,10 @@ import yaml
 
 from speechwire.cli import main
 from speechwire.config import ConfigError
-from speechwire.encoders.tiny import save_tiny_whisper
 from speechwire.grid.spec import load_grid, parse_shard, plan
-from speechwire.tiny import save_tiny_llm
+from speechwire.testing import save_tiny_llm, save_tiny_whisper
 
-from pipeline import mustc_manifest
+from helpers import mustc_manifest
 
 
 @pytest.fixture(scope="module")

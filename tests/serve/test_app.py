@@ -25,15 +25,14 @@ openai = pytest.importorskip("openai")
 
 from speechwire.audio import load_audio  # noqa: E402
 from speechwire.config import load_config  # noqa: E402
-from speechwire.encoders.tiny import save_tiny_whisper  # noqa: E402
 from speechwire.longform import split_recording  # noqa: E402
 from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
 from speechwire.serve.server import BackgroundServer  # noqa: E402
-from speechwire.tiny import save_tiny_llm  # noqa: E402
+from speechwire.testing import save_tiny_llm, save_tiny_whisper  # noqa: E402
 
-from _speechaudio import SR, speech_with_pauses  # noqa: E402
+from helpers import SR, speech_with_pauses  # noqa: E402
 
 SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)")
 

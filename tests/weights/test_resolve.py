@@ -25,7 +25,7 @@ def test_unknown_artifact_lists_known(monkeypatch):
 @pytest.fixture()
 def fake_gguf(tmp_path, monkeypatch):
     """A fake GGUF artifact whose 'conversion' writes the tiny random LLM; counts conversions."""
-    from speechwire.tiny import save_tiny_llm
+    from speechwire.testing import save_tiny_llm
 
     gguf = tmp_path / "artifact" / "fake.gguf"
     gguf.parent.mkdir()

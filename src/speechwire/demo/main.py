@@ -69,8 +69,7 @@ def install_checkpoint(src: Path, out_dir: Path) -> None:
 
 def tiny_setup(out_dir: Path, task: str) -> tuple[DemoSets, ExperimentConfig, dict]:
     """Tiny random Whisper + LLM and the 5-tone corpus under out_dir; config trains a few steps."""
-    from ..encoders.tiny import save_tiny_whisper
-    from ..tiny import save_tiny_llm, tiny_experiment_overrides
+    from ..testing import save_tiny_llm, save_tiny_whisper, tiny_experiment_overrides
 
     sets = build_tiny_corpus(out_dir / "data", task)
     enc = save_tiny_whisper(out_dir / "tiny_models" / "whisper", full=True)
