@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models written to disk once per session, the toy SFM.
+"""Shared fixtures: a tiny random LLM written to disk once per session, the toy SFM, a MuST-C corpus.
 
 Helpers (ToyEncoder, make_batch, mustc_manifest, Forker, ...) live in tests/helpers.py.
 """
@@ -18,7 +18,7 @@ torch.set_num_threads(1)  # pytest-xdist runs one worker per core; more threads 
 
 from speechwire.testing import save_tiny_llm
 
-from helpers import ToyEncoder
+from helpers import ToyEncoder, mustc_manifest
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +29,11 @@ def tiny_llm_dir(tmp_path_factory):
 @pytest.fixture()
 def toy_encoder():
     return ToyEncoder().freeze()
+
+
+@pytest.fixture(scope="module")
+def mustc_corpus(tmp_path_factory):
+    """(folder, manifest): a MuST-C-layout corpus (8 items, ASR + ST) imported once per test module;
+    helpers.write_experiment puts the tiny models and runs beside it."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    return tmp, mustc_manifest(tmp, "train.jsonl")

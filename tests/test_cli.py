@@ -1,0 +1,47 @@
+"""cli.py: every command runs on train.device; `speechwire transcribe` reports bad files and goes on."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from speechwire.cli import main
+
+from helpers import write_experiment
+
+
+def test_train_device_picks_the_device_of_every_command(mustc_corpus, tmp_path, capsys, monkeypatch):
+    tmp, manifest = mustc_corpus
+    cfg = write_experiment(tmp, manifest, tmp / "dev_cpu", {"train": {"max_steps": 1, "device": "cpu"}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    assert "device: cpu" in (tmp / "dev_cpu" / "config.yaml").read_text()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp / "dev_cpu"), "train.device=cuda", "--manifest", str(manifest),
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 2
+    assert "train.device=cuda: torch finds no CUDA GPU on this machine" in capsys.readouterr().err
+    assert main(["transcribe", str(tmp / "dev_cpu"), str(tmp_path / "none.wav"), "--set", "train.device=cuda:1"]) == 2
+    assert "train.device=cuda:1: torch finds no CUDA GPU" in capsys.readouterr().err
+
+
+def test_transcribe_reports_bad_files_and_continues(mustc_corpus, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    tmp, manifest = mustc_corpus
+    cfg = write_experiment(tmp, manifest, tmp / "tr", {"train": {"max_steps": 1}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    stereo = tmp_path / "stereo44k.flac"
+    sf.write(stereo, np.random.default_rng(0).standard_normal((44100, 2)).astype(np.float32) * 0.1, 44100)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....garbage")
+    long_mp3 = tmp_path / "long.mp3"  # 40 s: longer than Whisper's 30 s, cut at a pause and decoded in pieces
+    sf.write(long_mp3, np.random.default_rng(1).standard_normal(40 * 22050).astype(np.float32) * 0.1, 22050)
+    code = main(["transcribe", str(tmp / "tr"), str(stereo), str(broken), str(tmp_path / "missing.wav"),
+                 str(long_mp3), "--json"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{\"file\"")]
+    assert code == 1
+    assert "text" in lines[0] and "error" in lines[1] and "broken.wav" in lines[1]["error"]
+    assert "missing.wav" in lines[2]["error"]
+    assert "text" in lines[3]
