@@ -1,4 +1,5 @@
-"""`speechwire demo --tiny` end to end (tiny random models, 5 tone clips, offline), and its errors."""
+"""demo/main.py: `speechwire demo --tiny` end to end (tiny random models, 5 tone clips, offline), its errors,
+the shipped checkpoints."""
 
 from __future__ import annotations
 
@@ -98,62 +99,3 @@ def test_shipped_checkpoint_is_portable(task):
     assert cfg.encoder.model.startswith("weights:") and cfg.llm.model.startswith("weights:")
     assert (folder / "trainable.safetensors").stat().st_size < 8 * 2**20
 
-
-def test_metrics_table_reads_the_evaluators_metric_dicts():
-    """Each system's scores are evaluate.compute_metrics + timing + num_utterances; the table reads them."""
-    from speechwire.demo.report import decode_timing, metrics_table, system_metrics
-
-    def rec(i: int, lang: str, hyp: str) -> dict:
-        return {"id": f"u{i}", "task": "st", "tgt_lang": lang, "reference": "ein kleiner Hund", "hypothesis": hyp,
-                "source": "a small dog"}
-
-    ours = [rec(0, "de", "ein kleiner Hund"), rec(1, "fr", "ein kleiner Hund"), rec(2, "fr", "ein Hund")]
-    theirs = [{**r, "hypothesis": "nichts"} for r in ours]
-    metrics = {"sets": {"synthetic": {"speechwire": system_metrics(ours, decode_timing(1.0, 4.0)),
-                                      "cascade": system_metrics(theirs, decode_timing(2.0, 4.0))}}}
-    m = metrics["sets"]["synthetic"]["speechwire"]
-    assert set(m) == {"st-de", "st-fr", "timing", "num_utterances"} and m["num_utterances"] == 3
-    assert m["timing"] == {"decode_seconds": 1.0, "audio_seconds": 4.0, "real_time_factor": 0.25}
-    lines = metrics_table(metrics, "st").splitlines()
-    assert lines[:2] == ["| test set | system | BLEU | chrF | real-time factor | utterances |",
-                         "|---|---|---:|---:|---:|---:|"]
-    assert lines[2] == f"| synthetic | speechwire (de) | {m['st-de']['bleu']:.1f} | {m['st-de']['chrf']:.1f} | 0.250 | 1 |"
-    assert lines[3].startswith("| synthetic | speechwire (fr) |") and lines[3].endswith("| 0.250 | 2 |")
-    assert len(lines) == 6 and lines[5].startswith("| synthetic | cascade (fr) |")
-
-
-def test_cascade_prompt_names_each_utterances_target_language():
-    import torch
-    from transformers import BatchEncoding
-
-    from speechwire.demo.baselines import llm_translate
-
-    prompts: list[str] = []
-
-    class Tokenizer:
-        padding_side, pad_token_id = "right", 0
-
-        def apply_chat_template(self, msgs, tokenize, add_generation_prompt):
-            prompts.append(msgs[-1]["content"])
-            return "chat"
-
-        def __call__(self, chats, **kwargs):
-            return BatchEncoding({"input_ids": torch.zeros(len(chats), 2, dtype=torch.long)})
-
-        def decode(self, ids, skip_special_tokens):
-            return "translated"
-
-    class LLM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def generate(self, input_ids, **kwargs):
-            return torch.zeros(input_ids.shape[0], 3, dtype=torch.long)
-
-    tok = Tokenizer()
-    out, _ = llm_translate(LLM(), tok, ["hello", "good day"], ["de", "fr"], batch_size=1)
-    assert out == ["translated", "translated"] and tok.padding_side == "right"
-    assert "into German." in prompts[0] and "into French." in prompts[1]
-    with pytest.raises(ValueError, match="2 texts but 1 target languages"):
-        llm_translate(LLM(), tok, ["hello", "good day"], ["de"])
