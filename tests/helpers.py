@@ -2,7 +2,8 @@
 (pytest puts tests/ on sys.path, beside the rootdir conftest).
 
 Sections, in reading order:
-- audio files: tones written to disk; espeak-ng speech separated by known pauses (long-form, serving)
+- audio files: tones written to disk; espeak-ng speech separated by known pauses (long-form, serving);
+  skip marks for the `speechwire data synth` system packages
 - a toy SFM and model batches: `ToyEncoder`, `TINY_ADAPTER`, `make_batch`, `select`
 - adapters alone: tiny seeded configs, encoder frames with garbage padding, CIF/CTC targets
 - a tiny experiment on disk: a MuST-C-layout corpus, its manifest, tiny Whisper + tiny LLM + YAML
@@ -40,6 +41,7 @@ import yaml
 from speechwire.adapters import Adapter, AdapterContext, AdapterTargets, build_adapter
 from speechwire.config import AdapterConfig
 from speechwire.data import Batch
+from speechwire.data.synth import sources as synth_sources
 from speechwire.encoders.interface import EncoderOutput, SpeechEncoder, check_waveforms
 from speechwire.errors import BUG_HINT, USER_ERROR, explain
 from speechwire.testing import save_tiny_llm, save_tiny_whisper
@@ -96,6 +98,16 @@ def speech_with_pauses(pauses: list[float], lead: float = 0.5) -> tuple[np.ndarr
         t += len(x) / SR + pause
     wav = np.concatenate(parts)
     return (wav + 1e-4 * rng.standard_normal(len(wav))).astype(np.float32), spans
+
+
+needs_synth = pytest.mark.skipif(
+    not (shutil.which("espeak-ng") is not None and synth_sources.DING_PATH.is_file()),
+    reason="espeak-ng or trans-de-en missing: run scripts/install_system_deps.sh as root",
+)
+needs_asterisk = pytest.mark.skipif(
+    not (synth_sources.ASTERISK_SOUNDS_DIR.is_dir() and synth_sources.ASTERISK_TRANSCRIPTS.is_file()),
+    reason="asterisk-core-sounds-en(-wav) missing: run install_system_deps.sh",
+)
 
 
 # --- a toy SFM and model batches ------------------------------------------------------------------

@@ -1,94 +1,23 @@
-"""Tests of `speechwire data synth` (src/speechwire/data/synth/): sources, splits, determinism."""
+"""data/synth/build.py (`speechwire data synth`): seeded disjoint splits, a small corpus, the same bytes
+for the same seed with any number of workers, resume."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
-from speechwire.data.synth import build, sources, voice
-from speechwire.cli import main
-from speechwire.data.synth.build import build_corpus, real_split_of, split_pairs
-from speechwire.data.synth.sources import (
-    MissingSystemDepsError,
-    SentencePair,
-    clean_prompt_text,
-    load_asterisk_prompts,
-    load_sentence_pairs,
-    pairs_from_line,
-)
+from speechwire.data.synth import build
+from speechwire.data.synth.build import build_corpus, split_pairs
+from speechwire.data.synth.sources import SentencePair
 
-HAVE_ESPEAK = shutil.which("espeak-ng") is not None
-HAVE_DING = sources.DING_PATH.is_file()
-HAVE_ASTERISK = sources.ASTERISK_SOUNDS_DIR.is_dir() and sources.ASTERISK_TRANSCRIPTS.is_file()
-needs_synth = pytest.mark.skipif(
-    not (HAVE_ESPEAK and HAVE_DING),
-    reason="espeak-ng or trans-de-en missing: run scripts/install_system_deps.sh as root",
-)
-needs_real = pytest.mark.skipif(
-    not HAVE_ASTERISK, reason="asterisk-core-sounds-en(-wav) missing: run install_system_deps.sh"
-)
+from helpers import needs_asterisk, needs_synth
 
 ASR_KEYS = {"id", "audio", "duration", "transcript", "task"}
 ST_KEYS = ASR_KEYS | {"translation", "src_lang", "tgt_lang"}
-
-# ------------------------------------------------------------------ Ding sentence filter
-
-DING = """\
-# Version :: devel 2023-01-30
-Aal {m} | Aale {pl} :: eel | eels
-Das ist ein guter Tag. | Es regnet heute sehr stark. :: This is a good day. | It is raining very hard today.
-Er kam. :: He came.
-Komm sofort nach Hause!; Geh jetzt sofort heim! :: Come home right now!; Go home right away now!
-Sie ist sehr nett.; Sie ist wirklich nett. :: She is very nice indeed.
-Wo ist der Bahnhof bitte? :: Where is the train station?
-Das ist es {n} wert. :: It is worth it really.
-Ich habe (leider) keine Zeit. :: I have no time, unfortunately.
-Er sagte es [ugs.] sehr laut. :: He said it very loudly.
-Kauf Äpfel/Birnen im Laden. :: Buy apples or pears there.
-Das ~ geht so nicht weiter. :: This cannot go on like this.
-Es ist gut so | Alles klar hier. :: It is fine like that | All is well here.
-Eins zwei drei vier. | Fünf :: One two three four.
-Guten Tag, wie geht es? :: Hello, how are you doing?
-Hallo, wie geht es dir? :: Hello, how are you doing?
-"""
-
-
-def _ding_pairs(text: str) -> list[SentencePair]:
-    return [p for line in text.splitlines() for p in pairs_from_line(line)]
-
-
-def test_pairs_from_line_alternatives_synonyms_markers() -> None:
-    got = {(p.german, p.english) for p in _ding_pairs(DING)}
-    assert ("Das ist ein guter Tag.", "This is a good day.") in got  # aligned alternatives
-    assert ("Es regnet heute sehr stark.", "It is raining very hard today.") in got
-    assert ("Geh jetzt sofort heim!", "Go home right away now!") in got  # synonyms zipped
-    assert ("Sie ist sehr nett.", "She is very nice indeed.") in got  # 2 vs 1: first only
-    assert not any("wirklich" in de for de, _ in got)
-    assert ("Wo ist der Bahnhof bitte?", "Where is the train station?") in got
-    joined = " ".join(de + en for de, en in got)
-    for marker in ("{", "(", "[", "/", "~"):
-        assert marker not in joined
-    assert not any(en == "He came." for _, en in got)  # < 4 words
-    assert not any("fine like that" in en for _, en in got)  # no final punctuation
-    assert not any(en.startswith("One two") for _, en in got)  # 2 German vs 1 English alternative
-    assert pairs_from_line("Eins | Zwei | Drei :: One | Two") == []  # misaligned alternatives
-
-
-def test_load_sentence_pairs_dedupes_case_insensitively(tmp_path: Path) -> None:
-    path = tmp_path / "de-en"
-    path.write_text(DING + "DAS IST EIN GUTER TAG. :: THIS IS A GOOD DAY.\n", encoding="utf-8")
-    pairs = load_sentence_pairs(path)
-    english = [p.english.casefold() for p in pairs]
-    assert len(english) == len(set(english))
-    assert english.count("hello, how are you doing?") == 1
-    assert "this is a good day." in english and "THIS IS A GOOD DAY." not in english
 
 
 def test_split_pairs_disjoint_seeded_and_checked() -> None:
@@ -106,52 +35,6 @@ def test_split_pairs_disjoint_seeded_and_checked() -> None:
         split_pairs(pairs, 100, 5, 5, seed=1)
 
 
-# ------------------------------------------------------------------ asterisk transcripts
-
-
-def test_asterisk_transcripts_parse_and_clean(tmp_path: Path) -> None:
-    listing = tmp_path / "core-sounds-en.txt.gz"
-    with gzip.open(listing, "wt", encoding="utf-8") as f:
-        f.write("; Core Asterisk Sounds in English\n\n"
-                "vm-goodbye: Goodbye.\n"
-                "beep: [this is a simple beep tone]\n"
-                "confbridge-has-joined: ...has joined the conference.\n"
-                "digits/7: seven\n"
-                "dictate/both_help: press * to toggle pause, press # for a new name\n"
-                "letters/at: at [@]\n"
-                "silence/1: (1 second of silence)\n"
-                "no-wav-file: This one has no recording.\n")  # fmt: skip
-    sounds = tmp_path / "en"
-    (sounds / "digits").mkdir(parents=True)
-    (sounds / "letters").mkdir()
-    for name in ("vm-goodbye", "beep", "confbridge-has-joined", "digits/7", "letters/at"):
-        sf.write(sounds / f"{name}.wav", np.zeros(800, np.int16), 8000, subtype="PCM_16")
-    raw = sources.parse_asterisk_transcripts(listing)
-    assert raw["digits/7"] == "seven" and len(raw) == 8
-    prompts = {p.name: p.text for p in load_asterisk_prompts(sounds, listing)}
-    assert prompts == {"confbridge-has-joined": "has joined the conference.",
-                       "digits/7": "seven", "letters/at": "at", "vm-goodbye": "Goodbye."}  # fmt: skip
-    assert clean_prompt_text("<beep ascending>") is None
-    assert clean_prompt_text('Dial 4 for a polite "don\'t call" menu.') == (
-        "Dial 4 for a polite don't call menu."
-    )
-    assert real_split_of("Goodbye.") == real_split_of("GOODBYE.")
-
-
-# ------------------------------------------------------------------ missing packages
-
-
-def test_missing_espeak_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
-    with pytest.raises(MissingSystemDepsError, match="sudo apt-get install -y espeak-ng"):
-        build_corpus(tmp_path / "out", 1, 1, 1, real=False, progress=False)
-    assert main(["data", "synth", "--out", str(tmp_path / "out"), "--no-real", "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert "espeak-ng" in err and "install_system_deps.sh" in err and err.count("\n") == 1
-
-
 # ------------------------------------------------------------------ the builder
 
 
@@ -165,17 +48,7 @@ def _wav_hashes(root: Path) -> dict[str, str]:
 
 
 @needs_synth
-def test_voice_lists_and_params_are_deterministic() -> None:
-    voices, variants = voice.list_voices(), voice.list_variants()
-    assert "en-us" in voices and "en-gb" in voices and "f2" in variants
-    p1 = voice.draw_params(voice.utterance_rng(3, 7), voices, variants)
-    assert p1 == voice.draw_params(voice.utterance_rng(3, 7), voices, variants)
-    assert voice.SPEED_WPM[0] <= p1.wpm <= voice.SPEED_WPM[1]
-    assert voice.SPEED_FACTOR[0] <= p1.speed_factor <= voice.SPEED_FACTOR[1]
-
-
-@needs_synth
-@needs_real
+@needs_asterisk
 def test_build_small_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     summary = build_corpus(out, num_train=5, num_dev=2, num_test=2, seed=0, workers=2,
