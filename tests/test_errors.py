@@ -112,6 +112,7 @@ def _hub_run(run: Path, dst: Path) -> Path:
     return hub
 
 
+@pytest.mark.slow
 def test_hub_id_offline_same_line_with_or_without_hf_hub_offline(world, capsys, tmp_path):
     _, _, run, wav = world
     hub = _hub_run(run, tmp_path / "hub")

@@ -36,6 +36,7 @@ def _weights(run: Path) -> dict:
     return load_file(str(run / "trainable.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_weights(mustc_corpus):
     tmp, manifest = mustc_corpus
     ref_cfg = write_experiment(tmp, manifest, tmp / "ref", {"train": {"max_steps": 24}})
@@ -66,6 +67,7 @@ def test_sigkill_then_resume_gives_the_same_weights(mustc_corpus):
     assert {"loss", "lm_loss", "lr", "audio_s_per_s", "compression"} <= set(log[-1])
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(mustc_corpus):
     tmp, manifest = mustc_corpus
     run = tmp / "ddp"

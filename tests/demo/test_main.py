@@ -10,6 +10,7 @@ import pytest
 from speechwire.cli import main
 
 
+@pytest.mark.slow
 def test_demo_tiny_asr_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["demo", "--tiny", "--quiet", "--out", str(out)]) == 0
@@ -35,6 +36,7 @@ def test_demo_tiny_asr_end_to_end(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["file"] == str(wav)
 
 
+@pytest.mark.slow
 def test_demo_tiny_st_cascade(tmp_path, capsys):
     out = tmp_path / "st"
     assert main(["demo", "--tiny", "--task", "st", "--quiet", "--limit", "3", "--out", str(out)]) == 0

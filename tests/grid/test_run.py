@@ -11,6 +11,7 @@ import yaml
 from speechwire.cli import main
 
 
+@pytest.mark.slow
 def test_grid_runs_resumes_and_reports(grid_file, tmp_path, capsys):
     out = tmp_path / "g"
     assert main(["grid", str(grid_file), "--out", str(out), "--dry-run"]) == 0
@@ -52,6 +53,7 @@ def test_grid_runs_resumes_and_reports(grid_file, tmp_path, capsys):
         assert (out / "plots" / png).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_grid_run_trains_both_stages(grid_file, tmp_path):
     """With align.steps the grid runs the alignment stage, then a 0-step LM stage, and records both."""
     raw = yaml.safe_load(grid_file.read_text())

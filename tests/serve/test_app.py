@@ -322,6 +322,7 @@ def test_translation_run_takes_the_target_language(world):
         assert _error(err.value)["param"] == "target_language" and "de" in _error(err.value)["message"]
 
 
+@pytest.mark.slow
 def test_speechwire_serve_command(world):
     """The real command line: `speechwire serve RUN --port 0` prints its address and answers."""
     proc = subprocess.Popen([sys.executable, "-m", "speechwire.cli", "serve", str(world["run"]), "--port", "0",
