@@ -8,9 +8,8 @@ import torch
 
 from speechwire.config import load_config
 from speechwire.data import Batch
-from speechwire.encoders.tiny import save_tiny_whisper
 from speechwire.model import SpeechLLM
-from speechwire.tiny import save_tiny_llm
+from speechwire.testing import save_tiny_llm, save_tiny_whisper
 
 tmp = tempfile.mkdtemp()
 cfg = load_config(None, [

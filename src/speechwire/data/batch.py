@@ -12,7 +12,7 @@ before and after the speech (training draws each item's instruction paraphrase f
 its id; evaluation takes the first), the target text + end of turn, and the source transcript
 (CTC labels, CIF target lengths, the alignment stage). SpeechLLM uses a batch's tokens when they
 were made for its mode (training or not) and tokenises the batch itself otherwise (inference
-batches, hand-built ones): the same ids either way (tests/test_data_batch.py).
+batches, hand-built ones): the same ids either way (tests/data/test_batch.py).
 """
 
 from __future__ import annotations
