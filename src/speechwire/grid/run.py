@@ -301,6 +301,11 @@ def probe_eval_seconds_per_item(cfg: ExperimentConfig, manifest: str, items: int
         fc = FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
         fc = None if fc.missing(utts) else fc
     model = SpeechLLM(cfg, encoder=fc.stub_encoder() if fc else None)
+    if getattr(model, "align_head", None) is not None:  # a posterior readout needs its vocabulary, as in training
+        from ..align import transcript_vocab
+
+        model.align_head.set_vocab(transcript_vocab([u.transcript for u in utts if u.transcript],
+                                                    model.prompter.text_ids))
     t0 = time.perf_counter()
     evaluate_utterances(model, utts, cfg, None, progress=False, feature_cache=fc)
     return (time.perf_counter() - t0) / max(1, len(utts))
