@@ -28,11 +28,12 @@ def test_report_tables_seed_noise_and_cache(tmp_path):
         _run(tmp_path, enc, ad, seed, wer, misses=misses)
     rows, factors = collect(tmp_path)
     assert factors == ["encoder", "adapter"] and len(rows) == 5
-    assert rows[0]["align_dev:asr/wer"] == rows[0]["real:asr.wer"] - 0.1
+    assert rows[0]["align_dev:asr.wer"] == rows[0]["real:asr.wer"] - 0.1
     caches = {c["sfm"]: c for c in cache_summary(rows, factors)}
     assert caches["base"]["misses"] == 6 and caches["tiny"]["hit_rate"] == "100.0%"  # align + LM stage
     report = write_report(tmp_path, plots=False).read_text()
     assert "Seed noise of WER (asr, real) (1 combination(s) run with 2+ seeds): pooled SD 0.0283" in report
+    assert "## WER (asr, align_dev)" in report  # the LLM-free alignment score is analysed like a test set
     assert "## Feature cache" in report and "| base | 2 | 406 | 400 | 6 | 98.5% |" in report
     table = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert {r["adapter"] for r in table} == {"mlp", "conv"} and "align_dev:asr/wer" in table[0]
+    assert {r["adapter"] for r in table} == {"mlp", "conv"} and "align_dev:asr.wer" in table[0]

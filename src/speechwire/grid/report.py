@@ -44,8 +44,8 @@ def collect(grid_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             row[f"{test}:compression"] = t.get("compression")
             row[f"{test}:rtf"] = t.get("rtf")
         best = (res.get("align") or {}).get("best_dev") or {}
-        if best.get("value") is not None:  # the alignment stage's own dev score (CTC greedy path, no LLM)
-            row[f"align_dev:{best.get('metric', 'metric')}"] = best["value"]
+        if best.get("value") is not None:  # the alignment stage's own dev score (CTC greedy path, no LLM):
+            row[f"align_dev:{str(best.get('metric', 'metric')).replace('/', '.')}"] = best["value"]  # analysed too
         row["_cache"] = [c for c in ((res.get("align") or {}).get("feature_cache"), res.get("feature_cache")) if c]
         rows.append(row)
     return rows, factors
@@ -100,8 +100,7 @@ def cache_summary(rows: list[dict[str, Any]], factors: list[str]) -> list[dict[s
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     cols: list[str] = []
     for r in rows:
-        cols += [k for k in r if ":" in k and k.rsplit(".", 1)[-1] in METRICS and k not in cols
-                 and not k.startswith("align_dev:")]
+        cols += [k for k in r if ":" in k and k.rsplit(".", 1)[-1] in METRICS and k not in cols]
     return cols
 
 
@@ -134,7 +133,6 @@ def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
     rows, factors = collect(grid_dir)
     analysis = analyse(rows, factors)
     cols = ["run", *factors, "seed"] + metric_columns(rows)
-    cols += sorted({k for r in rows for k in r if k.startswith("align_dev:")})
     cols += sorted({k for r in rows for k in r if k.endswith((":compression", ":rtf"))}) + list(COST)
     with open(grid_dir / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
