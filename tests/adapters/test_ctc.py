@@ -122,12 +122,59 @@ def test_ctc_loss_equals_torch_ctc_loss():
     targets = _targets([[3, 5, 5, 9], [7, 2]])
     out = adapter(x, lens, targets)
     valid = torch.arange(12)[None, :] < lens[:, None]
-    log_probs = adapter.head(x * valid[..., None]).log_softmax(-1).transpose(0, 1)  # (T, B, V)
+    head = adapter.head
+    logits = torch.nn.functional.linear(x * valid[..., None], head.weight, head.bias)  # (B, T, V)
     expected = torch.nn.functional.ctc_loss(
-        log_probs, targets.ctc_labels, lens, targets.ctc_label_lengths, blank=PAD, zero_infinity=True
+        logits.log_softmax(-1).transpose(0, 1), targets.ctc_labels, lens, targets.ctc_label_lengths, blank=PAD,
+        zero_infinity=True,
     )
     torch.testing.assert_close(out.aux_losses["ctc"], expected)
     torch.testing.assert_close(out.aux_loss, 0.1 * expected)
+    # the gradients of the chunked head are those of the full log_softmax
+    got = torch.autograd.grad(out.aux_losses["ctc"], [head.weight, head.bias])
+    want = torch.autograd.grad(expected, [head.weight, head.bias])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), vocab=st.integers(2, 60), chunk=st.integers(1, 50), seed=st.integers(0, 10**6))
+def test_chunked_vocab_head_matches_the_full_logits(n, vocab, chunk, seed):
+    """VocabHead's picked columns, rest bucket, argmax and all three gradients equal those computed
+    from the whole (N, V) logits, for any chunking (every column picked included)."""
+    from speechwire.adapters import ctc as ctc_module
+
+    g = torch.Generator().manual_seed(seed)
+    head = ctc_module.VocabHead(8, vocab)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab, 8, generator=g))
+        head.bias.copy_(torch.randn(vocab, generator=g))
+    x = torch.randn(n, 8, generator=g, requires_grad=True)
+    columns = torch.unique(torch.randint(0, vocab, (min(vocab, 5),), generator=g))
+    if seed % 5 == 0:
+        columns = torch.arange(vocab)  # no rest bucket
+    others = torch.ones(vocab, dtype=torch.bool)
+    others[columns] = False
+    d_picked, d_rest = torch.randn(n, columns.numel(), generator=g), torch.randn(n, generator=g)
+    old = ctc_module.CHUNK_ELEMENTS
+    ctc_module.CHUNK_ELEMENTS = chunk * vocab  # `chunk` rows per chunk
+    try:
+        picked, rest, best = head(x, columns)
+    finally:
+        ctc_module.CHUNK_ELEMENTS = old
+    logits = torch.nn.functional.linear(x, head.weight, head.bias)
+    want_rest = torch.logsumexp(logits[:, others], 1) if others.any() else torch.full((n,), -torch.inf)
+    torch.testing.assert_close(picked, logits[:, columns])
+    torch.testing.assert_close(rest, want_rest)
+    assert torch.equal(best, logits.argmax(1))
+    params = [x, head.weight, head.bias]
+    got = torch.autograd.grad((picked * d_picked).sum() + (rest * d_rest).nan_to_num(0, 0, 0).sum(), params)
+    want_out = (logits[:, columns] * d_picked).sum()
+    if others.any():
+        want_out = want_out + (torch.logsumexp(logits[:, others], 1) * d_rest).sum()
+    want = torch.autograd.grad(want_out, params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_ctc_loss_decreases_when_trained():

@@ -16,6 +16,13 @@ id. Items whose transcript is longer than their frames cannot be aligned: their 
 (zero_infinity=True) and a warning names them. An item whose frames are all blank still yields one
 vector: the mean of all its frames.
 
+The head's CTC reads the log-probabilities of the blank and the transcript tokens only: `VocabHead`
+returns each frame's argmax, the logits of the blank and the batch's transcript tokens, and the
+log-sum-exp of all other tokens as one bucket, keeping the (frames x vocabulary) logits as its one
+tensor of that size, where the full log_softmax path makes four. The loss and its gradients are
+those of CTC over the full log_softmax (tested); benchmarks/ctc_head.py measures the speed and
+memory against it (with Qwen's 151k-token vocabulary at 50 frames/s the head is most of a step).
+
 Blank runs are kept by default, each averaged into one vector, as in the authors' code
 (`CtcAdapter._ctc_compress_sequence`; their comment: blanks are not removed, as in the original
 CTC-compression paper, Gaido et al. 2021); ctc_keep_blanks=False drops them (a shorter output).
@@ -23,7 +30,9 @@ CTC-compression paper, Gaido et al. 2021); ctc_keep_blanks=False drops them (a s
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,6 +93,70 @@ def segment_mean(x: torch.Tensor, seg: torch.Tensor, keep: torch.Tensor, counts:
     return (sums / n.clamp(min=1)[:, None]).view(B, K, C)
 
 
+class _VocabScores(torch.autograd.Function):
+    """(picked, rest, best) of logits = x @ weight.T + bias: picked (N, U) = logits[:, columns], rest
+    (N,) the log-sum-exp of the other columns, best (N,) the argmax. Backward: d logit_j = d picked_j
+    for j in columns, else exp(logit_j - rest) * d rest. The (N, V) logits are the only tensor of
+    that size kept; the elementwise work runs in row chunks small enough that their temporaries come
+    from the heap, not from fresh page-faulted mappings (the full log_softmax path spent half its
+    CPU time in the kernel zeroing pages)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, columns: torch.Tensor,
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast(x.device.type, enabled=False):  # float32 scores whatever the autocast dtype
+            logits = torch.addmm(bias.to(weight.dtype), x.to(weight.dtype), weight.t()).float()  # (N, V)
+            picked = logits.index_select(1, columns)  # (N, U)
+            best = logits.argmax(dim=1)  # (N,)
+            rest = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+            for s in range(0, x.shape[0], chunk):
+                block = logits[s : s + chunk].index_fill_(1, columns, -math.inf)
+                rest[s : s + chunk] = torch.logsumexp(block, dim=1)
+                block.index_copy_(1, columns, picked[s : s + chunk])  # restored: backward reads the logits
+        ctx.save_for_backward(x, weight, bias, columns, logits, rest)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(best)
+        return picked, rest, best
+
+    @staticmethod
+    def backward(ctx: Any, d_picked: torch.Tensor | None, d_rest: torch.Tensor | None, _: Any) -> tuple:
+        x, weight, bias, columns, logits, rest = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        with torch.autocast(x.device.type, enabled=False):
+            d_logits = torch.zeros_like(logits) if d_rest is None else torch.empty_like(logits)  # (N, V)
+            for s in range(0, x.shape[0], ctx.chunk):
+                block = d_logits[s : s + ctx.chunk]
+                if d_rest is not None:  # where every column is picked, rest = -inf: overwritten just below
+                    torch.sub(logits[s : s + ctx.chunk], rest[s : s + ctx.chunk, None], out=block)
+                    block.exp_().mul_(d_rest[s : s + ctx.chunk, None])
+                block.index_copy_(1, columns, d_picked[s : s + ctx.chunk] if d_picked is not None
+                                  else block.new_zeros(block.shape[0], columns.numel()))
+            dx = (d_logits.to(weight.dtype) @ weight).to(x.dtype) if need_x else None
+            dw = (d_logits.t() @ x.float()).to(weight.dtype) if need_w else None
+            db = d_logits.sum(dim=0).to(bias.dtype) if need_b else None
+        return dx, dw, db, None, None
+
+
+class VocabHead(nn.Linear):
+    """The CTC head, a Linear(d_enc, V) whose forward returns only what the adapter reads (see the
+    module docstring); a module of its own so that ZeRO-3 gathers its weights around the call."""
+
+    def forward(self, x: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args:
+            x: (N, d_enc) frames; columns: (U,) distinct long vocabulary ids.
+        Returns:
+            picked (N, U) float32 logits[:, columns], rest (N,) float32 log-sum-exp of the other
+            logits (-inf when columns hold the whole vocabulary), best (N,) long argmax.
+            log_softmax(cat([picked, rest])) is the head's distribution with the other tokens as
+            one bucket: CTC over it has the loss and gradients of CTC over the full vocabulary.
+        """
+        chunk = max(1, CHUNK_ELEMENTS // self.out_features)
+        return _VocabScores.apply(x, self.weight, self.bias, columns, chunk)
+
+
+CHUNK_ELEMENTS = 1 << 22  # elementwise work per chunk: 16 MiB of float32, under glibc's 32 MiB mmap threshold
+
+
 @ADAPTERS.register("ctc")
 class CTCAdapter(Adapter):
     """CTC-guided mean pooling before the Base stack (data-dependent length).
@@ -110,7 +183,7 @@ class CTCAdapter(Adapter):
                 f"ctc adapter: blank id {self.blank} is outside the vocabulary [0, {ctx.vocab_size}); "
                 "set adapter.ctc_blank_id to an unused token id"
             )
-        self.head = nn.Linear(ctx.in_dim, ctx.vocab_size)
+        self.head = VocabHead(ctx.in_dim, ctx.vocab_size)
         self.stack = TransformerStack(cfg, ctx.in_dim, ctx.out_dim)
 
     def forward(
@@ -128,25 +201,38 @@ class CTCAdapter(Adapter):
         check_input(hidden, lengths, self.ctx.in_dim, "ctc adapter")
         valid = lengths_to_mask(lengths, hidden.shape[1])  # (B, T)
         x = hidden * valid[..., None]  # (B, T, C)
-        logits = self.head(x)  # (B, T, V)
+        labels, columns = None, torch.tensor([self.blank], device=x.device)
+        if self.training:
+            labels, label_lengths = self.check_targets(targets, lengths)
+            real = lengths_to_mask(label_lengths, labels.shape[1])  # (B, L)
+            columns = torch.unique(torch.cat([labels[real], columns]))  # (U,) sorted: the blank + used tokens
+        picked, rest, best = self.head(x[valid], columns)  # (N, U), (N,), (N,) over the N valid frames
 
         aux_loss, aux_losses = None, {}
         if self.training:
-            ctc = self.ctc_loss(logits, lengths, targets)
+            # CTC reads only the blank and the transcript tokens: the other tokens form one bucket, so the
+            # distribution stays normalised (torch's CTC gradient assumes a normalised input)
+            log_probs = x.new_zeros(*valid.shape, columns.numel() + 1, dtype=torch.float32)  # (B, T, U + 1)
+            log_probs[valid] = torch.cat([picked, rest[:, None]], dim=1).log_softmax(dim=1)
+            local = torch.searchsorted(columns, labels.masked_fill(~real, self.blank))  # ids -> columns
+            blank = int(torch.searchsorted(columns, columns.new_tensor(self.blank)))
+            ctc = nn.functional.ctc_loss(log_probs.transpose(0, 1), local, lengths, label_lengths, blank=blank,
+                                         reduction="mean", zero_infinity=True)
             aux_losses = {"ctc": ctc}
             aux_loss = self.cfg.ctc_loss_weight * ctc
 
-        labels = logits.detach().argmax(dim=-1)  # (B, T)
-        seg, keep, counts = segment_ids(labels, lengths, self.blank, self.cfg.ctc_keep_blanks)
+        frame_labels = torch.full(valid.shape, self.blank, dtype=torch.long, device=x.device)  # (B, T)
+        frame_labels[valid] = best
+        seg, keep, counts = segment_ids(frame_labels, lengths, self.blank, self.cfg.ctc_keep_blanks)
         pooled = segment_mean(x, seg, keep, counts)  # (B, K, C)
         return AdapterOutput(self.stack(pooled, counts), counts, aux_loss, aux_losses,
                              ratio=compression_ratio(lengths, counts))
 
-    def ctc_loss(self, logits: torch.Tensor, lengths: torch.Tensor, targets: AdapterTargets | None) -> torch.Tensor:
-        """CTC loss (mean over items of loss / label length), float32, zero_infinity=True.
+    def check_targets(self, targets: AdapterTargets | None, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CTC labels (B, L) and their lengths (B,), checked; warns about unalignable items.
 
-        Args:
-            logits: (B, T, V); lengths: (B,); targets with ctc_labels (B, L), ctc_label_lengths (B,).
+        Raises:
+            ValueError: no labels, ids outside the vocabulary, or the blank id inside a transcript.
         """
         if targets is None or targets.ctc_labels is None or targets.ctc_label_lengths is None:
             raise ValueError(
@@ -154,12 +240,13 @@ class CTCAdapter(Adapter):
                 "transcript in the LLM's tokenizer); the data must carry the source `transcript` "
                 "field for every item (for ST too), or call .eval() to pool without the CTC loss"
             )
-        labels = targets.ctc_labels.to(logits.device)
-        label_lengths = targets.ctc_label_lengths.to(logits.device)
+        labels = targets.ctc_labels.to(lengths.device)
+        label_lengths = targets.ctc_label_lengths.to(lengths.device)
         real = lengths_to_mask(label_lengths, labels.shape[1])  # (B, L)
-        if bool(((labels[real] < 0) | (labels[real] >= logits.shape[-1])).any()):
+        vocab = self.head.out_features
+        if bool(((labels[real] < 0) | (labels[real] >= vocab)).any()):
             raise ValueError(
-                f"ctc adapter: transcript token ids must be in [0, {logits.shape[-1]}) (the LLM vocabulary "
+                f"ctc adapter: transcript token ids must be in [0, {vocab}) (the LLM vocabulary "
                 "the head was built with); check AdapterContext.vocab_size against the tokenizer"
             )
         if bool((labels[real] == self.blank).any()):
@@ -167,7 +254,6 @@ class CTCAdapter(Adapter):
                 f"ctc adapter: a transcript contains the blank id {self.blank} (the LLM's pad token "
                 "unless adapter.ctc_blank_id is set); set adapter.ctc_blank_id to an unused token id"
             )
-        labels = labels.masked_fill(~real, 0)  # padding (e.g. -100) -> a valid id; ignored past the lengths
         too_long = (label_lengths > lengths).nonzero().flatten().tolist()
         if too_long:
             warnings.warn(
@@ -176,7 +262,4 @@ class CTCAdapter(Adapter):
                 "CTC cannot align them and their loss is set to 0 (zero_infinity)",
                 stacklevel=3,
             )
-        log_probs = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
-        return nn.functional.ctc_loss(
-            log_probs, labels, lengths, label_lengths, blank=self.blank, reduction="mean", zero_infinity=True,
-        )
+        return labels, label_lengths
