@@ -67,3 +67,25 @@ def test_grid_run_trains_both_stages(grid_file, tmp_path):
     assert result["align"]["steps"] == 2 and result["steps"] == 0
     assert result["train_seconds"] >= result["align"]["train_seconds"] > 0
     assert set(result["test"]) == {"a", "b"}
+
+
+def test_step_probe_reads_cached_features_like_the_runs(grid_file, tmp_path):
+    """--dry-run's step probe times steps from cached SFM features (a grid run builds its cache before
+    training): with the grid's cache still empty it encodes only the probe's clips, into a scratch
+    cache shared by the probes, and leaves the grid's cache untouched."""
+    from speechwire.grid.run import probe_seconds_per_step
+    from speechwire.grid.spec import load_grid, plan, run_config, write_task_manifests
+
+    spec = load_grid(grid_file)
+    run = plan(spec)[0]
+    write_task_manifests(spec, [run], tmp_path / "g")
+    cache, scratch = tmp_path / "cache", tmp_path / "scratch"
+    cfg = run_config(spec, run, tmp_path / "g", None)
+    seconds = probe_seconds_per_step(cfg, steps=2, cache=str(cache), scratch=scratch)
+    assert 0 < seconds < 60
+    entries = sorted(p.relative_to(scratch) for p in scratch.rglob("*") if p.is_file() and p.name != ".lock")
+    assert any(p.name == "sfm.json" for p in entries) and len(entries) > 2
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+    mtimes = {p: (scratch / p).stat().st_mtime_ns for p in entries}
+    assert probe_seconds_per_step(cfg, steps=2, cache=str(cache), scratch=scratch) > 0  # a second probe: no re-encoding
+    assert {p: (scratch / p).stat().st_mtime_ns for p in entries} == mtimes

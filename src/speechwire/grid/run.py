@@ -257,31 +257,62 @@ def count_steps(cfg: ExperimentConfig) -> int | None:
     return max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
 
 
-def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | None = None) -> float:
-    """Time `steps` training steps of cfg's stage (train.stage; "align" uses align.* as in
-    training) in a scratch folder, from the feature cache when `cache` holds the whole train set,
-    else from audio (then the SFM's share is included)."""
+def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | None = None,
+                           scratch: str | Path | None = None) -> float:
+    """Seconds per training step of cfg's stage (train.stage; "align" uses align.* as in training),
+    timed over `steps` steps after one warm-up step, in a scratch folder.
+
+    A grid run reads its SFM features from the cache, built before any run trains, so the probe
+    does too: from `cache` when it holds the whole train set, else (with `scratch`, a folder kept
+    across probes) from a scratch cache of the first clips, enough for the probe's batches. Only
+    without a cache at all (the grid's cache switched off) are the steps timed from audio, the
+    SFM's share included, as such a run pays it.
+    """
     from dataclasses import replace
 
-    from ..data import load_manifest
+    from ..data import load_manifest, utterance_duration, write_manifest
     from ..features import FeatureCache
     from ..train import Trainer, stage_config
 
-    if cache is not None:
-        probe_cfg = replace(cfg, data=replace(cfg.data, feature_cache=cache))
-        train_utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
-        if FeatureCache.for_config(probe_cfg).missing(train_utts):
-            cache = None
+    stage = stage_config(cfg)
+    train_manifest = cfg.data.train_manifest
     with tempfile.TemporaryDirectory() as tmp:
-        train = replace(cfg.train, output_dir=tmp, max_steps=steps, save_every=0, eval_every=0, report_to="none",
-                        init_from=None)
-        probe = stage_config(replace(cfg, train=train, data=replace(cfg.data, feature_cache=cache, dev_manifest=None),
-                                     align=replace(cfg.align, steps=steps)))
-        t = Trainer(probe, resume=False, progress=False)
+        if cache is not None:
+            train_utts = load_manifest(train_manifest, skip_invalid=cfg.data.skip_invalid)
+            if FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache))).missing(train_utts):
+                cache = None
+                if scratch is not None:  # the first clips, twice the audio the probe's batches take
+                    need, subset = 2 * (steps + 1) * stage.data.max_batch_seconds, []
+                    for u in train_utts:
+                        subset.append(u)
+                        need -= utterance_duration(u)
+                        if need <= 0:
+                            break
+                    train_manifest = str(write_manifest(Path(tmp) / "probe_train.jsonl", subset))
+                    cache = str(scratch)
+                    FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache))).ensure(
+                        subset, progress=False, max_batch_seconds=cfg.data.max_batch_seconds,
+                        max_batch_size=cfg.data.max_batch_size)
+        train = replace(cfg.train, output_dir=str(Path(tmp) / "run"), max_steps=steps + 1, save_every=0,
+                        eval_every=0, report_to="none", init_from=None)
+        data = replace(cfg.data, train_manifest=train_manifest, feature_cache=cache, dev_manifest=None)
+        t = Trainer(stage_config(replace(cfg, train=train, data=data, align=replace(cfg.align, steps=steps + 1))),
+                    resume=False, progress=False)
         t.setup()
+        stamps: list[float] = []
+        optimizer_step = t.optimizer.step
+
+        def timed_step(*args: Any, **kwargs: Any) -> Any:
+            result = optimizer_step(*args, **kwargs)
+            stamps.append(time.perf_counter())
+            return result
+
+        t.optimizer.step = timed_step  # the step boundaries, without the final validation and save
         t0 = time.perf_counter()
-        t.train()  # includes the first step's warm-up and one final save: a slight overestimate
-        return (time.perf_counter() - t0) / steps
+        t.train()
+        if len(stamps) < 2:  # a train set too small for a second step: the one step, warm-up included
+            return (stamps[-1] if stamps else time.perf_counter()) - t0
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
 def probe_eval_seconds_per_item(cfg: ExperimentConfig, manifest: str, items: int = 16,
@@ -365,7 +396,8 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
             print_fn: Any = print) -> dict:
     """Print the plan: runs, their status and steps, and (probe=True) the estimated cost of what is
     left: the feature cache's missing clips, each stage's steps (timed on this machine per SFM x
-    adapter) and the LLM decoding of the test sets (timed per LLM)."""
+    adapter, from cached features as the runs train) and the LLM decoding of the test sets (timed
+    per LLM, an upper bound)."""
     out = output_root(spec, out)
     runs = _shard(plan(spec), shard)
     write_task_manifests(spec, runs, out)
@@ -376,28 +408,31 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
     lm_probe: dict[tuple[str, str], float] = {}
     eval_probe: dict[str, float] = {}
     rows, total = [], sum(c["est_seconds"] for c in cache_cost.values())
-    for r in runs:
-        cfg = run_config(spec, r, out, None)
-        status = run_status(out / r.name)
-        align_steps = cfg.align.steps if not cfg.train.init_from else 0
-        lm_steps = count_steps(cfg)
-        row: dict[str, Any] = {"run": r.name, "status": status, "align_steps": align_steps, "lm_steps": lm_steps,
-                               "est_seconds": None}
-        if probe and status != "done":
-            key = (_encoder_level(r), _level(r, "adapter"))
-            if align_steps and key not in align_probe:
-                align_probe[key] = probe_seconds_per_step(replace_stage(cfg, "align"), steps=3, cache=cache)
-            if lm_steps and key not in lm_probe:
-                lm_probe[key] = probe_seconds_per_step(cfg, steps=2, cache=cache)
-            llm = _level(r, "llm")
-            tests = test_manifests(spec, r, out)
-            if tests and llm not in eval_probe:
-                eval_probe[llm] = probe_eval_seconds_per_item(cfg, next(iter(tests.values())), cache=cache)
-            row.update(est_align=align_steps * align_probe.get(key, 0.0), est_lm=(lm_steps or 0) * lm_probe.get(key, 0.0),
-                       est_eval=_eval_items(spec, r, out, cfg) * eval_probe.get(llm, 0.0))
-            row["est_seconds"] = row["est_align"] + row["est_lm"] + row["est_eval"]
-            total += row["est_seconds"]
-        rows.append(row)
+    # clips the probes read when the cache lacks the train set (a grid run builds its cache first)
+    with tempfile.TemporaryDirectory(prefix="speechwire-probe-") as scratch:
+        for r in runs:
+            cfg = run_config(spec, r, out, None)
+            status = run_status(out / r.name)
+            align_steps = cfg.align.steps if not cfg.train.init_from else 0
+            lm_steps = count_steps(cfg)
+            row: dict[str, Any] = {"run": r.name, "status": status, "align_steps": align_steps, "lm_steps": lm_steps,
+                                   "est_seconds": None}
+            if probe and status != "done":
+                key = (_encoder_level(r), _level(r, "adapter"))
+                if align_steps and key not in align_probe:
+                    align_probe[key] = probe_seconds_per_step(replace_stage(cfg, "align"), steps=3, cache=cache,
+                                                              scratch=scratch)
+                if lm_steps and key not in lm_probe:
+                    lm_probe[key] = probe_seconds_per_step(cfg, steps=2, cache=cache, scratch=scratch)
+                llm = _level(r, "llm")
+                tests = test_manifests(spec, r, out)
+                if tests and llm not in eval_probe:
+                    eval_probe[llm] = probe_eval_seconds_per_item(cfg, next(iter(tests.values())), cache=cache)
+                row.update(est_align=align_steps * align_probe.get(key, 0.0), est_lm=(lm_steps or 0) * lm_probe.get(key, 0.0),
+                           est_eval=_eval_items(spec, r, out, cfg) * eval_probe.get(llm, 0.0))
+                row["est_seconds"] = row["est_align"] + row["est_lm"] + row["est_eval"]
+                total += row["est_seconds"]
+            rows.append(row)
     print_fn(f"grid {spec.path} -> {out}: {len(runs)} run(s) in shard {shard[0]}/{shard[1]} "
              f"(of {len(plan(spec))}), {len(runs) - len(todo)} done; feature cache: {cache or 'off'}")
     cols = ["run", "status", "align_steps", "lm_steps", "est_align", "est_lm", "est_eval", "est_seconds"]
