@@ -220,10 +220,11 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """report.md, results.csv/json and plots from a grid folder."""
+    """report.md, results.csv/json and plots from a grid folder (or, with --where, from a sub-design of it)."""
     from .grid import write_report
+    from .grid.report import parse_where
 
-    path = write_report(grid_dir=args.grid_dir, plots=not args.no_plots)
+    path = write_report(grid_dir=args.grid_dir, plots=not args.no_plots, where=parse_where(args.where), out=args.out)
     print(f"wrote {path}, {path.parent / 'results.csv'}, {path.parent / 'results.json'}")
     return 0
 
@@ -421,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="report.md, results.csv/json and plots from a grid folder")
     r.add_argument("grid_dir")
     r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--where", action="append", metavar="FACTOR=LEVEL[,LEVEL]",
+                   help="report only the runs with these levels (repeatable), e.g. --where llm=qwen2.5-0.5b")
+    r.add_argument("--out", default=None, help="folder to write into (default: GRID_DIR, or GRID_DIR/subset-... "
+                   "with --where)")
     r.set_defaults(func=cmd_report)
 
     c = sub.add_parser("cache", help="frozen-SFM feature cache: `cache build CONFIG`")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, flatten, load_config, resolve_device, save_config, to_dict
+from .config import AdapterFieldWarning, ExperimentConfig, flatten, load_config, resolve_device, save_config, to_dict
 from .data import Batch, load_manifest, make_dataloader
 from .errors import DamagedFileError
 from .files import append_line, fault_point, write_atomic
@@ -117,7 +117,9 @@ class Trainer:
             self.model.align_head.set_vocab(transcript_vocab([u.transcript for u in utts], self.model.prompter.text_ids))
         if cfg.train.init_from:
             skipped = self.model.load_trainable(cfg.train.init_from, partial=True)
-            started_in_align = load_config(Path(cfg.train.init_from) / "config.yaml").train.stage == "align"
+            with warnings.catch_warnings():  # a config we wrote: its fields were warned about (or not) when it was made
+                warnings.simplefilter("ignore", AdapterFieldWarning)
+                started_in_align = load_config(Path(cfg.train.init_from) / "config.yaml").train.stage == "align"
             if cfg.train.stage == "lm" and started_in_align and cfg.adapter.match_output_scale:
                 from .model import rescale_output
 

@@ -17,7 +17,8 @@ def test_grid_runs_resumes_and_reports(grid_file, tmp_path, capsys):
     assert main(["grid", str(grid_file), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "| encoder=w48__adapter=conv__llm=tiny__task=asr__seed=0 | todo | 0 | 2 |" in printed
-    assert "LM step (2-step probe)" in printed and "s/clip" in printed and "estimated time" in printed
+    assert "LM step (2-step probe)" in printed and "s/step of" in printed and "estimated time" in printed
+    assert "if every answer ran to eval.max_new_tokens" in printed
     assert main(["grid", str(grid_file), "--out", str(out), "--shard", "0/2", "--quiet"]) == 0
     done = sorted(p.parent.name for p in out.glob("*/grid_run.json"))
     assert len(done) == 2 and all("adapter=mlp" in d for d in done)
@@ -73,7 +74,7 @@ def test_step_probe_reads_cached_features_like_the_runs(grid_file, tmp_path):
     """--dry-run's step probe times steps from cached SFM features (a grid run builds its cache before
     training): with the grid's cache still empty it encodes only the probe's clips, into a scratch
     cache shared by the probes, and leaves the grid's cache untouched."""
-    from speechwire.grid.run import probe_seconds_per_step
+    from speechwire.grid.estimate import probe_seconds_per_step
     from speechwire.grid.spec import load_grid, plan, run_config, write_task_manifests
 
     spec = load_grid(grid_file)

@@ -1,8 +1,8 @@
 """The paper's experiment: SFM x adapter x LLM x task (x seed) over one base config, and which factor matters.
 
     spec.py      the grid file: factors, levels, presets, seeds, filters -> the planned runs and their configs
-    run.py       run them (feature cache first, then train -> evaluate per run; resumable, shardable) and
-                 estimate their cost (--dry-run)
+    run.py       run them (feature cache first, then train -> evaluate per run; resumable, shardable)
+    estimate.py  --dry-run: the plan and the cost of what is left, from probe steps and a decoding probe
     analysis.py  the share of a metric's variance each factor and pairwise interaction explains
     report.py    report.md, results.csv/json and plots from the finished run folders
 
@@ -11,8 +11,9 @@
     write_report("runs/small_real_grid")  # speechwire report runs/small_real_grid
 """
 
+from .estimate import dry_run
 from .report import write_report
-from .run import dry_run, run_grid
+from .run import run_grid
 from .spec import GridSpec, Run, load_grid, plan
 
 __all__ = ["GridSpec", "Run", "dry_run", "load_grid", "plan", "run_grid", "write_report"]

@@ -4,6 +4,10 @@ Writes into GRID_DIR: report.md, results.csv, results.json (rows + analysis), pl
 Rows come from each run's grid_run.json, so shards run on different machines merge by copying
 their run folders into one directory. Metric columns are named `<test set>:<task>.<metric>`
 (e.g. `synth:asr.wer`); see analysis.py for the variance decomposition.
+
+`where` reports a sub-design (e.g. {"llm": ["qwen2.5-0.5b"]}: the runs with that LLM only) into
+its own folder, GRID_DIR/subset-llm=qwen2.5-0.5b by default: a balanced part of an unbalanced grid
+analysed on its own, so that one failing level does not swamp the other factors' shares.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 from ..tables import markdown_table
 from .analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
-from .spec import RUN_FILE, label, load_grid, plan, role
+from .spec import EVENTS, RUN_FILE, label, load_grid, plan, role
 
 METRICS = ("wer", "bleu", "chrf", "comet")
 COST = ("trainable_params", "train_seconds", "peak_memory_gib", "steps")
@@ -80,8 +84,40 @@ def seed_noise(rows: list[dict[str, Any]], factors: list[str], metric: str) -> d
             "max_abs_diff": float(max(diffs)), "effect_range": ranges}
 
 
-def cache_summary(rows: list[dict[str, Any]], factors: list[str]) -> list[dict[str, Any]]:
-    """Per SFM level: feature-cache reads, hits and misses (SFM passes inside runs) over its runs."""
+def parse_where(items: list[str] | None) -> dict[str, list[str]]:
+    """["llm=qwen2.5-0.5b", "adapter=mlp,conv"] -> {"llm": ["qwen2.5-0.5b"], "adapter": ["mlp", "conv"]}."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        factor, sep, levels = item.partition("=")
+        if not sep or not factor.strip() or not levels.strip():
+            raise ValueError(f"--where {item!r} must look like factor=level or factor=level1,level2 (e.g. llm=smollm2)")
+        out.setdefault(factor.strip(), []).extend(v.strip() for v in levels.split(",") if v.strip())
+    return out
+
+
+def select(rows: list[dict[str, Any]], factors: list[str], where: dict[str, list[str]], grid_dir: Path
+           ) -> list[dict[str, Any]]:
+    """The rows whose levels match `where`; an unknown factor or a level no finished run has is an error."""
+    for f, levels in where.items():
+        if f not in factors:
+            raise ValueError(f"{grid_dir}: --where factor {f!r} is not a factor of this grid; its factors: "
+                             + ", ".join(factors))
+        known = sorted({str(r.get(f)) for r in rows})
+        missing = [lvl for lvl in levels if lvl not in known]
+        if missing:
+            raise ValueError(f"{grid_dir}: --where {f}={','.join(missing)}: no finished run has that level; "
+                             f"{f} levels of the finished runs: {', '.join(known)}")
+    return [r for r in rows if all(str(r.get(f)) in levels for f, levels in where.items())]
+
+
+def where_text(where: dict[str, list[str]]) -> str:
+    return ", ".join(f"{f} = {' or '.join(levels)}" for f, levels in where.items())
+
+
+def cache_summary(rows: list[dict[str, Any]], factors: list[str], builds: dict[str, dict[str, int]] | None = None
+                  ) -> list[dict[str, Any]]:
+    """Per SFM level: feature-cache reads, hits and misses (SFM passes inside runs) over its runs, and
+    the clips the grid's own cache builds encoded (`builds`, from cache_builds)."""
     enc = next((f for f in factors if role(f) == "encoder"), None)
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -91,10 +127,30 @@ def cache_summary(rows: list[dict[str, Any]], factors: list[str]) -> list[dict[s
         for c in r.get("_cache", []):
             for k in ("reads", "hits", "misses"):
                 o[k] += int(c.get(k) or 0)
-    for o in out.values():
+    for level, o in out.items():
         looked = o["hits"] + o["misses"]
         o["hit_rate"] = f"{o['hits'] / looked:.1%}" if looked else "-"
+        b = (builds or {}).get(level, {"builds": 0, "encoded": 0})
+        o["encoded"] = f"{b['encoded']:,} ({b['builds']} build(s))"
     return list(out.values())
+
+
+def cache_builds(grid_dir: Path) -> dict[str, dict[str, int]]:
+    """Per SFM level: how many cache builds encoded clips and how many clips they encoded (SFM passes),
+    from grid_events.jsonl (one "cache" line per build, on whichever machine ran it)."""
+    out: dict[str, dict[str, int]] = {}
+    path = grid_dir / EVENTS
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a full disk or a kill: the rest of the log still counts
+        if isinstance(e, dict) and e.get("event") == "cache" and int(e.get("written") or 0) > 0:
+            b = out.setdefault(str(e.get("sfm")), {"builds": 0, "encoded": 0})
+            b["builds"] += 1
+            b["encoded"] += int(e["written"])
+    return out
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -127,23 +183,46 @@ def analyse(rows: list[dict[str, Any]], factors: list[str]) -> dict[str, Any]:
     return out
 
 
-def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
-    """Write report.md, results.csv, results.json and plots/*.png into `grid_dir`; returns report.md."""
+def write_report(grid_dir: str | Path, plots: bool = True, where: dict[str, list[str]] | None = None,
+                 out: str | Path | None = None) -> Path:
+    """Write report.md, results.csv, results.json and plots/*.png into `out` (default: `grid_dir`, or
+    grid_dir/subset-<where> for a sub-design); returns report.md.
+
+    Args:
+        grid_dir: the grid folder holding the run folders.
+        plots: also draw plots/*.png.
+        where: report only the runs with these levels, e.g. {"llm": ["qwen2.5-0.5b"]}.
+        out: the folder to write into.
+
+    Raises:
+        FileNotFoundError: no finished run in grid_dir.
+        ValueError: `where` names a factor the grid lacks or a level no finished run has.
+    """
     grid_dir = Path(grid_dir)
     rows, factors = collect(grid_dir)
+    where = where or {}
+    rows = select(rows, factors, where, grid_dir)
+    if out is None:
+        out = grid_dir / ("subset-" + "__".join(f"{f}={'+'.join(v)}" for f, v in where.items())) if where else grid_dir
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(rows, factors)
     cols = ["run", *factors, "seed"] + metric_columns(rows)
     cols += sorted({k for r in rows for k in r if k.endswith((":compression", ":rtf"))}) + list(COST)
-    with open(grid_dir / "results.csv", "w", newline="") as f:
+    with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    (grid_dir / "results.json").write_text(json.dumps({"factors": factors, "rows": rows, "analysis": analysis},
-                                                      indent=2))
-    images = make_plots(grid_dir / "plots", rows, factors, analysis) if plots else []
-    lines = [f"# Grid report: {grid_dir.name}", "", f"{len(rows)} finished run(s); factors: "
+    (out / "results.json").write_text(json.dumps({"factors": factors, "where": where, "rows": rows,
+                                                  "analysis": analysis}, indent=2))
+    images = make_plots(out / "plots", rows, factors, analysis) if plots else []
+    title = f"# Grid report: {grid_dir.name}" + (f", the runs with {where_text(where)}" if where else "")
+    lines = [title, "", f"{len(rows)} finished run(s); factors: "
              + ", ".join(f"{label(f)} (`{f}`: {len({r[f] for r in rows})} levels)" for f in factors) + "."]
-    expected = _expected_runs(grid_dir)
+    if where:
+        lines.append(f"A sub-design of the grid in `{grid_dir.name}` (`speechwire report --where`); the whole grid's "
+                     "report is `report.md` there.")
+    expected = _expected_runs(grid_dir, where)
     if expected is not None and expected > len(rows):
         lines.append(f"**{expected - len(rows)} of {expected} planned runs are not finished**; the analysis uses "
                      "the finished ones (sequential sums of squares handle the missing cells).")
@@ -168,16 +247,19 @@ def write_report(grid_dir: str | Path, plots: bool = True) -> Path:
             lines += ["", f"Best adapter per SFM x LLM pair ({better} mean {a['name']}):", ""]
             keys = [k for k in a["best_adapter"][0] if k not in ("value", "runner_up")]
             lines += markdown_table(a["best_adapter"], keys + ["value", "runner_up"])
-    caches = cache_summary(rows, factors)
+    caches = cache_summary(rows, factors, cache_builds(grid_dir))
     if any(c["reads"] for c in caches):
-        lines += ["", "## Feature cache", "", "Reads of cached SFM outputs by the runs' training stages; a miss is an "
-                  "SFM pass inside a run (the grid encodes every clip once per SFM before the runs):", ""]
-        lines += markdown_table(caches, ["sfm", "runs", "reads", "hits", "misses", "hit_rate"],
-                                ["SFM", "runs", "reads", "hits", "misses (SFM passes)", "hit rate"])
+        lines += ["", "## Feature cache", "", "The grid encodes every clip once per SFM before the runs (cache builds, "
+                  f"from {EVENTS}; one per machine that ran the grid); the runs' training stages then read the "
+                  "cached SFM outputs. Hits and misses count clips looked up when a run planned its encoding (a "
+                  "miss is an SFM pass inside a run), reads count feature files loaded (every epoch):", ""]
+        lines += markdown_table(caches, ["sfm", "encoded", "runs", "reads", "hits", "misses", "hit_rate"],
+                                ["SFM", "clips encoded by cache builds", "runs", "reads", "hits",
+                                 "misses (SFM passes in runs)", "hit rate"])
     if images:
         lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images]
     lines.append("")
-    report = grid_dir / "report.md"
+    report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
 
@@ -193,14 +275,15 @@ def _short(col: str) -> str:
     return metric_name(col) if ":" in col and col.rsplit(".", 1)[-1] in METRICS else col
 
 
-def _expected_runs(grid_dir: Path) -> int | None:
+def _expected_runs(grid_dir: Path, where: dict[str, list[str]]) -> int | None:
     grid = grid_dir / "grid.yaml"
     if not grid.is_file():
         return None
     try:
-        return len(plan(load_grid(grid)))
+        runs = plan(load_grid(grid))
     except Exception:  # the grid file moved or names files missing here: report what exists
         return None
+    return sum(all(r.levels.get(f) in levels for f, levels in where.items()) for r in runs)
 
 
 def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], analysis: dict[str, Any]) -> list[Path]:

@@ -58,6 +58,7 @@ ROLES = {
 GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", "exclude", "test_sets",
              "test_max_items", "feature_cache", "output_dir"}
 RUN_FILE = "grid_run.json"
+EVENTS = "grid_events.jsonl"  # one line per run start/finish and cache build, from every worker
 
 
 def role(factor: str) -> str | None:
