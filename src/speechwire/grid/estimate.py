@@ -139,11 +139,13 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     loader, _ = eval_loader(utts, probe_cfg, fc, model.batch_tokenizer(training=False))
     batch = next(iter(loader))
     seconds = []
-    for n in (1, 1, steps):  # the first decode warms up (allocations, kernel choice) and is not counted
-        t0 = time.perf_counter()
-        model.generate_output(batch, max_new_tokens=n)
-        seconds.append(time.perf_counter() - t0)
-    model.prompter.stop_ids = stop_ids
+    try:
+        for n in (1, 1, steps):  # the first decode warms up (allocations, kernel choice) and is not counted
+            t0 = time.perf_counter()
+            model.generate_output(batch, max_new_tokens=n)
+            seconds.append(time.perf_counter() - t0)
+    finally:
+        model.prompter.stop_ids = stop_ids
     per_step = max(seconds[2] - seconds[1], 0.0) / max(steps - 1, 1)
     audio = sum(utterance_duration(u) for u in utts)
     prefill = max(seconds[1] - per_step, 0.0) / max(audio, 1e-9)
