@@ -29,6 +29,14 @@ from .run import _encoder_level, _shard
 from .spec import GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status, test_manifests, \
     write_task_manifests
 
+
+def _with_cache(cfg: ExperimentConfig, cache: str) -> Any:
+    """The feature cache `cache` as cfg's SFM would use it (the probes' view of the grid's cache)."""
+    from ..features import FeatureCache
+
+    return FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
+
+
 def count_steps(cfg: ExperimentConfig) -> int | None:
     """LM-stage optimizer steps of a run (max_steps, or epochs x batches / grad_accum), from durations
     only; None without a train manifest (the run itself then stops with the config error)."""
@@ -53,10 +61,7 @@ def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | N
     without a cache at all (the grid's cache switched off) are the steps timed from audio, the
     SFM's share included, as such a run pays it.
     """
-    from dataclasses import replace
-
     from ..data import load_manifest, utterance_duration, write_manifest
-    from ..features import FeatureCache
     from ..train import Trainer, stage_config
 
     stage = stage_config(cfg)
@@ -64,7 +69,7 @@ def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | N
     with tempfile.TemporaryDirectory() as tmp:
         if cache is not None:
             train_utts = load_manifest(train_manifest, skip_invalid=cfg.data.skip_invalid)
-            if FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache))).missing(train_utts):
+            if _with_cache(cfg, cache).missing(train_utts):
                 cache = None
                 if scratch is not None:  # the first clips, twice the audio the probe's batches take
                     need, subset = 2 * (steps + 1) * stage.data.max_batch_seconds, []
@@ -75,9 +80,8 @@ def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | N
                             break
                     train_manifest = str(write_manifest(Path(tmp) / "probe_train.jsonl", subset))
                     cache = str(scratch)
-                    FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache))).ensure(
-                        subset, progress=False, max_batch_seconds=cfg.data.max_batch_seconds,
-                        max_batch_size=cfg.data.max_batch_size)
+                    _with_cache(cfg, cache).ensure(subset, progress=False, max_batch_seconds=cfg.data.max_batch_seconds,
+                                                   max_batch_size=cfg.data.max_batch_size)
         train = replace(cfg.train, output_dir=str(Path(tmp) / "run"), max_steps=steps + 1, save_every=0,
                         eval_every=0, report_to="none", init_from=None)
         data = replace(cfg.data, train_manifest=train_manifest, feature_cache=cache, dev_manifest=None)
@@ -119,14 +123,11 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     that both run their full length; their difference is the cost of `steps - 1` steps."""
     from ..data import load_manifest, utterance_duration
     from ..evaluate import eval_loader
-    from ..features import FeatureCache
     from ..model import SpeechLLM
 
     utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[: cfg.eval.batch_size]
-    fc = None
-    if cache is not None:
-        fc = FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
-        fc = None if fc.missing(utts) else fc
+    fc = _with_cache(cfg, cache) if cache is not None else None
+    fc = None if fc is None or fc.missing(utts) else fc
     probe_cfg = copy.deepcopy(cfg)
     probe_cfg.eval.max_repeats = 0
     model = SpeechLLM(probe_cfg, encoder=fc.stub_encoder() if fc else None)
@@ -165,8 +166,7 @@ def decoding_seconds(utts: list, cfg: ExperimentConfig, cost: DecodeCost) -> tup
     for i in range(0, len(order), size):
         batch = order[i:i + size]
         durations = [utterance_duration(u) for u in batch]
-        refs = [(u.translation if u.task == "st" else u.transcript) or "" for u in batch]
-        steps = min(cap, 1 + max(cost.count_tokens(r) for r in refs))
+        steps = min(cap, 1 + max(cost.count_tokens(u.target) for u in batch))
         expected += cost.batch_seconds(durations, steps)
         upper += cost.batch_seconds(durations, cap)
     return expected, upper

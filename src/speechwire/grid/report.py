@@ -19,7 +19,7 @@ from typing import Any
 
 from ..tables import markdown_table
 from .analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
-from .spec import EVENTS, RUN_FILE, label, load_grid, plan, role
+from .spec import EVENTS, RUN_FILE, label, load_grid, matches, plan, role
 
 METRICS = ("wer", "bleu", "chrf", "comet")
 COST = ("trainable_params", "train_seconds", "peak_memory_gib", "steps")
@@ -107,7 +107,7 @@ def select(rows: list[dict[str, Any]], factors: list[str], where: dict[str, list
         if missing:
             raise ValueError(f"{grid_dir}: --where {f}={','.join(missing)}: no finished run has that level; "
                              f"{f} levels of the finished runs: {', '.join(known)}")
-    return [r for r in rows if all(str(r.get(f)) in levels for f, levels in where.items())]
+    return [r for r in rows if matches(r, where)]
 
 
 def where_text(where: dict[str, list[str]]) -> str:
@@ -283,7 +283,7 @@ def _expected_runs(grid_dir: Path, where: dict[str, list[str]]) -> int | None:
         runs = plan(load_grid(grid))
     except Exception:  # the grid file moved or names files missing here: report what exists
         return None
-    return sum(all(r.levels.get(f) in levels for f, levels in where.items()) for r in runs)
+    return sum(matches(r.levels, where) for r in runs)
 
 
 def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], analysis: dict[str, Any]) -> list[Path]:

@@ -263,6 +263,11 @@ def _where(path: Path, key: str, where: Any, factors: dict[str, dict]) -> dict[s
 # --- planning -----------------------------------------------------------------------------------
 
 
+def matches(levels: dict[str, Any], where: dict[str, list[str]]) -> bool:
+    """Whether a run's levels (factor -> level) pass a filter {factor: [levels]}: every factor must match."""
+    return all(str(levels.get(f)) in lvls for f, lvls in where.items())
+
+
 def plan(spec: GridSpec) -> list[Run]:
     """Every combination (factors in file order, seeds last) with its stable folder name; then the
     extra seeds' runs (combinations matching extra_where), so they come last in a time budget."""
@@ -273,9 +278,9 @@ def plan(spec: GridSpec) -> list[Run]:
     for seeds, main in ((spec.seeds, True), (extra, False)):
         for combo in combos:
             levels = {f: lvl for f, (lvl, _) in zip(names, combo)}
-            if not main and not all(levels[f] in lvls for f, lvls in spec.extra_where.items()):
+            if not main and not matches(levels, spec.extra_where):
                 continue
-            if any(all(levels[f] in lvls for f, lvls in w.items()) for w in spec.exclude):
+            if any(matches(levels, w) for w in spec.exclude):
                 continue
             for seed in seeds:
                 settings: dict[str, Any] = {}
