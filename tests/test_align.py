@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from speechwire.align import (BLANK, TiedCTCHead, alignment_loss, collapse, greedy_decode, greedy_runs,
                               restrict_labels, time_mask, token_error_rate, transcript_vocab)
+from speechwire.decoding import loop_cut
 from speechwire.config import load_config
 from speechwire.encoders.interface import EncoderOutput, SpeechEncoder
 from speechwire.model import SpeechLLM
@@ -351,6 +352,6 @@ def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):
     capped = model._greedy(collate(items), 12)
     for a, b in zip(long, capped):
         assert all(b[i] != b[i - 1] for i in range(1, len(b)))  # no token twice in a row
-        cut = next((i for i in range(1, len(a)) if a[i] == a[i - 1]), len(a))
-        assert b == a[:cut]  # the same answer up to the first repeat
+        cuts = (loop_cut(a[: i + 1], 1) for i in range(len(a)))  # the first loop, token or phrase, as it completes
+        assert b == a[: next((c for c in cuts if c is not None), len(a))]  # the same answer up to the first loop
     assert capped == [model._greedy(collate([it]), 12)[0] for it in items]

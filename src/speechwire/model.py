@@ -32,6 +32,7 @@ from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapt
 from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
 from .config import ExperimentConfig, load_config
 from .data.batch import Batch, BatchTokenizer, BatchTokens
+from .decoding import clean_answer, loop_cut
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
 
@@ -387,7 +388,7 @@ class SpeechLLM(nn.Module):
             ids = self._greedy(batch, max_new)
         finally:
             self.train(was_training)
-        return GenerationOutput([self.prompter.decode(x) for x in ids], ids)
+        return GenerationOutput([self.answer_text(x) for x in ids], ids)
 
     def _batch_from_waveforms(self, waves: list, sample_rate: int, task: str, src_lang: str,
                               tgt_lang: str | None) -> Batch:
@@ -431,7 +432,12 @@ class SpeechLLM(nn.Module):
             out = self._decode(batch, embeds, lengths, max_new_tokens or self.cfg.eval.max_new_tokens)
         finally:
             self.train(was_training)
-        return [self.prompter.decode(x) for x in out]
+        return [self.answer_text(x) for x in out]
+
+    def answer_text(self, ids: list[int]) -> str:
+        """What the user sees of an answer: decoded, the quote markers and a chat preamble removed
+        (decoding.clean_answer); every command's text comes from here."""
+        return clean_answer(self.prompter.decode(ids), self.cfg.llm.marker_init)
 
     def _greedy(self, batch: Batch, max_new: int) -> list[list[int]]:
         batch = self.with_tokens(batch)
@@ -444,45 +450,36 @@ class SpeechLLM(nn.Module):
         per item, cut before the stop token."""
         inputs, mask, positions, _ = self._sequences(batch, embeds, lengths, with_targets=False)
         B = inputs.shape[0]
-        stop = torch.tensor(sorted(self.prompter.stop_ids), device=self.device)
-        done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        generated = torch.empty(B, 0, dtype=torch.long, device=self.device)
+        done = [False] * B
         cache = None
         next_pos = positions[:, -1:] + 1
         step_inputs, step_mask, step_pos = inputs, mask, positions
         max_repeats = self.cfg.eval.max_repeats
-        previous = torch.full((B,), -1, dtype=torch.long, device=self.device)
-        run = torch.zeros(B, dtype=torch.long, device=self.device)  # (B,) length of the current run of one token
+        stops = set(self.prompter.stop_ids)
+        answers: list[list[int]] = [[] for _ in range(B)]
         # hand-written, not HF generate: per-item positions and stops make a batch decode what its items decode alone
         for _ in range(max_new):
             res = self.llm(inputs_embeds=step_inputs, attention_mask=step_mask, position_ids=step_pos,
                            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
             token = res.logits[:, -1].float().argmax(-1)  # (B,)
-            if max_repeats > 0:  # a greedy loop ("t t t t ...") ends the item; the extra copies are cut
-                run = torch.where(token == previous, run + 1, torch.ones_like(run))
-                previous = token
-                looping = run > max_repeats
-                token = torch.where(looping, torch.full_like(token, -1), token)
-                done |= looping
-            token = torch.where(done, torch.full_like(token, -1), token)
-            generated = torch.cat([generated, token[:, None]], dim=1)
-            done |= torch.isin(token, stop)
-            if bool(done.all()):
+            for b, t in enumerate(token.tolist()):
+                if done[b]:
+                    continue
+                if t in stops:
+                    done[b] = True
+                    continue
+                answers[b].append(t)
+                cut = loop_cut(answers[b], max_repeats)  # a token or phrase loop ends the item, extra copy cut
+                if cut is not None:
+                    del answers[b][cut:]
+                    done[b] = True
+            if all(done):
                 break
-            step_inputs = self.llm.get_input_embeddings()(token.clamp(min=0))[:, None]  # (B, 1, d_llm)
+            step_inputs = self.llm.get_input_embeddings()(token)[:, None]  # (B, 1, d_llm)
             step_mask = torch.cat([step_mask, torch.ones(B, 1, dtype=step_mask.dtype, device=self.device)], 1)
             step_pos, next_pos = next_pos, next_pos + 1
-        stops = set(self.prompter.stop_ids)
-        result = []
-        for row in generated.tolist():
-            kept = []
-            for t in row:
-                if t < 0 or t in stops:
-                    break
-                kept.append(t)
-            result.append(kept)
-        return result
+        return answers
 
     # --- checkpoints ------------------------------------------------------------------------
 

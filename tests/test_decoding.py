@@ -1,0 +1,54 @@
+"""decoding.py: the loop guard and the answer cleaning, on lists and strings."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from speechwire.decoding import clean_answer, loop_cut
+
+
+def test_loop_cut_keeps_max_repeats_copies_of_a_token_or_a_phrase():
+    assert loop_cut([7, 7, 7], 2) == 2
+    assert loop_cut([7, 7], 2) is None
+    assert loop_cut([5, 1, 2, 1, 2, 1, 2], 2) == 5  # "1 2" a third time: cut to two copies
+    assert loop_cut([9, 1, 2, 3] * 3, 2) == 8
+    assert loop_cut([1, 2, 3, 1, 2, 3], 2) is None
+    assert loop_cut([1, 1, 1, 1], 0) is None  # 0: the guard is off
+
+
+def test_loop_cut_finds_a_clause_repeated_over_and_over():
+    clause = list(range(100, 120))  # 20 tokens
+    answer = [1, 2, 3] + clause * 3
+    assert loop_cut(answer, 2) == 3 + 40
+
+
+@given(st.lists(st.integers(0, 4), max_size=40), st.integers(1, 3))
+def test_loop_cut_result_has_no_loop_and_is_a_prefix(tokens, max_repeats):
+    """Decoding checks after every token: the answer it keeps never holds more than max_repeats copies
+    of any unit in a row at any point, and is a prefix of what greedy produced."""
+    kept: list[int] = []
+    for t in tokens:
+        kept.append(t)
+        cut = loop_cut(kept, max_repeats)
+        if cut is not None:
+            del kept[cut:]
+            break
+    assert kept == tokens[: len(kept)]
+    for end in range(1, len(kept) + 1):
+        assert loop_cut(kept[:end], max_repeats) is None
+
+
+def test_clean_answer_removes_quote_markers_and_chat_preambles():
+    assert clean_answer('"power of close."', '"') == "power of close."
+    assert clean_answer('"cling"', '"') == "cling"
+    assert clean_answer('"Hello".', '"') == "Hello."
+    assert clean_answer('Sure, here it is: "ten of clubs"', '"') == "ten of clubs"
+    assert clean_answer("Certainly! Here's the repeated text: Goodbye.", '"') == "Goodbye."
+    assert clean_answer("Sure, here it is:", '"') == ""
+    assert clean_answer("The transcription is: please hold.", None) == "please hold."
+
+
+def test_clean_answer_keeps_what_may_have_been_said():
+    assert clean_answer('He said "hi"', '"') == 'He said "hi"'  # balanced quotes inside the text
+    assert clean_answer("Okay.", '"') == "Okay."
+    assert clean_answer("Here we are at last.", '"') == "Here we are at last."
+    assert clean_answer('"quoted"', None) == '"quoted"'  # no marker: quotes may be the text's own
