@@ -121,14 +121,18 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """`data synth`: exit status 1 for missing system packages or bad sizes."""
+    """`data synth`: exit status 1 for missing system packages or voices, or bad sizes."""
     from .data.synth import MissingSystemDepsError, build_corpus
+    from .data.synth.engines import VoiceUnavailableError
 
     try:
         summary = build_corpus(out_dir=args.out, num_train=args.train, num_dev=args.dev, num_test=args.test,
                                seed=args.seed, workers=args.workers, real=not args.no_real, progress=not args.quiet,
-                               max_seconds=args.max_seconds)
-    except (MissingSystemDepsError, ValueError) as e:
+                               max_seconds=args.max_seconds, voices=_voice_list(args.voices),
+                               renditions=args.renditions, held_out=_voice_list(args.held_out),
+                               num_unseen_dev=args.unseen_dev, num_unseen_test=args.unseen_test,
+                               real_copies=not args.no_real_copies)
+    except (MissingSystemDepsError, VoiceUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
@@ -282,9 +286,17 @@ def add_import_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_import)
 
 
+def _voice_list(value: str | None) -> tuple[str, ...] | None:
+    """--voices / --held-out: None (flag absent) = the installed defaults; "none" = no voices."""
+    if value is None:
+        return None
+    return () if value.strip().lower() == "none" else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def add_synth_parser(sub: argparse._SubParsersAction) -> None:
     """`data synth`."""
     from .data.synth.build import DEFAULT_OUT
+    from .data.synth.engines import HELD_OUT_VOICES, TRAIN_VOICES
 
     s = sub.add_parser("synth", help="build the demo corpus (espeak-ng + Debian speech)",
                        description="Build the demo corpus: synthetic English speech with German translations "
@@ -297,6 +309,17 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--max-seconds", type=float, default=12.0, help="drop longer utterances")
     s.add_argument("--no-real", action="store_true", help="skip the asterisk real prompts")
+    s.add_argument("--voices", default=None, metavar="V1,V2|none",
+                   help=f"other voices reading each train/dev sentence again, augmented (default: the installed ones "
+                        f"of {','.join(TRAIN_VOICES)})")
+    s.add_argument("--renditions", type=int, default=1, help="extra clips per train/dev sentence by --voices")
+    s.add_argument("--held-out", default=None, metavar="V1,V2|none",
+                   help=f"voices never trained on, for the unseen-voices dev/test sets (default: the installed "
+                        f"ones of {','.join(HELD_OUT_VOICES)})")
+    s.add_argument("--unseen-dev", type=int, default=20, help="dev sentences per held-out voice")
+    s.add_argument("--unseen-test", type=int, default=40, help="test sentences per held-out voice")
+    s.add_argument("--no-real-copies", action="store_true",
+                   help="no perturbed copies (speed, pitch, room, noise, GSM) of the real train prompts")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_synth)
 

@@ -18,6 +18,7 @@ from helpers import needs_asterisk, needs_synth
 
 ASR_KEYS = {"id", "audio", "duration", "transcript", "task"}
 ST_KEYS = ASR_KEYS | {"translation", "src_lang", "tgt_lang"}
+ESPEAK_ONLY = {"voices": (), "held_out": (), "real_copies": False}  # the other voices: test_voices.py
 
 
 def test_split_pairs_disjoint_seeded_and_checked() -> None:
@@ -51,8 +52,8 @@ def _wav_hashes(root: Path) -> dict[str, str]:
 @needs_asterisk
 def test_build_small_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    summary = build_corpus(out, num_train=5, num_dev=2, num_test=2, seed=0, workers=2,
-                           progress=False)  # fmt: skip
+    summary = build_corpus(out, num_train=5, num_dev=2, num_test=2, seed=0, workers=2, progress=False,
+                           **ESPEAK_ONLY)  # fmt: skip
     assert summary["counts"]["synth_train"] == 5 and summary["counts"]["real_test"] > 50
     texts: dict[str, set[str]] = {}
     for name in summary["manifests"]:
@@ -81,16 +82,16 @@ def test_build_small_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
     # Same parameters: reused, nothing rebuilt.
     stamp = (out / "synth_train.asr.jsonl").stat().st_mtime_ns
-    assert build_corpus(out, 5, 2, 2, seed=0, progress=False) == saved
+    assert build_corpus(out, 5, 2, 2, seed=0, progress=False, **ESPEAK_ONLY) == saved
     assert "reusing" in capsys.readouterr().out
     assert (out / "synth_train.asr.jsonl").stat().st_mtime_ns == stamp
 
 
 @needs_synth
 def test_same_seed_same_bytes_any_workers_and_resume(tmp_path: Path) -> None:
-    a = build_corpus(tmp_path / "a", 4, 1, 1, seed=5, workers=1, real=False, progress=False)
-    b = build_corpus(tmp_path / "b", 4, 1, 1, seed=5, workers=2, real=False, progress=False)
-    c = build_corpus(tmp_path / "c", 4, 1, 1, seed=6, workers=2, real=False, progress=False)
+    a = build_corpus(tmp_path / "a", 4, 1, 1, seed=5, workers=1, real=False, progress=False, **ESPEAK_ONLY)
+    b = build_corpus(tmp_path / "b", 4, 1, 1, seed=5, workers=2, real=False, progress=False, **ESPEAK_ONLY)
+    c = build_corpus(tmp_path / "c", 4, 1, 1, seed=6, workers=2, real=False, progress=False, **ESPEAK_ONLY)
     ha, hb, hc = (_wav_hashes(tmp_path / n) for n in "abc")
     assert len(ha) == 6 and ha == hb
     assert a["counts"] == b["counts"] and a["voices_used"] == b["voices_used"]
@@ -102,10 +103,10 @@ def test_same_seed_same_bytes_any_workers_and_resume(tmp_path: Path) -> None:
     victim = sorted((tmp_path / "a" / "synth" / "train").glob("*.wav"))[0]
     victim.unlink()
     (tmp_path / "a" / "corpus.json").unlink()
-    build_corpus(tmp_path / "a", 4, 1, 1, seed=5, workers=2, real=False, progress=False)
+    build_corpus(tmp_path / "a", 4, 1, 1, seed=5, workers=2, real=False, progress=False, **ESPEAK_ONLY)
     assert _wav_hashes(tmp_path / "a") == hb
 
     # A different seed in the same folder wipes the stale audio instead of mixing it in.
-    build_corpus(tmp_path / "a", 4, 1, 1, seed=6, workers=2, real=False, progress=False)
+    build_corpus(tmp_path / "a", 4, 1, 1, seed=6, workers=2, real=False, progress=False, **ESPEAK_ONLY)
     assert _wav_hashes(tmp_path / "a") == hc
     assert build.STATE_FILE in {p.name for p in (tmp_path / "a").iterdir()}

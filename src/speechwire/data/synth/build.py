@@ -4,8 +4,14 @@ Layout of ``out_dir`` (default ``~/.cache/speechwire/demo_data``)::
 
     synth/{train,dev,test}/synth-000042.wav      16 kHz mono 16-bit, espeak-ng + augmentation
     real/{train,dev,test}/real-vm-goodbye.wav    asterisk prompts, 8 -> 16 kHz
+    voices/{train,dev}/synth-000042-v1.wav       the same sentence by another engine's voice, augmented
+    unseen/{dev,test}/unseen-000007-piper-en.wav held-out voices (never trained on), clean
+    real_aug/train/real-vm-goodbye-a2.wav        perturbed copies of the real train prompts
     synth_{split}.asr.jsonl  synth_{split}.st.jsonl  real_{split}.asr.jsonl
+    voices_{train,dev}.{asr,st}.jsonl  unseen_{dev,test}.{asr,st}.jsonl  real_train_aug.asr.jsonl
     corpus.json                                  parameters, counts, hours, voices used
+
+Rows of the other voices' manifests also carry ``voice`` and ``augment`` (extra.py).
 
 Synthetic splits are cut BY SENTENCE from one seeded shuffle of the deduplicated pairs: test
 takes the first ``num_test``, dev the next ``num_dev``, train the next ``num_train``, so test
@@ -25,7 +31,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -34,7 +40,7 @@ from tqdm import tqdm
 
 from speechwire.audio import SAMPLE_RATE
 
-from . import sources
+from . import engines, extra, sources
 from .sources import MissingSystemDepsError, Prompt, SentencePair
 from .voice import draw_params, list_variants, list_voices, render, utterance_rng
 
@@ -43,6 +49,8 @@ DEFAULT_OUT = Path("~/.cache/speechwire/demo_data")  # the demo corpus; demo_dat
 SPLITS = ("train", "dev", "test")
 REAL_SPLIT_TENTHS = {"train": 6, "dev": 2, "test": 2}  # 60/20/20 by text hash
 STATE_FILE = ".build_state.json"
+EXTRA_VERSION = 1  # bump when the other voices' or the augmentation's pipeline changes
+EXTRA_STATE_FILE = ".build_state_voices.json"
 
 
 @dataclass(frozen=True)
@@ -101,14 +109,15 @@ def _synth_one(job: _Job) -> _Result:
     return _Result(job, duration if duration <= job.max_seconds else None, params.voice_name)
 
 
-def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> Iterator[_Result]:
-    bar = tqdm(total=len(jobs), desc="synthesising", unit="utt", disable=not progress)
+def _run_jobs(fn: Callable[[Any], Any], jobs: list, workers: int, progress: bool,
+              desc: str = "synthesising") -> Iterator[Any]:
+    bar = tqdm(total=len(jobs), desc=desc, unit="utt", disable=not progress)
     if workers <= 1:
-        results: Iterable[_Result] = map(_synth_one, jobs)
+        results: Iterable[Any] = map(fn, jobs)
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_synth_one, jobs, chunksize=4)
+        results = pool.map(fn, jobs, chunksize=4)
     try:
         for r in results:
             bar.update()
@@ -190,9 +199,22 @@ def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _manifest_names(real: bool) -> list[str]:
+def _manifest_names(params: dict[str, Any]) -> list[str]:
     names = [f"synth_{s}.{t}.jsonl" for s in SPLITS for t in ("asr", "st")]
-    return names + ([f"real_{s}.asr.jsonl" for s in SPLITS] if real else [])
+    names += [f"real_{s}.asr.jsonl" for s in SPLITS] if params["real"] else []
+    names += [f"voices_{s}.{t}.jsonl" for s in ("train", "dev") for t in ("asr", "st")] if params["renditions"] else []
+    names += [f"unseen_{s}.{t}.jsonl" for s in ("dev", "test") for t in ("asr", "st")] if params["held_out"] else []
+    return names + (["real_train_aug.asr.jsonl"] if params["real_copies"] else [])
+
+
+def _prepare_extra_state(out_dir: Path, audio_key: dict[str, Any]) -> None:
+    """As `_prepare_state`, for the other voices' folders (so adding voices keeps the espeak-ng audio)."""
+    state = out_dir / EXTRA_STATE_FILE
+    old = json.loads(state.read_text()) if state.is_file() else None
+    if old != audio_key:
+        for sub in ("voices", "unseen", "real_aug"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    state.write_text(json.dumps(audio_key, indent=1))
 
 
 def _prepare_state(out_dir: Path, audio_key: dict[str, Any]) -> None:
@@ -215,6 +237,12 @@ def build_corpus(
     real: bool = True,
     progress: bool = True,
     max_seconds: float = 12.0,
+    voices: Sequence[str] | None = None,
+    renditions: int = 1,
+    held_out: Sequence[str] | None = None,
+    num_unseen_dev: int = 20,
+    num_unseen_test: int = 40,
+    real_copies: bool = True,
 ) -> dict[str, Any]:
     """Build (or reuse) the demo corpus under ``out_dir``; deterministic given ``seed``.
 
@@ -226,6 +254,14 @@ def build_corpus(
         real: also convert the asterisk prompts (real speech, ASR only).
         progress: show tqdm bars.
         max_seconds: utterances longer than this are dropped (synthetic and real).
+        voices: other-engine voices (`engines.TRAIN_VOICES` style specs) that read every train and
+            dev sentence `renditions` more times, augmented; None = the installed ones of
+            TRAIN_VOICES; () = espeak-ng only.
+        renditions: extra clips per train/dev sentence by `voices` (0: none).
+        held_out: voices never used in training that read the first `num_unseen_dev` dev and
+            `num_unseen_test` test sentences, clean (the "unseen voices" sets); None = the installed
+            ones of HELD_OUT_VOICES; () = none.
+        real_copies: also write perturbed copies of each real train prompt (`extra.REAL_COPIES`).
 
     Returns:
         The summary written to ``out_dir/corpus.json`` (params, counts, hours, voices).
@@ -235,13 +271,23 @@ def build_corpus(
         ValueError: more sentences asked for than available.
     """
     out_dir = Path(out_dir).expanduser()
+    voices = engines.available(engines.TRAIN_VOICES) if voices is None else tuple(voices)
+    held_out = engines.available(engines.HELD_OUT_VOICES) if held_out is None else tuple(held_out)
+    clash = set(voices) & set(held_out)
+    if clash or renditions < 0 or min(num_unseen_dev, num_unseen_test) < 0:
+        raise ValueError(f"synth corpus: voices {sorted(clash)} are both trained on and held out" if clash else
+                         "synth corpus: renditions, num_unseen_dev and num_unseen_test must be >= 0")
+    engines.require(voices + held_out)
     params = {"num_train": num_train, "num_dev": num_dev, "num_test": num_test, "seed": seed,
-              "max_seconds": max_seconds, "real": real, "version": CORPUS_VERSION}  # fmt: skip
+              "max_seconds": max_seconds, "real": real, "version": CORPUS_VERSION,
+              "voices": list(voices), "renditions": renditions if voices else 0, "held_out": list(held_out),
+              "num_unseen_dev": min(num_unseen_dev, num_dev), "num_unseen_test": min(num_unseen_test, num_test),
+              "real_copies": real_copies and real}  # fmt: skip
     summary_path = out_dir / "corpus.json"
     if summary_path.is_file():
         old = json.loads(summary_path.read_text())
         if old.get("params") == params and all(
-            (out_dir / n).is_file() for n in _manifest_names(real)
+            (out_dir / n).is_file() for n in _manifest_names(params)
         ):
             print(f"reusing {out_dir} (corpus.json matches seed={seed}, sizes, max_seconds)")
             return old
@@ -250,25 +296,25 @@ def build_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = sources.load_sentence_pairs()
     splits = split_pairs(pairs, num_train, num_dev, num_test, seed)
-    voices, variants = list_voices(), list_variants()
-    if not voices:
+    espeak_voices, variants = list_voices(), list_variants()
+    if not espeak_voices:
         raise MissingSystemDepsError(
             "espeak-ng lists no English voice (`espeak-ng --voices=en`); reinstall it: "
             "sudo apt-get install --reinstall -y espeak-ng espeak-ng-data"
         )
     pairs_hash = hashlib.sha1("\n".join(p.english for p in pairs).encode()).hexdigest()
     _prepare_state(out_dir, {"version": CORPUS_VERSION, "seed": seed, "num_test": num_test,
-                             "num_dev": num_dev, "voices": list(voices),
+                             "num_dev": num_dev, "voices": list(espeak_voices),
                              "variants": list(variants), "pairs_sha1": pairs_hash})  # fmt: skip
 
     jobs = [
         _Job(index=i, utt_id=f"synth-{i:06d}", split=split, english=p.english, german=p.german,
-             wav=out_dir / "synth" / split / f"synth-{i:06d}.wav", seed=seed, voices=voices,
+             wav=out_dir / "synth" / split / f"synth-{i:06d}.wav", seed=seed, voices=espeak_voices,
              variants=variants, max_seconds=max_seconds)  # fmt: skip
         for split in SPLITS for i, p in splits[split]
     ]
-    results = sorted(_run_jobs(jobs, workers or os.cpu_count() or 1, progress),
-                     key=lambda r: r.job.index)  # fmt: skip
+    workers = workers or os.cpu_count() or 1
+    results = sorted(_run_jobs(_synth_one, jobs, workers, progress), key=lambda r: r.job.index)
     kept = [r for r in results if r.duration is not None]
     manifests: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
@@ -279,10 +325,28 @@ def build_corpus(
               for row, r in zip(asr, [r for r in kept if r.job.split == split])]  # fmt: skip
         manifests[f"synth_{split}.asr.jsonl"], manifests[f"synth_{split}.st.jsonl"] = asr, st
     dropped = {"synth": len(results) - len(kept), "real": 0}
+    voice_jobs = extra.rendition_jobs(out_dir, splits, seed, voices, params["renditions"], max_seconds)
+    voice_jobs += extra.unseen_jobs(out_dir, splits, seed, held_out, {"dev": params["num_unseen_dev"],
+                                    "test": params["num_unseen_test"]}, max_seconds)  # fmt: skip
+    if voice_jobs:
+        _prepare_extra_state(out_dir, {"version": EXTRA_VERSION, "seed": seed, "voices": list(voices),
+                                       "held_out": list(held_out)})  # fmt: skip
+    voice_results = list(_run_jobs(extra.render_voice_job, voice_jobs, workers, progress, desc="other voices"))
+    for folder, splits_of in (("voices", ("train", "dev")), ("unseen", ("dev", "test"))):
+        for split in splits_of:
+            done = [r for r in voice_results if r.job.wav.parent.parent.name == folder]
+            if done:
+                manifests[f"{folder}_{split}.asr.jsonl"], manifests[f"{folder}_{split}.st.jsonl"] = \
+                    extra.voice_rows(done, out_dir, split)
+    dropped["voices"] = sum(r.duration is None for r in voice_results)
     if real:
         real_rows, dropped["real"] = _build_real(out_dir, max_seconds, progress)
         for split in SPLITS:
             manifests[f"real_{split}.asr.jsonl"] = real_rows[split]
+        if params["real_copies"]:
+            gsm_dir = sources.ASTERISK_SOUNDS_DIR if any(sources.ASTERISK_SOUNDS_DIR.glob("*.gsm")) else None
+            manifests["real_train_aug.asr.jsonl"] = extra.build_real_augmented(
+                out_dir, real_rows["train"], gsm_dir, seed, max_seconds, progress)
     for name, rows in manifests.items():
         _write_jsonl_atomic(out_dir / name, rows)
 
@@ -297,9 +361,11 @@ def build_corpus(
         "total_hours": round(sum(hours(v) for v in counted.values()), 4),
         "dropped_longer_than_max_seconds": dropped,
         "sentence_pairs_available": len(pairs),
-        "voices_available": list(voices),
+        "voices_available": list(espeak_voices),
         "variants_available": list(variants),
-        "voices_used": dict(sorted(Counter(r.voice for r in kept).items())),
+        "voices_used": dict(sorted(Counter([r.voice for r in kept] + [r.voice for r in voice_results
+                                                                      if r.duration is not None]).items())),
+        "held_out_voices": list(held_out),
         "manifests": sorted(manifests),
         "wall_time_s": round(time.perf_counter() - start, 1),
     }

@@ -24,6 +24,8 @@ import soxr
 
 from speechwire.audio import SAMPLE_RATE
 
+from .augment import add_noise, add_reverb, to_int16
+
 SPEED_WPM = (130, 190)  # espeak-ng -s, words per minute
 PITCH = (30, 70)  # espeak-ng -p, 0-99
 SPEED_FACTOR = (0.9, 1.1)  # tempo+pitch perturbation as in Kaldi's speed perturbation
@@ -146,38 +148,6 @@ def espeak(text: str, params: UttParams) -> tuple[np.ndarray, int]:
     return audio, int(sr)
 
 
-def _fft_convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
-    n = len(x) + len(h) - 1
-    size = 1 << (n - 1).bit_length()
-    return np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(h, size), size)[:n]
-
-
-def add_reverb(x: np.ndarray, rt60_s: float, rng: np.random.Generator) -> np.ndarray:
-    """Convolve with a synthetic room: direct path + exponentially decaying noise tail.
-
-    Args:
-        x: (N,) signal at `SAMPLE_RATE`.
-        rt60_s: time for the tail to decay by 60 dB.
-
-    Returns:
-        (N,) reverberant signal, the tail cut at the input length.
-    """
-    n = int(rt60_s * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    ir = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60_s)  # ln(1000) = 60 dB of amplitude
-    ir[0] = 1.0  # direct path
-    ir[1 : int(0.005 * SAMPLE_RATE)] = 0.0  # 5 ms before the first reflection
-    ir /= np.sqrt(np.sum(ir**2))
-    return _fft_convolve(x, ir)[: len(x)]
-
-
-def add_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """Add white noise at ``snr_db`` relative to the signal's mean power (silences included)."""
-    power = float(np.mean(x**2)) if len(x) else 0.0
-    noise = rng.standard_normal(len(x)) * np.sqrt(power / 10 ** (snr_db / 10))
-    return x + noise
-
-
 def render(text: str, params: UttParams, rng: np.random.Generator) -> np.ndarray:
     """Speak and augment one sentence.
 
@@ -195,7 +165,4 @@ def render(text: str, params: UttParams, rng: np.random.Generator) -> np.ndarray
     if params.reverb:
         audio = add_reverb(audio, params.rt60_s, rng)
     audio = add_noise(audio, params.snr_db, rng)
-    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
-    if peak > 0:
-        audio = audio * (10 ** (params.peak_dbfs / 20) / peak)
-    return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+    return to_int16(audio, params.peak_dbfs)
