@@ -301,11 +301,16 @@ def tiny_run(tmp: Path, steps: int = 2, save_every: int = 1, extra: dict | None 
     return cfg, manifest, run
 
 
+class Hang(BaseException):
+    """Raised by a test's alarm when a call runs too long: not an Exception, so neither `verdict`
+    nor errors.explain turns it into a message (the test fails as a hang)."""
+
+
 def verdict(fn: Callable[[], Any]) -> tuple[int, str]:
     """What `speechwire` would print for `fn()`: (0, "") on success, else (exit status, the one line)."""
     try:
         fn()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Hang):
         raise
     except BaseException as e:  # noqa: BLE001 - judging every outcome is the point
         return explain(e)
@@ -324,10 +329,16 @@ def template(line: str, roots: list[str] = ()) -> str:
     """A message with its particulars (paths, keys, numbers, quoted values) blanked: its kind."""
     for r in roots:
         line = line.replace(r, "<dir>")
+    while True:  # lists and mappings (a value echoed back), innermost first
+        blanked = re.sub(r"\[[^\[\]]*\]|\{[^{}]*\}", "<v>", line)
+        if blanked == line:
+            break
+        line = blanked
     line = re.sub(r"unknown key\(s\) .*?; ", "unknown key(s) <keys>; ", line)
     line = re.sub(r"(unrecognized arguments|invalid choice): .*?(\(see|$)", r"\1: <args> \2", line)
     line = re.sub(r"(?:<dir>|/)\S*", "<path>", line)
     line = re.sub(r"'[^']*'|\"[^\"]*\"", "<q>", line)
+    line = re.sub(r"\b[0-9a-f]{8,}\b", "<hex>", line)  # hashes, keys
     line = re.sub(r"(#x|0x)[0-9a-fA-F]+|\d+(\.\d+)?(e[-+]?\d+)?", "<n>", line)
     line = re.sub(r"=\S+ must", "=<value> must", line)
     return line[:160]
