@@ -132,6 +132,30 @@ def test_token_error_rate_and_vocab():
     assert transcript_vocab(["ab", "ba", None, ""], lambda t: [ord(c) for c in t]) == [97, 98]
 
 
+def test_alignment_vocab_words_spells_new_words_and_full_is_everything(tiny_llm_dir):
+    from speechwire.align import alignment_vocab, word_vocab
+    from speechwire.config import LLMConfig
+    from speechwire.llm import ChatPrompter, load_tokenizer
+
+    cfg = LLMConfig(model=str(tiny_llm_dir))
+    prompter = ChatPrompter(load_tokenizer(cfg), cfg)
+    tok = prompter.tok
+    train = ["abc."]
+    own = alignment_vocab("transcripts", train, prompter)
+    assert own == sorted(set(prompter.text_ids("abc.")))
+    words = alignment_vocab("words", train, prompter)
+    assert set(own) < set(words)
+    never_trained = prompter.text_ids("Zebra quiz, 42!")  # letters, digits, punctuation not in "abc."
+    assert set(never_trained) <= set(words) and not set(never_trained) <= set(own)
+    assert not {tok.convert_tokens_to_ids(c) for c in ("{", "_", "<", "#")} & set(words)  # code, markup
+    special = set(tok.all_special_ids) | {prompter.audio_start_id, prompter.audio_end_id}
+    assert not special & set(words)
+    assert alignment_vocab("full", train, prompter) == sorted(set(range(len(tok))) - special)
+    assert set(word_vocab(tok)) <= set(words)
+    with pytest.raises(ValueError, match="align.vocab='bogus' must be one of transcripts, words, full"):
+        alignment_vocab("bogus", train, prompter)
+
+
 # --- the stage end to end on tiny models ---------------------------------------------------------
 
 

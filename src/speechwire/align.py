@@ -24,6 +24,7 @@ Letters: B batch, T' adapter outputs, d LLM width, K alignment vocabulary (+1 fo
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import torch
@@ -94,14 +95,20 @@ class TiedCTCHead(nn.Module):
         drawn = torch.randint(1, K + 1, (negatives,)).to(labels.device)
         return torch.unique(torch.cat([used, drawn]))
 
-    def posterior_embeddings(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, T', K + 1) logits -> (B, T', d): the tokens' own LLM embeddings weighted by their
-        posterior, blank left out and the rest renormalised (LegoSLM's readout). The LLM then reads
-        its own vocabulary, as in the copy test."""
-        probs = logits[..., 1:].float().softmax(-1)  # (B, T', K)
-        if self._rows is None or self._rows.device != logits.device or self._rows.shape[0] != len(self.vocab_ids):
-            self._rows = self.table.detach()[self.vocab_ids.to(self.table.device)].float().to(logits.device)  # (K, d)
+    def posteriors(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T', K + 1) logits -> (B, T', K) token posteriors, blank left out and the rest renormalised."""
+        return logits[..., 1:].float().softmax(-1)
+
+    def readout(self, probs: torch.Tensor) -> torch.Tensor:
+        """(..., K) token posteriors -> (..., d): the tokens' own LLM embeddings weighted by them."""
+        if self._rows is None or self._rows.device != probs.device or self._rows.shape[0] != len(self.vocab_ids):
+            self._rows = self.table.detach()[self.vocab_ids.to(self.table.device)].float().to(probs.device)  # (K, d)
         return probs @ self._rows
+
+    def posterior_embeddings(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T', K + 1) logits -> (B, T', d): LegoSLM's readout, the posterior-weighted token
+        embeddings (`readout(posteriors(logits))`). The LLM then reads its own vocabulary, as in the copy test."""
+        return self.readout(self.posteriors(logits))
 
     def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).
@@ -224,6 +231,43 @@ def time_mask(hidden: torch.Tensor, lengths: torch.Tensor, share: float, span: i
 def transcript_vocab(transcripts: Sequence[str], text_ids) -> list[int]:
     """Sorted set of the LLM token ids of the transcripts (`text_ids`: str -> list[int])."""
     return sorted({t for text in transcripts if text for t in text_ids(text)})
+
+
+VOCABS = ("transcripts", "words", "full")
+# A token that spells a piece of a Latin-script word (lower case, Capitalised or a short acronym), a
+# contraction, a number up to 3 digits or common punctuation, with or without its leading space, or a space.
+# Leaves out code (camelCase, snake_case, markup), other scripts and byte pieces.
+WORD_PIECE = re.compile(r"^ ?(?:[A-Z]?[a-zà-ÿß]+|[A-ZÀ-Þ]{1,3}|'[a-z]{1,2}|[0-9]{1,3}|[.,!?;:'\"()&%$-]{1,2})$|^ $")
+
+
+def word_vocab(tokenizer) -> list[int]:
+    """LLM token ids whose text is a word piece (`WORD_PIECE`): 62,407 of Qwen2.5's 151,936 tokens."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [i for i, text in enumerate(texts) if WORD_PIECE.match(text)]
+
+
+def alignment_vocab(kind: str, transcripts: Sequence[str], prompter) -> list[int]:
+    """The alignment head's vocabulary (align.vocab).
+
+    Args:
+        kind: "transcripts": the training transcripts' tokens (the head can emit nothing else: a
+            word never trained on cannot be written); "words": those plus every word-piece token of
+            the LLM (`word_vocab`), so new words can be spelt; "full": the LLM's whole vocabulary.
+        transcripts: the training transcripts.
+        prompter: the model's ChatPrompter (text_ids, tok).
+
+    Returns:
+        Sorted LLM token ids.
+    """
+    if kind not in VOCABS:
+        raise ValueError(f"align.vocab={kind!r} must be one of {', '.join(VOCABS)}")
+    ids = set(transcript_vocab(transcripts, prompter.text_ids))
+    if kind == "words":
+        ids |= set(word_vocab(prompter.tok))
+    elif kind == "full":
+        ids |= set(range(len(prompter.tok)))
+    special = set(prompter.tok.all_special_ids) | {prompter.audio_start_id, prompter.audio_end_id}
+    return sorted(ids - special if kind != "transcripts" else ids)
 
 
 def token_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> float:

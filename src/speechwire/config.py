@@ -97,6 +97,7 @@ class AdapterConfig:
     init_std: float | None = None  # transformer/Q-Former layers ~ normal(0, std), BERT (authors: 0.02)
     layer_norm_eps: float = 1e-5  # in the transformer/Q-Former layers (BERT, authors: 1e-12)
     bert_dropout: bool = False  # dropout where BERT has it (none inside the FFN; on the Q-Former queries)
+    residual_init: str = "default"  # zero: each transformer layer's residual branches start at 0 (the stack starts frame-local)
 
     def __post_init__(self) -> None:
         p = []
@@ -116,6 +117,8 @@ class AdapterConfig:
             p.append(f"init_std={self.init_std} must be > 0 (or null for PyTorch's init); the authors use 0.02")
         if self.layer_norm_eps <= 0:
             p.append(f"layer_norm_eps={self.layer_norm_eps} must be > 0; the authors use 1e-12")
+        if self.residual_init not in ("default", "zero"):
+            p.append(f"residual_init={self.residual_init!r} must be default or zero")
         _check(p, "adapter")
 
 
@@ -248,6 +251,7 @@ class AlignConfig:
     collapse: bool = False  # LM stage: drop outputs nearest the blank, mean-pool runs of one token
     ctc_weight: float = 0.0  # LM stage: keep the alignment CTC loss as an auxiliary loss
     readout: str = "adapter"  # what the LLM reads: adapter (its outputs) | posterior (posterior-weighted token embeddings)
+    vocab: str = "transcripts"  # tokens the head can write: transcripts (training's) | words (+ every word piece) | full
 
     def __post_init__(self) -> None:
         p = []
@@ -261,6 +265,8 @@ class AlignConfig:
             p.append(f"ctc_weight={self.ctc_weight} must be >= 0")
         if self.readout not in ("adapter", "posterior"):
             p.append(f"readout={self.readout!r} must be 'adapter' or 'posterior'")
+        if self.vocab not in ("transcripts", "words", "full"):
+            p.append(f"vocab={self.vocab!r} must be transcripts, words or full")
         _check(p, "align")
 
 

@@ -281,10 +281,15 @@ class SpeechLLM(nn.Module):
             loss, _ = self._alignment_loss(batch, out.lengths, logits=logits)
             aux = self.cfg.align.ctc_weight * loss + (aux if aux is not None else 0.0)
             aux_losses["align"] = loss.detach()
-        embeds = self.align_head.posterior_embeddings(logits) if self.cfg.align.readout == "posterior" else out.embeds
+        posterior = self.cfg.align.readout == "posterior"
         if not self.cfg.align.collapse:
+            embeds = self.align_head.posterior_embeddings(logits) if posterior else out.embeds
             return AdapterOutput(embeds, out.lengths, aux, aux_losses, out.ratio)
-        embeds, lengths = collapse(embeds, out.lengths, logits)
+        if posterior:  # the readout is linear in the posteriors: pool them first, then one (K, d) product per token
+            probs, lengths = collapse(self.align_head.posteriors(logits), out.lengths, logits)
+            embeds = self.align_head.readout(probs)
+        else:
+            embeds, lengths = collapse(out.embeds, out.lengths, logits)
         return AdapterOutput(embeds, lengths, aux, aux_losses)  # ratio: the adapter's, not the collapse's
 
     def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,

@@ -112,9 +112,10 @@ class Trainer:
         set_seed(cfg.train.seed)  # same RNG state whether or not the cache was built
         self.model = SpeechLLM(cfg, encoder=encoder)
         if cfg.train.stage == "align":
-            from .align import transcript_vocab
+            from .align import alignment_vocab
 
-            self.model.align_head.set_vocab(transcript_vocab([u.transcript for u in utts], self.model.prompter.text_ids))
+            self.model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, [u.transcript for u in utts],
+                                                            self.model.prompter))
         if cfg.train.init_from:
             skipped = self.model.load_trainable(cfg.train.init_from, partial=True)
             with warnings.catch_warnings():  # a config we wrote: its fields were warned about (or not) when it was made

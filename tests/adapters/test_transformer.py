@@ -54,3 +54,31 @@ def test_bert_style_keeps_padding_invariance(name):
     alone = adapter(x[1:, :9], lens[1:])
     n = int(alone.lengths[0])
     torch.testing.assert_close(both.embeds[1, :n], alone.embeds[0, :n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["base", "conv"])
+def test_zero_residual_init_starts_frame_local_and_still_learns_to_mix(name):
+    """residual_init=zero: a change in one input frame moves only the output that frame reaches without
+    attention (base: its own; conv: the one its two stride-2 convolutions feed), until training moves
+    the zeroed branches."""
+    x, lengths = make_frames([40])
+    x2 = x.clone()
+    x2[0, 20] += 5.0
+    own = 20 if name == "base" else 5  # kernel 3, stride 2, twice: input 20 -> 10 -> 5
+
+    def spread(adapter) -> float:
+        """Largest change at any other output, relative to the change at the frame's own output."""
+        delta = (adapter(x2, lengths).embeds - adapter(x, lengths).embeds).abs().amax(-1)[0]  # (T',)
+        return float(torch.cat([delta[:own], delta[own + 1:]]).max() / delta[own])
+
+    adapter = tiny_adapter(name, residual_init="zero").eval()
+    assert spread(adapter) < 1e-4
+    assert spread(tiny_adapter(name).eval()) > 1e-3  # PyTorch's init: attention spreads it from the start
+    # the zeroed branches get gradients: one step makes the stack mix frames
+    adapter.train()
+    target = torch.randn(adapter(x, lengths).embeds.shape, generator=torch.Generator().manual_seed(1))
+    (adapter(x, lengths).embeds * target).sum().backward()  # (a squared norm is constant after a LayerNorm)
+    branch = adapter.stack.layers.layers[0].self_attn.out_proj.weight
+    assert branch.grad is not None and branch.grad.abs().sum() > 1e-3
+    torch.optim.SGD(adapter.parameters(), lr=0.1).step()
+    assert spread(adapter.eval()) > 1e-3

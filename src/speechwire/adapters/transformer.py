@@ -24,7 +24,7 @@ from .interface import lengths_to_mask
 
 # the AdapterConfig fields TransformerStack reads (the adapters built on it add these to theirs)
 STACK_FIELDS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "dropout", "init_std", "layer_norm_eps",
-                "bert_dropout")
+                "bert_dropout", "residual_init")
 
 
 def bert_init_(module: nn.Module, std: float) -> None:
@@ -48,6 +48,20 @@ def bert_init_(module: nn.Module, std: float) -> None:
                 m.bias.zero_()
 
 
+def zero_residual_branches_(layers: nn.TransformerEncoder) -> None:
+    """Zero the last Linear of every layer's attention and FFN branch, in place: each layer then
+    starts as x -> LayerNorm(x), so the whole stack starts frame-local (like the mlp adapter) and
+    learns to mix frames from there. With random branches, attention over a frozen encoder's frames
+    starts near-uniform and blurs them together: the alignment stage's CTC then sits at the
+    all-blank plateau for hundreds of steps (docs/training.md)."""
+    with torch.no_grad():
+        for layer in layers.layers:
+            layer.self_attn.out_proj.weight.zero_()
+            layer.self_attn.out_proj.bias.zero_()
+            layer.linear2.weight.zero_()
+            layer.linear2.bias.zero_()
+
+
 class TransformerStack(nn.Module):
     def __init__(self, cfg: AdapterConfig, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -63,6 +77,8 @@ class TransformerStack(nn.Module):
         self.layers = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False) if cfg.num_layers else None
         if self.layers is not None and cfg.init_std is not None:
             bert_init_(self.layers, cfg.init_std)
+        if self.layers is not None and cfg.residual_init == "zero":
+            zero_residual_branches_(self.layers)
         self.out_proj = nn.Sequential(nn.Linear(h, out_dim), nn.LayerNorm(out_dim))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

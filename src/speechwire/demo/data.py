@@ -17,9 +17,9 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 
-NUM_TRAIN = 3000  # synthetic train sentences for --train (docs/data.md: 2.4 h)
-DEV_SYNTH, DEV_REAL = 60, 40  # dev items scored during training (cheap on CPU)
-REAL_REPEAT = 4  # the 305 real train prompts are seen 4x per epoch beside the synthetic ones
+NUM_TRAIN = 3000  # synthetic train sentences for --train, each read by espeak-ng and once more by another voice
+DEV_SYNTH, DEV_REAL, DEV_UNSEEN = 60, 40, 60  # dev items scored during training (cheap on CPU)
+REAL_REPEAT = 4  # without the perturbed copies (an old corpus): the 305 real train prompts are seen 4x per epoch
 
 
 @dataclass
@@ -34,8 +34,14 @@ class DemoSets:
 
 def _test_names(task: str) -> dict[str, str]:
     if task == "asr":
-        return {"synthetic": "synth_test.asr.jsonl", "real": "real_test.asr.jsonl"}
-    return {"synthetic": "synth_test.st.jsonl"}
+        return {"synthetic": "synth_test.asr.jsonl", "real": "real_test.asr.jsonl",
+                "unseen voices": "unseen_test.asr.jsonl"}
+    return {"synthetic": "synth_test.st.jsonl", "unseen voices": "unseen_test.st.jsonl"}
+
+
+def _existing(data_dir: Path, parts: list[tuple]) -> list[tuple]:
+    """The parts whose manifest exists (a corpus built with --voices none has no voices_* files)."""
+    return [p for p in parts if (data_dir / p[0]).is_file()]
 
 
 def _concat(out: Path, parts: list[tuple[Path, int | None] | tuple[Path, int | None, str]]) -> Path:
@@ -81,30 +87,48 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
 
     data_dir = Path(data_dir).expanduser()
     tests = {k: data_dir / v for k, v in _test_names(task).items()}
+    corpus = data_dir / "corpus.json"
+    held_out = json.loads(corpus.read_text()).get("params", {}).get("held_out") if corpus.is_file() else None
+    if held_out == []:  # built without held-out voices (--held-out none): no unseen-voices set to score
+        tests.pop("unseen voices")
     needed = list(tests.values())
     if train:
         needed += [data_dir / f"synth_{s}.{task}.jsonl" for s in ("train", "dev")]
         needed += [data_dir / f"real_{s}.asr.jsonl" for s in ("train", "dev")] if task == "asr" else \
             [data_dir / "synth_train.asr.jsonl"]
-    corpus = data_dir / "corpus.json"
     have_train = corpus.is_file() and json.loads(corpus.read_text()).get("params", {}).get("num_train", 0) > 0
     info: dict = {}
     if not all(p.is_file() for p in needed) or (train and not have_train):
         info = build_corpus(data_dir, num_train=NUM_TRAIN if train else 0, progress=progress)
     sets = DemoSets(test=tests, info=info)
     if train:
-        if task == "asr":
-            real = data_dir / "real_train.asr.jsonl"
-            sets.train = _concat(data_dir / "demo_train.asr.jsonl", [(data_dir / "synth_train.asr.jsonl", None)]
-                                 + [(real, None, f"-x{k}" if k else "") for k in range(REAL_REPEAT)])
-            sets.dev = _concat(data_dir / "demo_dev.asr.jsonl",
-                               [(data_dir / "synth_dev.asr.jsonl", DEV_SYNTH), (data_dir / "real_dev.asr.jsonl", DEV_REAL)])
-        else:  # ST + ASR on the same audio: the transcript teaches the adapter faster than translations alone
-            asr = data_dir / "synth_train.asr.jsonl"
-            sets.train = _concat(data_dir / "demo_train.st.jsonl",
-                                 [(data_dir / "synth_train.st.jsonl", None), (asr, None, "-asr")])
-            sets.dev = _concat(data_dir / "demo_dev.st.jsonl", [(data_dir / "synth_dev.st.jsonl", DEV_SYNTH + DEV_REAL)])
+        sets.train, sets.dev = _train_dev(data_dir, task)
     return sets
+
+
+def _train_dev(data_dir: Path, task: str) -> tuple[Path, Path]:
+    """Write the combined train and dev manifests of `task`.
+
+    ASR train: espeak-ng sentences, the same sentences by other voices (augmented), the real
+    prompts and their perturbed copies. ST train: the synthetic clips with their translations and
+    with their transcripts (the transcript teaches the adapter faster than translations alone).
+    Dev: synthetic, real and unseen-voice clips, never trained on.
+    """
+    d = data_dir
+    unseen_dev = [(f"unseen_dev.{task}.jsonl", DEV_UNSEEN)]
+    if task == "asr":
+        real = [("real_train.asr.jsonl", None), ("real_train_aug.asr.jsonl", None)]
+        if not (d / "real_train_aug.asr.jsonl").is_file():
+            real = [("real_train.asr.jsonl", None, f"-x{k}" if k else "") for k in range(REAL_REPEAT)]
+        train = _existing(d, [("synth_train.asr.jsonl", None), ("voices_train.asr.jsonl", None)] + real)
+        dev = _existing(d, [("synth_dev.asr.jsonl", DEV_SYNTH), ("real_dev.asr.jsonl", DEV_REAL)] + unseen_dev)
+    else:
+        train = _existing(d, [("synth_train.st.jsonl", None), ("synth_train.asr.jsonl", None, "-asr"),
+                              ("voices_train.st.jsonl", None), ("voices_train.asr.jsonl", None, "-asr")])
+        dev = _existing(d, [("synth_dev.st.jsonl", DEV_SYNTH + DEV_REAL)] + unseen_dev)
+    as_paths = [(d / name, *rest) for name, *rest in train]
+    return (_concat(d / f"demo_train.{task}.jsonl", as_paths),
+            _concat(d / f"demo_dev.{task}.jsonl", [(d / name, *rest) for name, *rest in dev]))
 
 
 # --- tiny corpus (--tiny: offline smoke run) ------------------------------------------------

@@ -132,10 +132,10 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     probe_cfg.eval.max_repeats = 0
     model = SpeechLLM(probe_cfg, encoder=fc.stub_encoder() if fc else None)
     if getattr(model, "align_head", None) is not None:  # a posterior readout needs its vocabulary, as in training
-        from ..align import transcript_vocab
+        from ..align import alignment_vocab
 
-        model.align_head.set_vocab(transcript_vocab([u.transcript for u in utts if u.transcript],
-                                                    model.prompter.text_ids))
+        model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, [u.transcript for u in utts if u.transcript],
+                                                   model.prompter))
     stop_ids, model.prompter.stop_ids = model.prompter.stop_ids, set()
     loader, _ = eval_loader(utts, probe_cfg, fc, model.batch_tokenizer(training=False))
     batch = next(iter(loader))
