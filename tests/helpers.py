@@ -386,6 +386,12 @@ for line in sys.stdin:
         log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        if job.get("step_sleep"):  # every optimizer step takes at least this long: a timed kill lands inside the run
+            step = torch.optim.AdamW.step
+            def slow_step(self, *args, **kwargs):
+                time.sleep(job["step_sleep"])
+                return step(self, *args, **kwargs)
+            torch.optim.AdamW.step = slow_step
         try:
             code = speechwire.cli.main(job["argv"])
         except SystemExit as e:
@@ -396,18 +402,21 @@ for line in sys.stdin:
         os._exit(code)
     deadline = time.time() + job["timeout"]
     kill_at = None if job.get("kill_after") is None else t0 + job["kill_after"]
+    sent = None  # the kill this server sent: "timer" (kill_after) or "timeout"
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
         if kill_at is not None and time.time() >= kill_at:
             os.kill(pid, signal.SIGKILL)
-            kill_at = None
-        if time.time() > deadline:
+            kill_at, sent = None, "timer"
+        if time.time() > deadline and sent != "timeout":
             os.kill(pid, signal.SIGKILL)
+            sent = "timeout"
         time.sleep(0.01)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    out.write(json.dumps({"killed": killed, "code": None if killed else os.WEXITSTATUS(status),
+    out.write(json.dumps({"killed": killed, "by": (sent or "fault") if killed else None,
+                          "code": None if killed else os.WEXITSTATUS(status),
                           "seconds": round(time.time() - t0, 2)}) + "\n")
     out.flush()
 """
@@ -423,16 +432,24 @@ class Forker:
                                      stdout=subprocess.PIPE, text=True, env=ENV,
                                      cwd=str(Path(__file__).parent))
 
-    def run(self, argv: list[str], faults: str = "", kill_after: float | None = None, timeout: float = 300) -> dict:
+    def run(self, argv: list[str], faults: str = "", kill_after: float | None = None, timeout: float = 300,
+            step_sleep: float = 0.0) -> dict:
         """Run `speechwire ARGV` in a fork; with `faults` (SPEECHWIRE_FAULTS) it may kill itself, with
-        `kill_after` seconds the server kills it. Returns {"killed": bool, "code": int | None, "seconds"}."""
-        self.submit(argv, faults, kill_after, timeout)
+        `kill_after` seconds the server kills it; `step_sleep` seconds are added to every optimizer step.
+
+        Returns:
+            {"killed": bool, "by": who killed it, "code": exit status or None, "seconds"}; "by" is
+            "fault" (the child's own SIGKILL: a fault point fired), "timer" (kill_after), "timeout",
+            or None when it exited.
+        """
+        self.submit(argv, faults, kill_after, timeout, step_sleep)
         return self.result()
 
-    def submit(self, argv: list[str], faults: str = "", kill_after: float | None = None, timeout: float = 300) -> None:
+    def submit(self, argv: list[str], faults: str = "", kill_after: float | None = None, timeout: float = 300,
+               step_sleep: float = 0.0) -> None:
         self._timeout, self._argv = timeout, argv
         job = {"argv": [str(a) for a in argv], "env": {"SPEECHWIRE_FAULTS": faults}, "log": str(self.log),
-               "kill_after": kill_after, "timeout": timeout}
+               "kill_after": kill_after, "timeout": timeout, "step_sleep": step_sleep}
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
 

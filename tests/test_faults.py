@@ -70,6 +70,13 @@ def ref4(corpus) -> Path:
     return corpus[0] / "ref4"
 
 
+@pytest.fixture(scope="module")
+def ref6(corpus) -> Path:
+    """An uninterrupted 6-step run (checkpoints at steps 2, 4 and 6)."""
+    train(load_config(experiment(corpus, "ref6", max_steps=6)), progress=False)
+    return corpus[0] / "ref6"
+
+
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(corpus, ref4):
     cfg = experiment(corpus, "full4")
     run = corpus[0] / "full4"
@@ -81,6 +88,43 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(corpus, ref4):
     assert latest_checkpoint(run).name == "step-000002" and not (run / "checkpoints" / "step-000004.tmp").exists()
     train(load_config(cfg), progress=False)  # space is back: resume from step 2
     assert_same_weights(ref4, run)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_resumed_run_is_exact(corpus, ref6, capsys):
+    cfg = experiment(corpus, "fallback6", max_steps=6)
+    run = corpus[0] / "fallback6"
+    with disk_full(f"{run}/checkpoints/step-000006.tmp/*"), pytest.raises(DiskFullError):
+        train(load_config(cfg), progress=False)  # stopped at the last checkpoint: steps 2 and 4 on disk
+    newest = run / "checkpoints" / "step-000004"
+    assert latest_checkpoint(run) == newest
+    rng = bytearray((newest / "rng-rank0.safetensors").read_bytes())
+    rng[-1] ^= 0x01  # one bit of the random number state's tensor bytes
+    (newest / "rng-rank0.safetensors").write_bytes(bytes(rng))
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=r"step-000004.*rng-rank0.*resuming from the checkpoint before it"):
+        train(load_config(cfg), progress=False)
+    assert f"resumed from {run / 'checkpoints' / 'step-000002'} (step 2/6)" in capsys.readouterr().out
+    assert_same_weights(ref6, run)  # nothing of the damaged checkpoint leaked into the resumed run
+
+
+def test_free_space_is_checked_before_a_checkpoint_is_written(tmp_path, monkeypatch):
+    from speechwire import resume
+
+    files = {"trainable.safetensors": b"w" * 1500, "state.json": b"{}"}
+    previous = tmp_path / "checkpoints" / "step-000002"
+    resume.write_checkpoint(files, previous, "checkpoint step-000002")
+    monkeypatch.setattr(resume, "free_bytes", lambda path: 1000)  # the disk has less than the 1,502 bytes
+    final = tmp_path / "checkpoints" / "step-000004"
+    with disk_full(f"{tmp_path}/*", after_bytes=10**9) as disk, \
+            pytest.raises(DiskFullError, match=r"^disk full while writing checkpoint step-000004 \(.*\): it needs 1\.5 KB"):
+        resume.write_checkpoint(files, final, "checkpoint step-000004")
+    assert disk["bytes"] == 0  # refused before a byte was written
+    assert not final.exists() and not final.with_name("step-000004.tmp").exists()
+    assert (previous / "trainable.safetensors").read_bytes() == files["trainable.safetensors"]
+    monkeypatch.setattr(resume, "free_bytes", lambda path: 10**6)  # space is back: the same call writes it
+    with disk_full(f"{tmp_path}/*", after_bytes=10**9) as disk:
+        resume.write_checkpoint(files, final, "checkpoint step-000004")
+    assert disk["bytes"] == 1502 and (final / "state.json").is_file()
 
 
 def test_disk_full_while_caching_keeps_the_entries_written(corpus, tmp_path):
@@ -177,29 +221,32 @@ def _to_old_format(ckpt: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_at_fault_points_and_a_random_moment_then_resume(corpus, forker):
+def test_sigkill_at_fault_points_and_a_random_moment_then_resume(corpus, ref6, forker):
     tmp = corpus[0]
-    ref = experiment(corpus, "ref6", max_steps=6)
-    train(load_config(ref), progress=False)
     cfg = experiment(corpus, "killed6", max_steps=6)
     run = tmp / "killed6"
     argv = ["train", cfg, "--quiet"]
     # 1: the second checkpoint is complete in step-000004.tmp but not yet renamed
-    assert forker.run(argv, faults="checkpoint.before-rename@2")["killed"]
+    assert forker.run(argv, faults="checkpoint.before-rename@2")["by"] == "fault"  # the fault point, not a timeout
     assert latest_checkpoint(run).name == "step-000002" and (run / "checkpoints" / "step-000004.tmp").is_dir()
     _to_old_format(run / "checkpoints" / "step-000002")  # a checkpoint written before this format
     # 2: resumes from the old-format step 2, dies writing the 3rd file of step 4
-    assert forker.run(argv, faults="write.before-replace@3")["killed"]
+    assert forker.run(argv, faults="write.before-replace@3")["by"] == "fault"
     assert latest_checkpoint(run).name == "step-000002"
-    # 3: a random moment (seeded); the run may be anywhere, even finished
-    random_kill = forker.run(argv, kill_after=random.Random(16).uniform(1.0, 3.0))
-    # 4: a later checkpoint written, killed before the old ones are pruned (no final weights yet)
-    killed_last = forker.run(argv, faults="checkpoint.before-prune@2")
+    # 3: a random moment (seeded) of a run with 4 steps left, each held to >= 0.4 s: the kill lands
+    # inside it (in setup, a step or a checkpoint), never after it finished
+    kill_after = random.Random(16).uniform(0.3, 1.5)
+    random_kill = forker.run(argv, kill_after=kill_after, step_sleep=0.4)
+    assert random_kill["by"] == "timer" and not (run / "trainable.safetensors").exists(), random_kill
+    # 4: a later checkpoint written (step 4, or the final step 6 when the random kill came after
+    # step 4's), killed before the old ones are pruned and before the final weights
+    assert forker.run(argv, faults="checkpoint.before-prune@1")["by"] == "fault"
+    assert not (run / "trainable.safetensors").exists()
     done = forker.run(argv)
     assert done == {**done, "killed": False, "code": 0}
-    assert_same_weights(tmp / "ref6", run)
+    assert_same_weights(ref6, run)
     assert len(list((run / "checkpoints").glob("step-*"))) <= 2
-    print(f"kill points: rename@2, write@3, random {random_kill}, prune@2 {killed_last}: final weights equal")
+    print(f"kill points: rename@2, write@3, random at {kill_after:.2f} s, prune@1: all reached; final weights equal")
 
 
 @pytest.mark.slow
@@ -209,13 +256,13 @@ def test_sigkill_during_cache_building_and_grid_runs(grid_world, forker, tmp_pat
     names = [r.name for r in plan(spec)]
     out = tmp_path / "g"
     argv = ["grid", path, "--out", out, "--quiet"]
-    assert forker.run(argv, faults="cache.after-put@3")["killed"]  # 3 of 4 entries written
+    assert forker.run(argv, faults="cache.after-put@3")["by"] == "fault"  # 3 of 4 entries written
     cache = FeatureCache.for_config(_cfg_of(spec, out))
     utts = load_manifest(grid_world[1])
     on_disk = [u for u in utts if cache.path(cache.key(u)).is_file()]
     assert len(on_disk) == 3 and all(cache.get(u) is not None for u in on_disk)  # whole, never half
-    assert forker.run(argv, faults="grid.after-train@1")["killed"]  # run 1 trained, not evaluated
-    assert forker.run(argv, faults="grid.before-result@1")["killed"]  # run 1 evaluated, result not written
+    assert forker.run(argv, faults="grid.after-train@1")["by"] == "fault"  # run 1 trained, not evaluated
+    assert forker.run(argv, faults="grid.before-result@1")["by"] == "fault"  # run 1 evaluated, result not written
     assert forker.run(argv)["code"] == 0  # run 1 evaluated again, run 2 trained and evaluated
     ev = events(out)
     cache_writes = sum(e["written"] for e in ev if e["event"] == "cache")
@@ -254,6 +301,7 @@ def test_two_workers_on_one_grid_folder_do_each_run_once(grid_world, forker, tmp
     utts = load_manifest(grid_world[1])
     assert sum(e["written"] for e in ev if e["event"] == "cache") == len(utts)  # each entry written once
     by_worker = Counter(e["pid"] for e in ev if e["event"] == "done")
+    assert len(by_worker) == 2, by_worker  # both did runs: they really ran side by side
     print(f"two workers: {len(done)} runs done, split {sorted(by_worker.values())}, duplicates 0")
 
 
