@@ -30,29 +30,56 @@ def test_decoding_seconds_charges_each_batch_its_longest_reference(grid_file, tm
     assert upper == pytest.approx(0.5 * 10.0 + 0.25 * 10 * 2)
 
 
-def test_probe_decoding_times_full_length_steps_and_restores_the_model(grid_file, tmp_path, monkeypatch):
-    from speechwire.model import SpeechLLM
-
-    lengths, generate = [], SpeechLLM.generate_output
-
-    def spy(self, *args, **kwargs):
-        out = generate(self, *args, **kwargs)
-        lengths.append(sorted({len(ids) for ids in out.token_ids}))
-        return out
-
-    monkeypatch.setattr(SpeechLLM, "generate_output", spy)
+def _probe_inputs(grid_file, tmp_path):
     spec = load_grid(grid_file)
     run = plan(spec)[0]
     out = tmp_path / "g"
     write_task_manifests(spec, [run], out)
     cfg = run_config(spec, run, out, None)
-    manifest = next(iter(grid_spec.test_manifests(spec, run, out).values()))
-    repeats = cfg.eval.max_repeats
+    return cfg, next(iter(grid_spec.test_manifests(spec, run, out).values()))
+
+
+def test_probe_decoding_times_full_length_steps_and_restores_the_model(grid_file, tmp_path, monkeypatch):
+    from speechwire.model import SpeechLLM
+
+    seen, generate = [], SpeechLLM.generate_output  # per decode: (model, its stop ids, its loop guard, lengths)
+
+    def spy(self, *args, **kwargs):
+        stops, repeats = set(self.prompter.stop_ids), self.cfg.eval.max_repeats
+        out = generate(self, *args, **kwargs)
+        seen.append((self, stops, repeats, sorted({len(ids) for ids in out.token_ids})))
+        return out
+
+    monkeypatch.setattr(SpeechLLM, "generate_output", spy)
+    cfg, manifest = _probe_inputs(grid_file, tmp_path)
+    cfg.eval.max_repeats = 3
     cost = probe_decoding(cfg, manifest, steps=4)
-    assert cfg.eval.max_repeats == repeats  # the probe switches the loop guard off on its own copy
+    model = seen[0][0]
+    assert all(m is model for m, *_ in seen)
+    assert [(stops, repeats) for _, stops, repeats, _ in seen] == [(set(), 0)] * 3  # stop tokens and loop guard off
+    assert [lengths for *_, lengths in seen] == [[1], [1], [4]]  # so every item runs the full length
+    assert cfg.eval.max_repeats == 3  # the caller's config is untouched
+    assert model.prompter.stop_ids == SpeechLLM(cfg).prompter.stop_ids != set()  # restored afterwards
     assert cost.batch_size == min(cfg.eval.batch_size, len(load_manifest(manifest)))
-    assert lengths == [[1], [1], [4]]  # stop tokens and the loop guard off: every item runs the full length
     assert cost.seconds_per_step >= 0 and cost.prefill_per_audio_second >= 0  # timings: no bound on a busy CPU
     assert cost.count_tokens("hello world") > 0
     expected, upper = decoding_seconds(load_manifest(manifest), cfg, cost)
     assert 0 <= expected <= upper
+
+
+def test_probe_decoding_restores_the_stop_tokens_when_a_decode_fails(grid_file, tmp_path, monkeypatch):
+    from speechwire.model import SpeechLLM
+
+    models, generate = [], SpeechLLM.generate_output
+
+    def failing(self, *args, **kwargs):
+        models.append(self)
+        if len(models) == 2:
+            raise RuntimeError("decoding failed")
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "generate_output", failing)
+    cfg, manifest = _probe_inputs(grid_file, tmp_path)
+    with pytest.raises(RuntimeError, match="decoding failed"):
+        probe_decoding(cfg, manifest, steps=4)
+    assert models[0].prompter.stop_ids == SpeechLLM(cfg).prompter.stop_ids != set()
