@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,16 +41,18 @@ SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\
 
 # --- fixtures: a tiny run folder, audio files, live servers -----------------------------------------
 
-def write_run(root: Path, tasks: tuple[str, ...]) -> Path:
-    """A run folder (config.yaml + trainable.safetensors) of tiny random models, trained for `tasks`."""
+def write_run(root: Path, tasks: tuple[str, ...], tgt_langs: tuple[str, ...] = ("de",)) -> Path:
+    """A run folder (config.yaml + trainable.safetensors) of tiny random models, trained for `tasks`
+    (ST into `tgt_langs`)."""
     whisper, llm = root / "whisper", root / "llm"
     if not whisper.exists():
         save_tiny_whisper(whisper, d_model=32, layers=1)
         save_tiny_llm(llm)
-    manifest = root / f"train-{'-'.join(tasks)}.jsonl"
+    name = "-".join(tasks) + ("-" + "-".join(tgt_langs) if "st" in tasks and tgt_langs != ("de",) else "")
+    manifest = root / f"train-{name}.jsonl"
     lines = [{"audio": "a.wav", "transcript": "hello", "task": "asr"}] if "asr" in tasks else []
     if "st" in tasks:
-        lines.append({"audio": "a.wav", "transcript": "hello", "translation": "hallo", "tgt_lang": "de"})
+        lines += [{"audio": "a.wav", "transcript": "hello", "translation": "hallo", "tgt_lang": lang} for lang in tgt_langs]
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     cfg = load_config(None, [
         "encoder.name=whisper", f"encoder.model={whisper}", f"llm.model={llm}", "adapter.name=mlp",
@@ -61,7 +64,7 @@ def write_run(root: Path, tasks: tuple[str, ...]) -> Path:
     with torch.no_grad():  # random but audio-dependent outputs
         for p in model.adapter.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    return model.save_pretrained(root / f"run-{'-'.join(tasks)}")
+    return model.save_pretrained(root / f"run-{name}")
 
 
 def audio_files(folder: Path, n: int = 16) -> list[Path]:
@@ -320,6 +323,118 @@ def test_translation_run_takes_the_target_language(world):
         with pytest.raises(openai.BadRequestError) as err, open(f, "rb") as fh:
             client.audio.translations.create(file=fh, model="run", extra_body={"target_language": "fr"})
         assert _error(err.value)["param"] == "target_language" and "de" in _error(err.value)["message"]
+
+
+def test_a_run_for_several_target_languages_needs_target_language(world):
+    run = write_run(world["root"], ("st",), tgt_langs=("de", "fr"))
+    model = SpeechLLM.from_pretrained(run).eval()
+    f = world["files"][3]
+    want = model.generate([load_audio(f)], task="st", tgt_lang="fr")[0]
+    with LiveServer(create_app(model, describe_run(run, model.cfg), max_batch=4)) as server:
+        client = server.client()
+        with pytest.raises(openai.BadRequestError) as err, open(f, "rb") as fh:  # no default among two
+            client.audio.translations.create(file=fh, model="run")
+        e = _error(err.value)
+        assert e["code"] == "missing_target_language" and e["param"] == "target_language"
+        assert "trained for de, fr" in e["message"]
+        with open(f, "rb") as fh:
+            assert client.audio.translations.create(file=fh, model="run",
+                                                    extra_body={"target_language": "fr"}).text == want
+
+
+# --- a held model: the queue limit (503), an unexpected error (500), a failed batch retried alone ------
+
+class HeldModel:
+    """The tiny run's model behind a gate: `generate` waits while `open` is clear, fails for a batch
+    holding a piece of `bad_samples` samples, and logs each call's batch size."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls, self.bad_samples = model, [], None
+        self.open, self.entered = threading.Event(), threading.Event()
+        self.open.set()
+
+    def __getattr__(self, name: str):  # cfg, encoder, ...: the real model's
+        return getattr(self.model, name)
+
+    def generate(self, batch, *args, **kwargs):
+        self.entered.set()
+        assert self.open.wait(60)
+        self.calls.append(len(batch.audio_lengths))
+        if self.bad_samples in batch.audio_lengths.tolist():
+            raise RuntimeError("this piece breaks the model")
+        return self.model.generate(batch, *args, **kwargs)
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.open.clear()
+
+
+def _until(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def held(world):
+    model = HeldModel(world["model"])
+    app = create_app(model, describe_run(world["run"], world["model"].cfg), max_batch=4, max_wait_ms=10, max_queue=2)
+    with LiveServer(app) as server:
+        yield {"model": model, "batcher": app.state.batcher, "server": server}
+    model.open.set()
+
+
+def _ask(server, f: Path) -> str:
+    with open(f, "rb") as fh:
+        return server.client().audio.transcriptions.create(file=fh, model="run").text
+
+
+def test_a_full_queue_gets_503_server_busy_and_the_queued_requests_finish(world, held):
+    model, batcher, server, files, refs = held["model"], held["batcher"], held["server"], world["files"], world["refs"]
+    model.hold()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(_ask, server, files[0])
+            _until(model.entered.is_set, "the first request to reach the model")
+            queued = [pool.submit(_ask, server, f) for f in files[1:3]]
+            _until(lambda: batcher.waiting == 2, "two queued pieces")
+            with pytest.raises(openai.APIStatusError) as err:  # --max-queue 2: the third waiting piece is refused
+                _ask(server, files[3])
+            model.open.set()
+            assert [first.result(), *(q.result() for q in queued)] == [refs[f] for f in files[:3]]
+    finally:
+        model.open.set()
+    assert err.value.status_code == 503
+    e = _error(err.value)
+    assert e["code"] == "server_busy" and "max_queue=2" in e["message"] and "retry" in e["message"]
+    assert _ask(server, files[3]) == refs[files[3]]  # and once the queue drains, it is served
+
+
+def test_a_failed_batch_is_retried_alone_one_bad_piece_gets_500_internal_error(world, held):
+    model, batcher, server, files, refs = held["model"], held["batcher"], held["server"], world["files"], world["refs"]
+    bad, good = files[4], files[5]
+    model.hold()
+    model.bad_samples = len(load_audio(bad))
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(_ask, server, files[0])
+            _until(model.entered.is_set, "the first request to reach the model")
+            calls = len(model.calls)
+            answers = [pool.submit(_ask, server, f) for f in (bad, good)]
+            _until(lambda: batcher.waiting == 2, "the two pieces queued together")
+            model.open.set()
+            assert first.result() == refs[files[0]] and answers[1].result() == refs[good]
+            with pytest.raises(openai.InternalServerError) as err:
+                answers[0].result()
+    finally:
+        model.open.set()
+        model.bad_samples = None
+    assert model.calls[calls + 1:] == [2, 1, 1]  # the batch of both failed; each was decoded alone
+    e = _error(err.value)
+    assert err.value.status_code == 500 and e["code"] == "internal_error" and e["type"] == "server_error"
+    assert "RuntimeError" in e["message"] and "server log" in e["message"] and "breaks" not in e["message"]
+    assert _ask(server, bad) == refs[bad]  # the server keeps serving
 
 
 @pytest.mark.slow
