@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -85,8 +86,20 @@ def test_missing_file():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_preset_loads(path):
-    load_config(path)
+def test_every_preset_loads_with_its_own_values_and_shows_its_command(path):
+    import os
+
+    import yaml
+
+    from speechwire.config import to_dict
+
+    loaded = flatten(to_dict(load_config(path)))
+    written = flatten({k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "preset"})
+    assert written and set(written) <= set(loaded), set(written) - set(loaded)
+    for key, value in written.items():  # each value the file sets is the loaded one (~ expanded in paths)
+        assert loaded[key] in (value, os.path.expanduser(value) if isinstance(value, str) else value), key
+    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert re.search(r"speechwire(\.cli)? (train|demo) ", header), f"{path.name}: the header shows no run command"
 
 
 def test_flatten_opens_sections_only():
