@@ -25,8 +25,9 @@ test: install
 test-real: install
 	$(BIN)/python -m pytest -q -m real
 
-bench: install
+bench: install   # the CPU benchmarks whose tables docs/ records: adapters.md, training.md, grid.md
 	$(BIN)/python benchmarks/adapters.py
+	$(BIN)/python benchmarks/train_throughput.py --steps 200 --utts 128
 	$(BIN)/python benchmarks/grid_cache.py
 
 bench-serve: install   # `speechwire serve` load test on the demo's real ASR run (docs/serving.md)
