@@ -54,9 +54,15 @@ def corpus(tmp_path_factory):
     return tmp, mustc_manifest(tmp, "train.jsonl", tasks=("asr",), n=4)
 
 
+DROPOUT = {"name": "conv", "stack": 1, "num_layers": 1, "num_heads": 4, "ffn_size": 64, "dropout": 0.3}  # draws random numbers
+
+
 def experiment(corpus, name: str, **train_kw) -> Path:
+    """A 4-step run (checkpoints every 2) whose adapter draws dropout masks: a resume is exact only if
+    the random number state is restored where the interrupted run left it."""
     tmp, manifest = corpus
-    return write_experiment(tmp, manifest, tmp / name, {"train": {"max_steps": 4, "save_every": 2, "log_every": 1,
+    return write_experiment(tmp, manifest, tmp / name, {"adapter": DROPOUT,
+                                                        "train": {"max_steps": 4, "save_every": 2, "log_every": 1,
                                                                   "keep_last": 2, **train_kw}})
 
 

@@ -39,11 +39,12 @@ def _weights(run: Path) -> dict:
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_weights(mustc_corpus):
     tmp, manifest = mustc_corpus
-    ref_cfg = write_experiment(tmp, manifest, tmp / "ref", {"train": {"max_steps": 24}})
+    dropout = {"name": "conv", "stack": 1, "num_layers": 1, "num_heads": 4, "ffn_size": 64, "dropout": 0.3}  # random masks
+    ref_cfg = write_experiment(tmp, manifest, tmp / "ref", {"train": {"max_steps": 24}, "adapter": dropout})
     subprocess.run([*CLI, "train", str(ref_cfg), "--quiet"], check=True, env=ENV, capture_output=True)
 
     run = tmp / "killed"
-    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 24}})
+    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 24}, "adapter": dropout})
     proc = subprocess.Popen([*CLI, "train", str(cfg), "--quiet"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -67,12 +68,9 @@ def test_sigkill_then_resume_gives_the_same_weights(mustc_corpus):
     assert {"loss", "lm_loss", "lr", "audio_s_per_s", "compression"} <= set(log[-1])
 
 
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu(mustc_corpus):
-    tmp, manifest = mustc_corpus
-    run = tmp / "ddp"
-    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 4, "save_every": 0},
-                                                "data": {"max_batch_size": 2, "max_batch_seconds": 10.0}})
+def _torchrun(cfg: Path, faults: str = "") -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m speechwire.cli train CFG` on CPU (gloo); with `faults`
+    (SPEECHWIRE_FAULTS) a process SIGKILLs itself at that fault point."""
     import socket
 
     with socket.socket() as sock:
@@ -80,12 +78,58 @@ def test_two_process_ddp_on_cpu(mustc_corpus):
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "speechwire.cli", "train", str(cfg), "--quiet"]
-    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env={**ENV, "SPEECHWIRE_FAULTS": faults}, capture_output=True, text=True, timeout=600)
+
+
+def _ranks(run: Path) -> list[dict]:
+    return [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=atol), (k, (wa[k] - wb[k]).abs().max())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_splits_the_data_as_one_process_with_two_micro_batches(mustc_corpus):
+    tmp, manifest = mustc_corpus
+    setup = {"train": {"max_steps": 4, "save_every": 0}, "data": {"max_batch_size": 2, "max_batch_seconds": 10.0}}
+    ddp = tmp / "ddp"
+    res = _torchrun(write_experiment(tmp, manifest, ddp, setup))
     assert res.returncode == 0, res.stderr[-3000:]
-    ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert json.loads((ddp / "train_summary.json").read_text())["processes"] == 2
+    ranks = _ranks(ddp)
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    assert set(ranks[0]["ids_seen"]) != set(ranks[1]["ids_seen"])
-    assert json.loads((run / "train_summary.json").read_text())["processes"] == 2
+    assert not set(ranks[0]["ids_seen"]) & set(ranks[1]["ids_seen"])  # 4 steps: less than an epoch, no overlap
+    # rank r takes global batches r, r + 2, ... and a step averages the two ranks' gradients (the mlp
+    # adapter draws no random numbers), so one process taking both batches of each step ends the same
+    one = tmp / "ddp-one-process"
+    cfg = write_experiment(tmp, manifest, one, {**setup, "train": {**setup["train"], "grad_accum": 2}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    _assert_same_weights(ddp, one, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_killed_then_resumed_equals_an_uninterrupted_run(mustc_corpus):
+    tmp, manifest = mustc_corpus
+    setup = {"adapter": {"name": "conv", "stack": 1, "num_layers": 1, "num_heads": 4, "ffn_size": 64, "dropout": 0.3},
+             "train": {"max_steps": 6, "save_every": 2}, "data": {"max_batch_size": 2, "max_batch_seconds": 10.0}}
+    ref = tmp / "ddp-ref"  # uninterrupted; dropout draws from each rank's random number state
+    res = _torchrun(write_experiment(tmp, manifest, ref, setup))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp / "ddp-killed"
+    cfg = write_experiment(tmp, manifest, run, setup)
+    res = _torchrun(cfg, faults="checkpoint.before-rename@2")  # kill -9 of rank 0: step 4 written, not renamed
+    assert res.returncode != 0 and "SIGKILL" in res.stderr, res.stderr[-3000:]  # and torchrun ended rank 1
+    assert latest_checkpoint(run).name == "step-000002" and (run / "checkpoints" / "step-000004.tmp").is_dir()
+    assert not (run / "trainable.safetensors").exists()
+    res = _torchrun(cfg)  # the same command again: both ranks resume from step 2
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints' / 'step-000002'} (step 2/6)" in res.stdout
+    _assert_same_weights(ref, run, atol=1e-6)
+    assert _ranks(run)[0]["weights_sha256"] == _ranks(run)[1]["weights_sha256"] == _ranks(ref)[0]["weights_sha256"]
 
 
 def test_validation_keeps_the_best_checkpoint(mustc_corpus):

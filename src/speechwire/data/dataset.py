@@ -148,10 +148,11 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
         task_weights=cfg.task_weights if shuffle else None, num_replicas=num_replicas, rank=rank,
     )
     sampler.set_epoch(epoch)
-    kwargs: dict[str, Any] = {"num_workers": cfg.num_workers}
+    # its own generator: a new iterator draws its base seed from it, not from the global RNG that
+    # dropout draws from (a run resumed mid-epoch would otherwise draw once more than the original)
+    kwargs: dict[str, Any] = {"num_workers": cfg.num_workers, "generator": torch.Generator().manual_seed(seed)}
     if cfg.num_workers > 0:
-        kwargs.update(persistent_workers=False, prefetch_factor=2,
-                      worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(seed))
+        kwargs.update(persistent_workers=False, prefetch_factor=2, worker_init_fn=_seed_worker)
     return SpeechDataLoader(ds, sampler, Collator(tokenizer), **kwargs)
 
 
