@@ -181,3 +181,13 @@ def test_adapter_output_starts_at_the_llm_embedding_scale(tiny_llm_dir, adapter)
     out = model.adapter(hidden, lengths).embeds[0, : lengths[0]]
     speech_rms = float(out.detach().pow(2).mean().sqrt())
     assert 0.5 * token_rms < speech_rms < 2.0 * token_rms, (speech_rms, token_rms)
+
+
+def test_every_answer_is_cleaned_of_the_quote_markers(tiny_llm_dir, monkeypatch):
+    """generate, generate_output and the copy test all hand back decoding.clean_answer's text."""
+    model = build(tiny_llm_dir, "llm.marker_init='\"'")
+    monkeypatch.setattr(model.prompter, "decode", lambda ids: 'Sure, here it is: "power of close."')
+    waves = [torch.randn(4000).numpy()]
+    assert model.generate(waves, max_new_tokens=2) == ["power of close."]
+    assert model.generate_output(waves, max_new_tokens=2).texts == ["power of close."]
+    assert model.generate_from_text(["ten of clubs"], max_new_tokens=2) == ["power of close."]
