@@ -110,3 +110,23 @@ def test_copytest_command_prints_the_wer(cfg_path, capsys):
     out = capsys.readouterr().out
     wer = json.loads(out[: out.rindex("}") + 1])["asr"]["wer_percent"]
     assert out.rstrip().endswith(f"WER {wer:.1f} % over {len(TEXTS)} transcripts given as text")
+
+
+def test_the_docs_table_is_the_committed_real_weights_run():
+    """docs/demo.md's copy-test table (and README's SmolLM2 range) quote docs/results/copytest/, the
+    answers benchmarks/copy_test_table.py wrote on the real weights."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    runs = sorted((root / "docs" / "results" / "copytest").glob("*/metrics.json"),
+                  key=lambda p: int(p.parent.name.split("-")[0]))  # 1-..., 2-...: the table's order
+    measured = [json.loads(p.read_text()) for p in runs]
+    doc = (root / "docs" / "demo.md").read_text()
+    table = doc[doc.index("| LLM | prompt | audio markers | clips | copy-test WER % |"):].split("\n\n")[0].splitlines()[2:]
+    rows = [[c.strip(" *") for c in line.strip("|").split("|")] for line in table]
+    assert len(rows) == len(measured) == 7
+    for (llm, prompt, _, clips, wer), m in zip(rows, measured):
+        assert (llm.lower(), prompt, int(clips), float(wer)) == (
+            m["llm"].removeprefix("weights:"), m["prompt"], m["num_utterances"], round(m["asr"]["wer_percent"], 1))
+    smol = [round(m["asr"]["wer_percent"]) for m in measured if "smollm2" in m["llm"]]
+    assert f"SmolLM2-135M does not, {min(smol)}-{max(smol)} %" in " ".join((root / "README.md").read_text().split())
