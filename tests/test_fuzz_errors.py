@@ -279,9 +279,10 @@ SIZES = {"adapter.hidden_size", "adapter.num_layers", "adapter.num_heads", "adap
          "adapter.conv_layers", "adapter.conv_kernel", "adapter.conv_stride", "adapter.queries_per_window",
          "adapter.qformer_layers", "llm.lora_rank", "data.max_batch_size", "data.num_buckets", "data.num_workers",
          "train.epochs", "train.max_steps", "train.grad_accum", "align.steps", "align.negatives", "eval.max_new_tokens",
-         "eval.batch_size", "train.log_every", "train.save_every", "train.eval_every", "train.keep_last"}
+         "eval.batch_size", "train.log_every", "train.save_every", "train.eval_every", "train.keep_last",
+         "align.beam_size", "align.lm_order"}
 PATHS = {"train.output_dir", "train.init_from", "data.feature_cache", "data.train_manifest", "data.dev_manifest",
-         "data.test_manifest", "encoder.model", "llm.model", "llm.gguf_file", "eval.comet_model"}
+         "data.test_manifest", "encoder.model", "llm.model", "llm.gguf_file", "eval.comet_model", "align.lm_text"}
 small = st.sampled_from(["-1", "0", "1", "2", "3", "1.5", "x", "", "null", "[]", "{}", ".nan"])
 cli_override = st.sampled_from(DOTTED).flatmap(
     lambda k: st.builds(lambda v: f"{k}={v}", small if k in SIZES else st.sampled_from(FILES + ["x", "", "~"])
