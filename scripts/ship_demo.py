@@ -48,6 +48,8 @@ def ship(run_dir: Path, dest: Path, command: str, checkpoint: str = "best") -> P
     cfg.train.init_from = None  # the recipe reruns the alignment stage itself (align.steps)
     if cfg.data.feature_cache:
         cfg.data.feature_cache = "~/.cache/speechwire/features"
+    if cfg.align.lm_text:  # the n-gram LM itself is in the checkpoint; the recipe names the corpus's text
+        cfg.align.lm_text = [f"{DEFAULT_DATA}/lm_text.txt"]
     dest.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(str(src / WEIGHTS_NAME)).items()}
     save_file(state, str(dest / WEIGHTS_NAME), metadata={"format": "pt", "speechwire": "trainable-only", "dtype": "float16"})

@@ -364,6 +364,48 @@ def test_lm_stage_with_posterior_readout_feeds_the_llm_token_embeddings(aligned)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
 
 
+def test_beam_decoding_with_the_stage_lm_feeds_the_llm_exact_token_embeddings(aligned, tmp_path):
+    """align.lm_order builds an n-gram LM in the alignment stage; it rides in the checkpoint to the LM
+    stage; align.decode=beam hands the LLM the token rows of each item's best beam."""
+    tmp, manifest, run, cfg_path, _ = aligned
+    lm_text = tmp_path / "more.txt"
+    lm_text.write_text("one two three\n\nfour five\n")
+    align_run = tmp_path / "align"
+    cfg = load_config(cfg_path, [f"train.output_dir={align_run}", "train.max_steps=30", "train.save_every=0",
+                                 "align.lm_order=3", f"align.lm_text=[{lm_text}]"])
+    train(cfg, progress=False)
+    saved = load_file(str(align_run / "trainable.safetensors"))
+    assert saved["align_head.lm_grams"].shape[1] == 3 and len(saved["align_head.lm_counts"]) > 0
+    out = tmp_path / "lm"
+    train(load_config(cfg_path, ["train.stage=lm", f"train.init_from={align_run}", "train.max_steps=0",
+                                 "align.collapse=true", "align.readout=posterior", "align.decode=beam",
+                                 f"train.output_dir={out}", "data.dev_manifest=null"]), progress=False)
+    model = SpeechLLM.from_pretrained(out).eval()
+    assert model.align_head.lm is not None and model.align_head.lm.counts == \
+        SpeechLLM.from_pretrained(align_run).align_head.lm.counts
+    from speechwire.data import collate, load_manifest
+    from speechwire.features import CachedFeatureDataset, FeatureCache
+
+    items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(3)]
+    batch = collate(items)
+    speech = model._adapt(batch, batch.hidden, batch.hidden_lengths)
+    table = model.llm.get_input_embeddings().weight.detach()
+    rows = table[model.align_head.vocab_ids]  # (K, d)
+    for b in range(3):
+        got = speech.embeds[b, : speech.lengths[b]]  # each output is exactly one vocabulary row
+        assert torch.cdist(got, rows).min(-1).values.max() < 1e-4
+    together = model.generate(batch, max_new_tokens=4)
+    assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+    with pytest.raises(FileNotFoundError, match="align.lm_text: .*nope.txt does not exist"):
+        train(load_config(cfg_path, [f"train.output_dir={tmp_path / 'x'}", "align.lm_order=2",
+                                     f"align.lm_text=[{tmp_path / 'nope.txt'}]"]), progress=False)
+
+
+def test_beam_decoding_needs_the_posterior_readout():
+    with pytest.raises(Exception, match="decode=beam needs collapse: true and readout: posterior"):
+        load_config(None, ["align.decode=beam"])
+
+
 def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):
     tmp, manifest, run, cfg_path, _ = aligned
     model = SpeechLLM.from_pretrained(run, ["eval.max_repeats=1"])

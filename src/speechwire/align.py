@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .ngram import TokenNgramLM
 
 BLANK = 0  # index of the blank in the head's logits; token v_k is index k + 1
 
@@ -57,11 +60,31 @@ class TiedCTCHead(nn.Module):
         self.register_buffer("vocab_ids", torch.zeros(0, dtype=torch.long))  # (K,)
         self._keys: torch.Tensor | None = None  # caches of the frozen table's vocabulary rows
         self._rows: torch.Tensor | None = None
+        self.lm: TokenNgramLM | None = None  # for align.decode=beam; saved as two data tensors
+        self._lm_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def set_vocab(self, ids: Sequence[int]) -> None:
         self.vocab_ids = torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long,
                                       device=self.blank.device)
         self._keys = self._rows = None
+
+    def set_lm(self, lm: TokenNgramLM | None) -> None:
+        self.lm = lm
+        self._lm_tensors = lm.to_tensors() if lm is not None else None
+
+    def data_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold besides weights: the vocabulary and the n-gram LM, if any."""
+        data = {"vocab_ids": self.vocab_ids}
+        if self._lm_tensors is not None:
+            data["lm_grams"], data["lm_counts"] = self._lm_tensors
+        return data
+
+    def load_data(self, data: dict[str, torch.Tensor]) -> None:
+        """Set the vocabulary and LM from `data_tensors()`' keys (missing LM: none)."""
+        self.set_vocab(data["vocab_ids"].tolist())
+        grams, counts = data.get("lm_grams"), data.get("lm_counts")
+        self.set_lm(TokenNgramLM.from_tensors(grams.cpu(), counts.cpu(), len(self.vocab_ids))
+                    if grams is not None and counts is not None else None)
 
     def keys(self) -> torch.Tensor:
         """(K, d) unit-norm token embeddings of the vocabulary (cached; the table is frozen)."""
@@ -268,6 +291,24 @@ def alignment_vocab(kind: str, transcripts: Sequence[str], prompter) -> list[int
         ids |= set(range(len(prompter.tok)))
     special = set(prompter.tok.all_special_ids) | {prompter.audio_start_id, prompter.audio_end_id}
     return sorted(ids - special if kind != "transcripts" else ids)
+
+
+def build_head_lm(head: TiedCTCHead, texts: Sequence[str], text_ids, order: int) -> TokenNgramLM:
+    """An n-gram LM over the head's tokens from sentences (tokens outside the vocabulary dropped)."""
+    index = {int(v): k + 1 for k, v in enumerate(head.vocab_ids.tolist())}
+    sentences = ([index[t] for t in text_ids(text) if t in index] for text in texts if text and text.strip())
+    return TokenNgramLM.build(sentences, order, len(index))
+
+
+def read_lm_text(paths: Sequence[str]) -> list[str]:
+    """Sentences of the `align.lm_text` files, one per non-empty line; errors name the file."""
+    lines: list[str] = []
+    for path in paths:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"align.lm_text: {p} does not exist; give text files with one sentence per line")
+        lines += [line.strip() for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines
 
 
 def token_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> float:

@@ -252,6 +252,12 @@ class AlignConfig:
     ctc_weight: float = 0.0  # LM stage: keep the alignment CTC loss as an auxiliary loss
     readout: str = "adapter"  # what the LLM reads: adapter (its outputs) | posterior (posterior-weighted token embeddings)
     vocab: str = "transcripts"  # tokens the head can write: transcripts (training's) | words (+ every word piece) | full
+    decode: str = "greedy"  # how the head's outputs become the tokens the LLM reads: greedy (best path) | beam
+    beam_size: int = 8
+    lm_order: int = 0  # > 0: an n-gram LM over the head's tokens (ngram.py), fused into the beam search
+    lm_weight: float = 0.5  # fusion weight of the LM's log-probabilities
+    lm_bonus: float = 1.0  # added per token (the LM alone would prefer short answers)
+    lm_text: list[str] = field(default_factory=list)  # text files (a sentence per line) the LM learns from, besides the transcripts
 
     def __post_init__(self) -> None:
         p = []
@@ -267,6 +273,12 @@ class AlignConfig:
             p.append(f"readout={self.readout!r} must be 'adapter' or 'posterior'")
         if self.vocab not in ("transcripts", "words", "full"):
             p.append(f"vocab={self.vocab!r} must be transcripts, words or full")
+        if self.decode not in ("greedy", "beam"):
+            p.append(f"decode={self.decode!r} must be greedy or beam")
+        if self.decode == "beam" and not (self.collapse and self.readout == "posterior"):
+            p.append("decode=beam needs collapse: true and readout: posterior (the LLM reads the beam's tokens)")
+        if self.beam_size < 1 or self.lm_order < 0 or self.lm_weight < 0:
+            p.append("beam_size must be >= 1, lm_order and lm_weight >= 0")
         _check(p, "align")
 
 

@@ -6,12 +6,16 @@ The model computes next-token scores; what to do with them lives here (as in whi
 - `loop_cut`: a greedy loop, one token ("t t t t") or a phrase (a clause six times over),
   ends the answer after `max_repeats` copies;
 - `clean_answer`: the text without what the prompt made the LLM add: the quote marks the
-  speech sits between (``llm.marker_init: '"'``) and a chat preamble ("Sure, here it is:").
+  speech sits between (``llm.marker_init: '"'``) and a chat preamble ("Sure, here it is:");
+- `ctc_beam_search`: which tokens the alignment head's outputs spell (``align.decode: beam``),
+  with an n-gram LM of English text fused in (ngram.py), instead of the best path.
 """
 
 from __future__ import annotations
 
 import re
+
+import numpy as np
 
 MAX_LOOP_PERIOD = 24  # longest repeated phrase looked for, in tokens (a clause)
 
@@ -73,3 +77,58 @@ def clean_answer(text: str, marker: str | None = None) -> str:
                 text = text[: -len(tail)] + tail[len(close):]
                 break
     return text.strip()
+
+
+def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,
+                    token_bonus: float = 0.0, top_k: int = 8, blank_skip: float = 0.999) -> list[int]:
+    """CTC prefix beam search over one item's frames, with shallow fusion of a token n-gram LM.
+
+    Each prefix keeps two log-probabilities (paths ending in blank, in a token); extending a
+    prefix by token k adds ``lm_weight * log P_lm(k | prefix) + token_bonus`` once, and the final
+    choice adds the LM's end-of-sentence score. Frames whose blank probability exceeds
+    `blank_skip` only extend paths by blank (most frames: the search stays cheap).
+
+    Args:
+        log_probs: (T', K + 1) log-softmax of the alignment head; index 0 is the blank.
+        beam: prefixes kept per frame.
+        lm: a `ngram.TokenNgramLM` over head indices, or None (plain beam search).
+        lm_weight, token_bonus: fusion weight and per-token bonus (the LM penalises length).
+        top_k: tokens tried per frame (by CTC probability).
+
+    Returns:
+        The best prefix as head indices (1..K), repeats merged and blanks removed.
+    """
+    from .ngram import EOS
+
+    neg = -np.inf
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}
+    top_k = min(top_k, log_probs.shape[1] - 1)
+    skip = np.log(blank_skip)
+    for row in log_probs:
+        blank = float(row[0])
+        candidates = [int(k) + 1 for k in np.argpartition(-row[1:], top_k - 1)[:top_k]] if blank < skip else []
+        nxt: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (pb, pnb) in beams.items():
+            total = np.logaddexp(pb, pnb)
+            entry = nxt.setdefault(prefix, [neg, neg])
+            entry[0] = np.logaddexp(entry[0], total + blank)
+            if prefix:  # the last token again, no blank between: the same prefix
+                entry[1] = np.logaddexp(entry[1], pnb + float(row[prefix[-1]]))
+            if not candidates:
+                continue
+            context = lm.context(prefix) if lm is not None else ()
+            for k in candidates:
+                fused = float(row[k]) + token_bonus + (lm_weight * lm.logprob(context, k) if lm is not None else 0.0)
+                # a repeat of the last token is a new token only after a blank
+                score = (pb if prefix and k == prefix[-1] else total) + fused
+                new = nxt.setdefault(prefix + (k,), [neg, neg])
+                new[1] = np.logaddexp(new[1], score)
+        ranked = sorted(nxt.items(), key=lambda kv: -np.logaddexp(kv[1][0], kv[1][1]))[:beam]
+        beams = {p: (s[0], s[1]) for p, s in ranked}
+
+    def final(item) -> float:
+        prefix, (pb, pnb) = item
+        end = lm_weight * lm.logprob(lm.context(prefix), EOS) if lm is not None else 0.0
+        return float(np.logaddexp(pb, pnb)) + end
+
+    return list(max(beams.items(), key=final)[0])

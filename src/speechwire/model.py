@@ -32,7 +32,7 @@ from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapt
 from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
 from .config import ExperimentConfig, load_config
 from .data.batch import Batch, BatchTokenizer, BatchTokens
-from .decoding import clean_answer, loop_cut
+from .decoding import clean_answer, ctc_beam_search, loop_cut
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
 
@@ -41,6 +41,7 @@ DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instea
                 "RUN/checkpoints/step-*)")
 CONFIG_NAME = "config.yaml"
 IGNORE = -100
+HEAD_DATA = {"align_head.vocab_ids", "align_head.lm_grams", "align_head.lm_counts"}  # checkpoint data, not weights
 
 
 @dataclass
@@ -168,8 +169,8 @@ class SpeechLLM(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-        if self.align_head is not None:  # the alignment vocabulary: data, but the head needs it to decode
-            state["align_head.vocab_ids"] = self.align_head.vocab_ids
+        if self.align_head is not None:  # the alignment vocabulary and LM: data, but the head needs them to decode
+            state.update({f"align_head.{k}": v for k, v in self.align_head.data_tensors().items()})
         return state
 
     def embed_text(self, ids: list[int]) -> torch.Tensor:
@@ -285,12 +286,38 @@ class SpeechLLM(nn.Module):
         if not self.cfg.align.collapse:
             embeds = self.align_head.posterior_embeddings(logits) if posterior else out.embeds
             return AdapterOutput(embeds, out.lengths, aux, aux_losses, out.ratio)
-        if posterior:  # the readout is linear in the posteriors: pool them first, then one (K, d) product per token
+        if posterior and self.cfg.align.decode == "beam" and not self.training:
+            embeds, lengths = self._beam_tokens(logits, out.lengths)
+        elif posterior:  # the readout is linear in the posteriors: pool them first, then one (K, d) product per token
             probs, lengths = collapse(self.align_head.posteriors(logits), out.lengths, logits)
             embeds = self.align_head.readout(probs)
         else:
             embeds, lengths = collapse(out.embeds, out.lengths, logits)
         return AdapterOutput(embeds, lengths, aux, aux_losses)  # ratio: the adapter's, not the collapse's
+
+    def _beam_tokens(self, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """align.decode=beam: the LLM token embeddings of each item's best beam (decoding.ctc_beam_search
+        with the head's n-gram LM), what the copy test feeds the LLM. An item with no token keeps its
+        least-blank output's posterior readout, as the collapse does. (B, T', K + 1) -> (B, L, d), (B,)."""
+        a, head = self.cfg.align, self.align_head
+        log_probs = logits.detach().float().log_softmax(-1).cpu().numpy()
+        items = []
+        for b in range(logits.shape[0]):
+            n = int(lengths[b])
+            tokens = ctc_beam_search(log_probs[b, :n], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
+                                     token_bonus=a.lm_bonus)
+            if tokens:
+                one_hot = torch.zeros(len(tokens), len(head.vocab_ids), device=logits.device)
+                one_hot[torch.arange(len(tokens)), torch.tensor(tokens, device=logits.device) - 1] = 1.0
+                items.append(head.readout(one_hot))  # (L_b, d): the tokens' own embedding rows
+            else:
+                t = int(logits[b, :n, 0].argmin()) if n else 0
+                items.append(head.posterior_embeddings(logits[b, t: t + 1]))
+        new_lengths = torch.tensor([len(x) for x in items], dtype=torch.long, device=logits.device)
+        out = logits.new_zeros(len(items), int(new_lengths.max()), items[0].shape[-1])
+        for b, x in enumerate(items):
+            out[b, : len(x)] = x
+        return out, new_lengths
 
     def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,
                         embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
@@ -526,10 +553,11 @@ class SpeechLLM(nn.Module):
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no speechwire checkpoint here (expected {WEIGHTS_NAME})")
         state = {k: v.to(self.device) for k, v in read_safetensors(file, "trainable weights", DAMAGED_HINT)[0].items()}
-        if self.align_head is not None and "align_head.vocab_ids" in state:
-            self.align_head.set_vocab(state.pop("align_head.vocab_ids").tolist())
-        expected = set(self.trainable_state_dict()) - {"align_head.vocab_ids"}
-        missing, unexpected = expected - set(state), set(state) - expected - {"align_head.vocab_ids"}
+        data = {k.removeprefix("align_head."): state.pop(k) for k in list(state) if k in HEAD_DATA}
+        if self.align_head is not None and "vocab_ids" in data:
+            self.align_head.load_data(data)
+        expected = set(self.trainable_state_dict()) - HEAD_DATA
+        missing, unexpected = expected - set(state), set(state) - expected
         if partial:
             lacking = sorted(k for k in missing if k.startswith("adapter."))
             if lacking:

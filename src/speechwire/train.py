@@ -114,8 +114,13 @@ class Trainer:
         if cfg.train.stage == "align":
             from .align import alignment_vocab
 
-            self.model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, [u.transcript for u in utts],
-                                                            self.model.prompter))
+            transcripts = [u.transcript for u in utts]
+            self.model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, transcripts, self.model.prompter))
+            if cfg.align.lm_order > 0:
+                from .align import build_head_lm, read_lm_text
+
+                self.model.align_head.set_lm(build_head_lm(self.model.align_head, transcripts + read_lm_text(cfg.align.lm_text),
+                                                           self.model.prompter.text_ids, cfg.align.lm_order))
         if cfg.train.init_from:
             skipped = self.model.load_trainable(cfg.train.init_from, partial=True)
             with warnings.catch_warnings():  # a config we wrote: its fields were warned about (or not) when it was made

@@ -188,6 +188,8 @@ def run_demo(task: str, out_dir: Path, train: bool = False, tiny: bool = False, 
                 f"train.output_dir={out_dir / 'train'}", *(overrides or [])])
             if cfg.data.feature_cache:  # beside the demo data ($SPEECHWIRE_CACHE honoured)
                 cfg.data.feature_cache = str(demo_data_dir().parent / "features")
+            if cfg.align.lm_text:  # the n-gram LM's text comes with the corpus
+                cfg.align.lm_text = [str(demo_data_dir() / "lm_text.txt")]
             ckpt = train_adapter(cfg, progress)
         else:
             ckpt = asset_dir(task)

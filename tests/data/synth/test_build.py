@@ -79,6 +79,9 @@ def test_build_small_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert not (tr & dv or tr & te or dv & te), kind
     saved = json.loads((out / "corpus.json").read_text())
     assert saved["params"]["seed"] == 0 and saved["voices_used"]
+    lm_text = {t.casefold() for t in (out / "lm_text.txt").read_text().splitlines()}
+    assert len(lm_text) == saved["lm_text_sentences"] > 1000  # the n-gram LM's text: never a dev or test sentence
+    assert texts["synthtrain"] <= lm_text and not lm_text & (texts["synthdev"] | texts["synthtest"])
 
     # Same parameters: reused, nothing rebuilt.
     stamp = (out / "synth_train.asr.jsonl").stat().st_mtime_ns

@@ -9,6 +9,7 @@ Layout of ``out_dir`` (default ``~/.cache/speechwire/demo_data``)::
     real_aug/train/real-vm-goodbye-a2.wav        perturbed copies of the real train prompts
     synth_{split}.asr.jsonl  synth_{split}.st.jsonl  real_{split}.asr.jsonl
     voices_{train,dev}.{asr,st}.jsonl  unseen_{dev,test}.{asr,st}.jsonl  real_train_aug.asr.jsonl
+    lm_text.txt                                  dictionary sentences outside dev/test (the n-gram LM's text)
     corpus.json                                  parameters, counts, hours, voices used
 
 Rows of the other voices' manifests also carry ``voice`` and ``augment`` (extra.py).
@@ -49,6 +50,7 @@ DEFAULT_OUT = Path("~/.cache/speechwire/demo_data")  # the demo corpus; demo_dat
 SPLITS = ("train", "dev", "test")
 REAL_SPLIT_TENTHS = {"train": 6, "dev": 2, "test": 2}  # 60/20/20 by text hash
 STATE_FILE = ".build_state.json"
+LM_TEXT = "lm_text.txt"  # English sentences outside dev and test, one per line (align.lm_text)
 EXTRA_VERSION = 1  # bump when the other voices' or the augmentation's pipeline changes
 EXTRA_STATE_FILE = ".build_state_voices.json"
 
@@ -204,7 +206,7 @@ def _manifest_names(params: dict[str, Any]) -> list[str]:
     names += [f"real_{s}.asr.jsonl" for s in SPLITS] if params["real"] else []
     names += [f"voices_{s}.{t}.jsonl" for s in ("train", "dev") for t in ("asr", "st")] if params["renditions"] else []
     names += [f"unseen_{s}.{t}.jsonl" for s in ("dev", "test") for t in ("asr", "st")] if params["held_out"] else []
-    return names + (["real_train_aug.asr.jsonl"] if params["real_copies"] else [])
+    return names + (["real_train_aug.asr.jsonl"] if params["real_copies"] else []) + [LM_TEXT]
 
 
 def _prepare_extra_state(out_dir: Path, audio_key: dict[str, Any]) -> None:
@@ -349,6 +351,12 @@ def build_corpus(
                 out_dir, real_rows["train"], gsm_dir, seed, max_seconds, progress)
     for name, rows in manifests.items():
         _write_jsonl_atomic(out_dir / name, rows)
+    # text for the alignment stage's n-gram LM (align.lm_text): every dictionary sentence but dev and test's
+    held = {p.english for split in ("dev", "test") for _, p in splits[split]}
+    lm_sentences = [p.english for p in pairs if p.english not in held]
+    tmp = out_dir / "lm_text.txt.tmp"
+    tmp.write_text("".join(t + "\n" for t in lm_sentences), encoding="utf-8")
+    os.replace(tmp, out_dir / LM_TEXT)
 
     def hours(rows: list[dict[str, Any]]) -> float:
         return round(sum(r["duration"] for r in rows) / 3600, 4)
@@ -361,6 +369,7 @@ def build_corpus(
         "total_hours": round(sum(hours(v) for v in counted.values()), 4),
         "dropped_longer_than_max_seconds": dropped,
         "sentence_pairs_available": len(pairs),
+        "lm_text_sentences": len(lm_sentences),
         "voices_available": list(espeak_voices),
         "variants_available": list(variants),
         "voices_used": dict(sorted(Counter([r.voice for r in kept] + [r.voice for r in voice_results

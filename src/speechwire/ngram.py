@@ -1,0 +1,113 @@
+"""A token n-gram language model over the alignment head's vocabulary, for CTC beam search.
+
+The frozen LLM knows English, but asking it for every beam extension costs a forward pass of
+half a billion parameters; a count-based model over the same tokens costs a dictionary lookup.
+It is built in the alignment stage from the training transcripts (plus any text files named in
+`align.lm_text`) and saved in the checkpoint as two integer tensors, so a loaded model decodes
+the same way.
+
+Smoothing: interpolated absolute discounting (Ney, Essen and Kneser 1994) with discount D,
+
+    P(w | h) = max(c(h w) - D, 0) / c(h) + D * N1+(h .) / c(h) * P(w | h')
+
+down to an add-0.1 unigram over the K tokens (+ end of sentence), so every token has a probability.
+Symbols: head indices 1..K (0 is the blank and never a token), BOS = -1, EOS = -2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import torch
+
+BOS, EOS = -1, -2
+DISCOUNT = 0.75
+UNIGRAM_ADD = 0.1
+
+
+class TokenNgramLM:
+    """Counts of every n-gram up to `order` over head-index sequences.
+
+    Args:
+        order: n (3 = trigram).
+        vocab_size: K, the head's token count (for the unigram floor).
+    """
+
+    def __init__(self, order: int, vocab_size: int) -> None:
+        if order < 1:
+            raise ValueError(f"n-gram order must be >= 1, got {order}")
+        self.order, self.vocab_size = order, vocab_size
+        self.counts: dict[tuple[int, ...], int] = {}
+        self._finish()
+
+    @classmethod
+    def build(cls, sentences: Iterable[Sequence[int]], order: int, vocab_size: int) -> "TokenNgramLM":
+        """Count the n-grams of `sentences` (head-index sequences; BOS padding and EOS added here)."""
+        lm = cls(order, vocab_size)
+        counts: dict[tuple[int, ...], int] = defaultdict(int)
+        for ids in sentences:
+            seq = [BOS] * (order - 1) + list(ids) + [EOS]
+            for i in range(order - 1, len(seq)):
+                for n in range(1, order + 1):
+                    counts[tuple(seq[i - n + 1: i + 1])] += 1
+        lm.counts = dict(counts)
+        lm._finish()
+        return lm
+
+    def _finish(self) -> None:
+        """Context totals and distinct followers, from the counts."""
+        self._total: dict[tuple[int, ...], int] = defaultdict(int)
+        self._types: dict[tuple[int, ...], int] = defaultdict(int)
+        for gram, c in self.counts.items():
+            self._total[gram[:-1]] += c
+            self._types[gram[:-1]] += 1
+        self._unigrams = self._total.get((), 0)
+        self._cache: dict[tuple[tuple[int, ...], int], float] = {}
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def context(self, prefix: Sequence[int]) -> tuple[int, ...]:
+        """The last order-1 symbols of a sentence prefix, BOS-padded."""
+        n = self.order - 1
+        if n == 0:
+            return ()
+        return tuple(([BOS] * n + list(prefix[-n:]))[-n:])
+
+    def logprob(self, context: tuple[int, ...], token: int) -> float:
+        """Natural log P(token | context); context from `context()`."""
+        key = (context, token)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        p = (self.counts.get((token,), 0) + UNIGRAM_ADD) / (self._unigrams + UNIGRAM_ADD * (self.vocab_size + 1))
+        for n in range(2, self.order + 1):
+            h = context[len(context) - (n - 1):]
+            total = self._total.get(h, 0)
+            if total:
+                c = self.counts.get(h + (token,), 0)
+                p = max(c - DISCOUNT, 0.0) / total + DISCOUNT * self._types[h] / total * p
+        value = math.log(p)
+        if len(self._cache) < 2_000_000:  # decoding asks the same (context, token) pairs over and over
+            self._cache[key] = value
+        return value
+
+    # --- storage in a checkpoint ----------------------------------------------------------------
+
+    def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, order) int32 n-grams right-aligned and left-padded with 0 (no symbol is 0), (N,) int32 counts."""
+        grams = torch.zeros(len(self.counts), self.order, dtype=torch.int32)
+        counts = torch.zeros(len(self.counts), dtype=torch.int32)
+        for i, (gram, c) in enumerate(sorted(self.counts.items())):
+            grams[i, self.order - len(gram):] = torch.tensor(gram, dtype=torch.int32)
+            counts[i] = c
+        return grams, counts
+
+    @classmethod
+    def from_tensors(cls, grams: torch.Tensor, counts: torch.Tensor, vocab_size: int) -> "TokenNgramLM":
+        lm = cls(int(grams.shape[1]), vocab_size)
+        lm.counts = {tuple(x for x in row if x != 0): int(c) for row, c in zip(grams.tolist(), counts.tolist())}
+        lm._finish()
+        return lm

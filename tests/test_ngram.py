@@ -1,0 +1,98 @@
+"""ngram.py and decoding.ctc_beam_search: a token n-gram LM fused into CTC prefix beam search."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechwire.decoding import ctc_beam_search
+from speechwire.ngram import EOS, TokenNgramLM
+
+SENTENCES = [[1, 2, 3], [1, 2, 4], [1, 2, 3], [5, 2, 3], [3, 3]]
+
+
+def test_lm_is_a_distribution_and_prefers_what_it_read():
+    lm = TokenNgramLM.build(SENTENCES, order=3, vocab_size=6)
+    for prefix in ([], [1], [1, 2], [5, 2], [6, 6]):
+        ctx = lm.context(prefix)
+        total = sum(math.exp(lm.logprob(ctx, w)) for w in [*range(1, 7), EOS])
+        assert total == pytest.approx(1.0, abs=1e-9), prefix
+    ctx = lm.context([1, 2])
+    assert lm.logprob(ctx, 3) > lm.logprob(ctx, 4) > lm.logprob(ctx, 6)  # seen twice > once > never
+    assert lm.logprob(lm.context([1, 2, 3]), EOS) > lm.logprob(lm.context([1, 2, 3]), 1)
+
+
+@given(st.lists(st.lists(st.integers(1, 9), max_size=6), max_size=12), st.integers(1, 4))
+@settings(max_examples=40, deadline=None)
+def test_lm_round_trips_through_checkpoint_tensors(sentences, order):
+    lm = TokenNgramLM.build(sentences, order=order, vocab_size=9)
+    grams, counts = lm.to_tensors()
+    assert grams.dtype == counts.dtype == torch.int32 and len(grams) == len(lm)
+    back = TokenNgramLM.from_tensors(grams, counts, vocab_size=9)
+    assert back.counts == lm.counts
+    for prefix in ([], [1], [2, 3, 4]):
+        for w in (1, 5, EOS):
+            assert back.logprob(back.context(prefix), w) == lm.logprob(lm.context(prefix), w)
+
+
+def _frames(path: list[int], K: int, sharp: float = 4.0) -> np.ndarray:
+    """(T, K + 1) log-probs whose best path is `path` (0 = blank)."""
+    logits = np.zeros((len(path), K + 1))
+    for t, k in enumerate(path):
+        logits[t, k] = sharp
+    return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+def test_beam_search_follows_a_clear_path_and_merges_repeats():
+    assert ctc_beam_search(_frames([1, 1, 0, 2, 0, 2, 2, 0], K=3)) == [1, 2, 2]
+    assert ctc_beam_search(_frames([0, 0, 0], K=3)) == []
+
+
+def test_lm_fusion_fixes_an_acoustic_near_miss():
+    """Frame 2 leans to token 4 ("close") over 3 ("clubs"); the LM has only seen "ten of clubs"."""
+    K = 5
+    logp = _frames([1, 0, 2, 0, 4, 0], K)
+    row = np.full(K + 1, -8.0)
+    row[4], row[3], row[0] = np.log(0.5), np.log(0.4), np.log(0.1)
+    logp[4] = row - np.logaddexp.reduce(row)
+    assert ctc_beam_search(logp) == [1, 2, 4]
+    lm = TokenNgramLM.build([[1, 2, 3]] * 5 + [[5, 4]], order=3, vocab_size=K)
+    assert ctc_beam_search(logp, lm=lm, lm_weight=0.5, token_bonus=1.0) == [1, 2, 3]
+
+
+@given(st.integers(0, 10_000))
+@settings(max_examples=30, deadline=None)
+def test_beam_search_without_lm_scores_at_least_the_best_path(seed):
+    """The prefix found has at least the probability of the greedy path's prefix (summed over its alignments)."""
+    rng = np.random.default_rng(seed)
+    T, K = int(rng.integers(1, 9)), 3
+    logits = rng.normal(size=(T, K + 1)) * 2
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+    def prefix_logprob(prefix: list[int]) -> float:  # CTC forward algorithm
+        ext = [0]
+        for k in prefix:
+            ext += [k, 0]
+        alpha = np.full(len(ext), -np.inf)
+        alpha[0] = logp[0, 0]
+        if len(ext) > 1:
+            alpha[1] = logp[0, ext[1]]
+        for t in range(1, T):
+            new = np.full(len(ext), -np.inf)
+            for s in range(len(ext)):
+                terms = [alpha[s]] + ([alpha[s - 1]] if s >= 1 else [])
+                if s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2]:
+                    terms.append(alpha[s - 2])
+                new[s] = np.logaddexp.reduce(terms) + logp[t, ext[s]]
+            alpha = new
+        return float(np.logaddexp.reduce(alpha[-2:] if len(ext) > 1 else alpha[-1:]))
+
+    best = logp.argmax(1).tolist()
+    greedy = [k for i, k in enumerate(best) if k != 0 and (i == 0 or best[i - 1] != k)]
+    found = ctc_beam_search(logp, beam=16, top_k=K, blank_skip=1.0)
+    assert prefix_logprob(found) >= prefix_logprob(greedy) - 1e-9
