@@ -59,6 +59,24 @@ STATS_AT_START = json.loads(STATS.read_text()) if STATS.is_file() else None  # r
 ARGPARSE = "(see speechwire"  # the tail of argparse's one-line errors
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_local_constants():
+    """Hypothesis also draws literals it finds in the project's imported modules (its "local
+    constants"), so the cases would depend on which modules the tests before these imported, and
+    the counts would change from run to run. Without them the same cases come in any suite."""
+    from hypothesis.internal.conjecture import providers
+
+    patch = pytest.MonkeyPatch()
+    if hasattr(providers, "_get_local_constants") and hasattr(providers, "CONSTANTS_CACHE"):
+        empty = providers.Constants()
+        patch.setattr(providers, "_get_local_constants", lambda: empty)
+        providers.CONSTANTS_CACHE.cache.clear()  # pools cached with the constants of earlier tests
+    yield
+    patch.undo()
+    if hasattr(providers, "CONSTANTS_CACHE"):
+        providers.CONSTANTS_CACHE.cache.clear()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A trained tiny run (2 steps, a checkpoint per step), a built feature cache and a finished
