@@ -42,6 +42,7 @@ from tqdm import tqdm
 from speechwire.audio import SAMPLE_RATE
 
 from . import engines, extra, sources
+from .extra import write_wav_atomic
 from .sources import MissingSystemDepsError, Prompt, SentencePair
 from .voice import draw_params, list_variants, list_voices, render, utterance_rng
 
@@ -85,13 +86,6 @@ def demo_data_dir() -> Path:
     return env / DEFAULT_OUT.name if env else DEFAULT_OUT.expanduser()
 
 
-def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
-
-
 def _wav_seconds(path: Path) -> float:
     info = sf.info(str(path))
     return info.frames / info.samplerate
@@ -107,7 +101,7 @@ def _synth_one(job: _Job) -> _Result:
         audio = render(job.english, params, rng)
         duration = len(audio) / SAMPLE_RATE
         if duration <= job.max_seconds:
-            _write_wav_atomic(job.wav, audio)
+            write_wav_atomic(job.wav, audio)
     return _Result(job, duration if duration <= job.max_seconds else None, params.voice_name)
 
 
@@ -183,7 +177,7 @@ def _build_real(
         if not wav.is_file():
             audio, sr = sf.read(str(p.wav), dtype="float64", always_2d=True)
             audio = soxr.resample(audio.mean(axis=1), sr, SAMPLE_RATE, quality="HQ")
-            _write_wav_atomic(wav, np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
+            write_wav_atomic(wav, np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
         duration = _wav_seconds(wav)
         if duration > max_seconds:
             dropped += 1

@@ -55,7 +55,8 @@ class VoiceResult:
     augment: str
 
 
-def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
+def write_wav_atomic(path: Path, audio: np.ndarray) -> None:
+    """16 kHz 16-bit mono wav, written to a temporary name and renamed: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -75,7 +76,7 @@ def render_voice_job(job: VoiceJob) -> VoiceResult:
         pcm = augment(audio, sr, params, rng)
         duration = len(pcm) / SAMPLE_RATE
         if duration <= job.max_seconds:
-            _write_wav_atomic(job.wav, pcm)
+            write_wav_atomic(job.wav, pcm)
     keep = duration <= job.max_seconds
     return VoiceResult(job, duration if keep else None, voice, "clean" if job.clean else params.label)
 
@@ -158,7 +159,7 @@ def build_real_augmented(out_dir: Path, train_rows: list[dict[str, Any]], gsm_di
             if not path.is_file():
                 rng = np.random.default_rng([seed, REAL_STREAM + k, int.from_bytes(row["id"].encode()[-6:], "big")])
                 gsm = _find_gsm(gsm_dir, prompt_name)
-                _write_wav_atomic(path, _real_copy(copy, wav, gsm, rng))
+                write_wav_atomic(path, _real_copy(copy, wav, gsm, rng))
             info = sf.info(str(path))
             duration = info.frames / info.samplerate
             if duration <= max_seconds:
