@@ -1,4 +1,4 @@
-"""Speakers and text the demo corpus never had: a trained run against plain Whisper on flite voices.
+"""Text the demo corpus never had, read by flite voices: a trained run against plain Whisper.
 
     python benchmarks/other_voices.py RUN_DIR [--per-voice 15] [--out runs/other_voices]
 
@@ -7,6 +7,11 @@ prompts). This builds a held-out set from another synthesiser (Debian's `flite`:
 awb, rms, slt) speaking lines of another text source (Debian's `fortunes-min`), then scores the
 run (speechwire) and plain Whisper (the run's own Whisper checkpoint, its decoder) on the same
 clips, and prints a markdown table per voice. Needs `apt-get install flite fortunes-min`.
+
+Since `data synth` trains on flite awb, kal16 and rms too, only slt is a voice the current demo
+model never heard; the corpus's own held-out set (`unseen_test.asr.jsonl`: Piper joe, festival HTS
+slt, flite slt) is the demo's "unseen voices" row. docs/results/other_voices holds the numbers of
+the previous (espeak-ng only) checkpoint, for which all four voices were new.
 """
 
 from __future__ import annotations

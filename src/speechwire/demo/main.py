@@ -30,7 +30,7 @@ from .report import decode_timing, metrics_table, side_by_side, system_metrics, 
 
 
 # Utterances per test set when `speechwire demo` gets no --limit (--limit 0: all). ASR: all 200 synthetic + 101
-# real (~5 min on 2 cores); ST: the first 50 of 200 (Qwen runs twice per clip: 100 clips took 13 min).
+# real + 120 unseen-voice clips (~8 min on 2 cores); ST: the first 50 of each set (Qwen runs twice per clip).
 DEFAULT_LIMIT: dict[str, int | None] = {"asr": None, "st": 50}
 
 
