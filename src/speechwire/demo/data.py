@@ -66,7 +66,7 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
     """Build (or reuse) what the demo needs in `data_dir`.
 
     Without training only the test manifests are needed: an existing corpus is reused whatever
-    its train size, a missing one is built with no train sentences (~20 s). With training the
+    its train size, a missing one is built with no train sentences (~2.5 min with every voice). With training the
     full corpus (3000 synthetic train sentences + real speech) is built, and the combined
     manifests `demo_{train,dev}.{task}.jsonl` are written (ASR: synthetic + real).
 
