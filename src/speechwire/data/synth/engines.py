@@ -172,9 +172,9 @@ def speak(text: str, spec: str, length_scale: float = 1.0) -> tuple[np.ndarray, 
         elif voice.engine == "festival":
             _run(["text2wave", "-eval", f"(voice_{voice.name})", "-o", str(wav), str(txt)], text, voice)
         else:
-            env_cmd = [sys.executable, "-m", "piper", "-m", str(piper_model()), "-f", str(wav),
+            cmd = [sys.executable, "-m", "piper", "-m", str(piper_model()), "-f", str(wav),
                        "--length-scale", f"{length_scale:.3f}"]
-            _run(env_cmd, text, voice, stdin=text.encode("utf-8"))
+            _run(cmd, text, voice, stdin=text.encode("utf-8"))
         data = wav.read_bytes() if wav.is_file() else b""
     if len(data) <= 44:
         raise RuntimeError(f"{voice} produced no audio for {text[:80]!r}")
