@@ -51,9 +51,8 @@ def bert_init_(module: nn.Module, std: float) -> None:
 def zero_residual_branches_(layers: nn.TransformerEncoder) -> None:
     """Zero the last Linear of every layer's attention and FFN branch, in place: each layer then
     starts as x -> LayerNorm(x), so the whole stack starts frame-local (like the mlp adapter) and
-    learns to mix frames from there. With random branches, attention over a frozen encoder's frames
-    starts near-uniform and blurs them together: the alignment stage's CTC then sits at the
-    all-blank plateau for hundreds of steps (docs/training.md)."""
+    learns to mix frames from there (ReZero/Fixup-style). Measured: it does not by itself take the
+    conv adapter off the alignment stage's blank plateau (docs/demo.md, "Not done: a context adapter")."""
     with torch.no_grad():
         for layer in layers.layers:
             layer.self_attn.out_proj.weight.zero_()
