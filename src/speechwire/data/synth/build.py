@@ -42,7 +42,7 @@ from tqdm import tqdm
 from speechwire.audio import SAMPLE_RATE
 
 from . import engines, extra, sources
-from .extra import write_wav_atomic
+from .extra import wav_seconds, write_wav_atomic
 from .sources import MissingSystemDepsError, Prompt, SentencePair
 from .voice import draw_params, list_variants, list_voices, render, utterance_rng
 
@@ -86,17 +86,12 @@ def demo_data_dir() -> Path:
     return env / DEFAULT_OUT.name if env else DEFAULT_OUT.expanduser()
 
 
-def _wav_seconds(path: Path) -> float:
-    info = sf.info(str(path))
-    return info.frames / info.samplerate
-
-
 def _synth_one(job: _Job) -> _Result:
     """Render one utterance (or reuse its wav from an interrupted run)."""
     rng = utterance_rng(job.seed, job.index)
     params = draw_params(rng, job.voices, job.variants)
     if job.wav.is_file():
-        duration = _wav_seconds(job.wav)
+        duration = wav_seconds(job.wav)
     else:
         audio = render(job.english, params, rng)
         duration = len(audio) / SAMPLE_RATE
@@ -178,7 +173,7 @@ def _build_real(
             audio, sr = sf.read(str(p.wav), dtype="float64", always_2d=True)
             audio = soxr.resample(audio.mean(axis=1), sr, SAMPLE_RATE, quality="HQ")
             write_wav_atomic(wav, np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
-        duration = _wav_seconds(wav)
+        duration = wav_seconds(wav)
         if duration > max_seconds:
             dropped += 1
             continue
@@ -203,22 +198,13 @@ def _manifest_names(params: dict[str, Any]) -> list[str]:
     return names + (["real_train_aug.asr.jsonl"] if params["real_copies"] else []) + [LM_TEXT]
 
 
-def _prepare_extra_state(out_dir: Path, audio_key: dict[str, Any]) -> None:
-    """As `_prepare_state`, for the other voices' folders (so adding voices keeps the espeak-ng audio)."""
-    state = out_dir / EXTRA_STATE_FILE
+def _prepare_state(out_dir: Path, audio_key: dict[str, Any], state_file: str, folders: tuple[str, ...]) -> None:
+    """Keep wavs of an interrupted build with the same audio key; else wipe `folders`. The other
+    voices have their own state file, so adding voices keeps the espeak-ng audio."""
+    state = out_dir / state_file
     old = json.loads(state.read_text()) if state.is_file() else None
     if old != audio_key:
-        for sub in ("voices", "unseen", "real_aug"):
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
-    state.write_text(json.dumps(audio_key, indent=1))
-
-
-def _prepare_state(out_dir: Path, audio_key: dict[str, Any]) -> None:
-    """Keep wavs of an interrupted build with the same audio key; else wipe our audio folders."""
-    state = out_dir / STATE_FILE
-    old = json.loads(state.read_text()) if state.is_file() else None
-    if old != audio_key:
-        for sub in ("synth", "real"):
+        for sub in folders:
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     state.write_text(json.dumps(audio_key, indent=1))
 
@@ -301,7 +287,8 @@ def build_corpus(
     pairs_hash = hashlib.sha1("\n".join(p.english for p in pairs).encode()).hexdigest()
     _prepare_state(out_dir, {"version": CORPUS_VERSION, "seed": seed, "num_test": num_test,
                              "num_dev": num_dev, "voices": list(espeak_voices),
-                             "variants": list(variants), "pairs_sha1": pairs_hash})  # fmt: skip
+                             "variants": list(variants), "pairs_sha1": pairs_hash},
+                   STATE_FILE, ("synth", "real"))  # fmt: skip
 
     jobs = [
         _Job(index=i, utt_id=f"synth-{i:06d}", split=split, english=p.english, german=p.german,
@@ -325,8 +312,8 @@ def build_corpus(
     voice_jobs += extra.unseen_jobs(out_dir, splits, seed, held_out, {"dev": params["num_unseen_dev"],
                                     "test": params["num_unseen_test"]}, max_seconds)  # fmt: skip
     if voice_jobs:
-        _prepare_extra_state(out_dir, {"version": EXTRA_VERSION, "seed": seed, "voices": list(voices),
-                                       "held_out": list(held_out)})  # fmt: skip
+        _prepare_state(out_dir, {"version": EXTRA_VERSION, "seed": seed, "voices": list(voices),
+                                 "held_out": list(held_out)}, EXTRA_STATE_FILE, ("voices", "unseen", "real_aug"))
     voice_results = list(_run_jobs(extra.render_voice_job, voice_jobs, workers, progress, desc="other voices"))
     for folder, splits_of in (("voices", ("train", "dev")), ("unseen", ("dev", "test"))):
         for split in splits_of:

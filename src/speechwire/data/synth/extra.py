@@ -13,6 +13,7 @@ speakers and sentences the model never heard.
 
 from __future__ import annotations
 
+import io
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +64,18 @@ def write_wav_atomic(path: Path, audio: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def wav_seconds(path: Path) -> float:
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
+
+
 def render_voice_job(job: VoiceJob) -> VoiceResult:
     """Render one clip (or reuse its wav from an interrupted build)."""
     rng = np.random.default_rng([job.seed, job.index, job.stream])
     voice = job.voices[int(rng.integers(len(job.voices)))]
     params = CLEAN if job.clean else draw_aug(rng)
     if job.wav.is_file():
-        info = sf.info(str(job.wav))
-        duration = info.frames / info.samplerate
+        duration = wav_seconds(job.wav)
     else:
         audio, sr = engines.speak(job.english, voice)
         pcm = augment(audio, sr, params, rng)
@@ -129,8 +134,6 @@ def _real_copy(name: str, wav16k: np.ndarray, gsm_file: Path | None, rng: np.ran
             proc = subprocess.run(["sox", str(gsm_file), "-t", "wav", "-e", "float", "-b", "32", "-r",
                                    str(SAMPLE_RATE), "-"], capture_output=True, timeout=60)
             if proc.returncode == 0:
-                import io
-
                 y, _ = sf.read(io.BytesIO(proc.stdout), dtype="float64", always_2d=True)
                 return to_int16(y.mean(axis=1), -3.0)
         params = AugParams(1.0, 0.0, False, 0.0, 40.0, False, True, -3.0)  # no .gsm file: simulated telephone
@@ -160,8 +163,7 @@ def build_real_augmented(out_dir: Path, train_rows: list[dict[str, Any]], gsm_di
                 rng = np.random.default_rng([seed, REAL_STREAM + k, int.from_bytes(row["id"].encode()[-6:], "big")])
                 gsm = _find_gsm(gsm_dir, prompt_name)
                 write_wav_atomic(path, _real_copy(copy, wav, gsm, rng))
-            info = sf.info(str(path))
-            duration = info.frames / info.samplerate
+            duration = wav_seconds(path)
             if duration <= max_seconds:
                 rows.append({**row, "id": f"{row['id']}-a{k}", "audio": rel.as_posix(),
                              "duration": round(duration, 4), "voice": "asterisk", "augment": copy})
