@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -133,14 +133,23 @@ class TiedCTCHead(nn.Module):
         embeddings (`readout(posteriors(logits))`). The LLM then reads its own vocabulary, as in the copy test."""
         return self.readout(self.posteriors(logits))
 
+    def head_indices(self, token_ids: Iterable[Sequence[int]]) -> list[list[int]]:
+        """LLM token ids -> head indices (1..K), per sequence; tokens outside the vocabulary dropped."""
+        index = {int(v): k + 1 for k, v in enumerate(self.vocab_ids.tolist())}
+        return [[index[t] for t in ids if t in index] for ids in token_ids]
+
+    def token_rows(self, indices: Sequence[int]) -> torch.Tensor:
+        """Head indices (1..K) -> (L, d) the tokens' own LLM embedding rows (`readout` of one-hot posteriors)."""
+        self.readout(self.blank.new_zeros(0, len(self.vocab_ids)))  # fills the (K, d) row cache
+        return self._rows[torch.tensor(indices, dtype=torch.long, device=self._rows.device) - 1]
+
     def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).
 
         Returns:
             labels (B, L) padded with 0 (ignored past the lengths), lengths (B,), dropped tokens.
         """
-        index = {int(v): k + 1 for k, v in enumerate(self.vocab_ids.tolist())}
-        mapped = [[index[t] for t in ids if t in index] for ids in token_ids]
+        mapped = self.head_indices(token_ids)
         dropped = sum(len(ids) for ids in token_ids) - sum(len(m) for m in mapped)
         lengths = torch.tensor([len(m) for m in mapped], dtype=torch.long, device=self.blank.device)
         labels = torch.zeros(len(mapped), max(1, int(lengths.max()) if len(mapped) else 1), dtype=torch.long,
@@ -229,11 +238,16 @@ def collapse(embeds: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor) 
             t = int(logits[b, :n, BLANK].argmin()) if n else 0
             runs = [(t, t + 1)]
         items.append(torch.stack([embeds[b, s:e].mean(0) for s, e in runs]))  # (runs, d)
-    new_lengths = torch.tensor([len(x) for x in items], dtype=torch.long, device=embeds.device)
-    out = embeds.new_zeros(len(items), int(new_lengths.max()), embeds.shape[-1])
+    return pad_items(items)
+
+
+def pad_items(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-item (L_b, d) tensors -> (B, max L_b, d) zero-padded at the end, (B,) lengths."""
+    lengths = torch.tensor([len(x) for x in items], dtype=torch.long, device=items[0].device)
+    out = items[0].new_zeros(len(items), int(lengths.max()), items[0].shape[-1])
     for b, x in enumerate(items):
         out[b, : len(x)] = x
-    return out, new_lengths
+    return out, lengths
 
 
 def time_mask(hidden: torch.Tensor, lengths: torch.Tensor, share: float, span: int = 10) -> torch.Tensor:
@@ -295,9 +309,8 @@ def alignment_vocab(kind: str, transcripts: Sequence[str], prompter) -> list[int
 
 def build_head_lm(head: TiedCTCHead, texts: Sequence[str], text_ids, order: int) -> TokenNgramLM:
     """An n-gram LM over the head's tokens from sentences (tokens outside the vocabulary dropped)."""
-    index = {int(v): k + 1 for k, v in enumerate(head.vocab_ids.tolist())}
-    sentences = ([index[t] for t in text_ids(text) if t in index] for text in texts if text and text.strip())
-    return TokenNgramLM.build(sentences, order, len(index))
+    sentences = head.head_indices(text_ids(text) for text in texts if text and text.strip())
+    return TokenNgramLM.build(sentences, order, len(head.vocab_ids))
 
 
 def read_lm_text(paths: Sequence[str]) -> list[str]:

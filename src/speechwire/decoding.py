@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from .ngram import EOS
+
 MAX_LOOP_PERIOD = 24  # longest repeated phrase looked for, in tokens (a clause)
 
 _PREAMBLE = re.compile(
@@ -98,8 +100,6 @@ def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: fl
     Returns:
         The best prefix as head indices (1..K), repeats merged and blanks removed.
     """
-    from .ngram import EOS
-
     neg = -np.inf
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}
     top_k = min(top_k, log_probs.shape[1] - 1)

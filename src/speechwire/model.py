@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
-from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
+from .align import TiedCTCHead, alignment_loss, collapse, pad_items, restrict_labels, time_mask
 from .config import ExperimentConfig, load_config
 from .data.batch import Batch, BatchTokenizer, BatchTokens
 from .decoding import clean_answer, ctc_beam_search, loop_cut
@@ -307,17 +307,11 @@ class SpeechLLM(nn.Module):
             tokens = ctc_beam_search(log_probs[b, :n], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
                                      token_bonus=a.lm_bonus)
             if tokens:
-                one_hot = torch.zeros(len(tokens), len(head.vocab_ids), device=logits.device)
-                one_hot[torch.arange(len(tokens)), torch.tensor(tokens, device=logits.device) - 1] = 1.0
-                items.append(head.readout(one_hot))  # (L_b, d): the tokens' own embedding rows
+                items.append(head.token_rows(tokens))  # (L_b, d): the tokens' own embedding rows
             else:
                 t = int(logits[b, :n, 0].argmin()) if n else 0
                 items.append(head.posterior_embeddings(logits[b, t: t + 1]))
-        new_lengths = torch.tensor([len(x) for x in items], dtype=torch.long, device=logits.device)
-        out = logits.new_zeros(len(items), int(new_lengths.max()), items[0].shape[-1])
-        for b, x in enumerate(items):
-            out[b, : len(x)] = x
-        return out, new_lengths
+        return pad_items(items)
 
     def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,
                         embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
