@@ -68,9 +68,10 @@ class TiedCTCHead(nn.Module):
                                       device=self.blank.device)
         self._keys = self._rows = None
 
-    def set_lm(self, lm: TokenNgramLM | None) -> None:
+    def set_lm(self, lm: TokenNgramLM | None, tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Use `lm` for beam search; `tensors`: its `to_tensors()` when already at hand (a loaded checkpoint)."""
         self.lm = lm
-        self._lm_tensors = lm.to_tensors() if lm is not None else None
+        self._lm_tensors = tensors if tensors is not None or lm is None else lm.to_tensors()
 
     def data_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold besides weights: the vocabulary and the n-gram LM, if any."""
@@ -83,8 +84,11 @@ class TiedCTCHead(nn.Module):
         """Set the vocabulary and LM from `data_tensors()`' keys (missing LM: none)."""
         self.set_vocab(data["vocab_ids"].tolist())
         grams, counts = data.get("lm_grams"), data.get("lm_counts")
-        self.set_lm(TokenNgramLM.from_tensors(grams.cpu(), counts.cpu(), len(self.vocab_ids))
-                    if grams is not None and counts is not None else None)
+        if grams is None or counts is None:
+            self.set_lm(None)
+        else:
+            grams, counts = grams.cpu(), counts.cpu()
+            self.set_lm(TokenNgramLM.from_tensors(grams, counts, len(self.vocab_ids)), (grams, counts))
 
     def keys(self) -> torch.Tensor:
         """(K, d) unit-norm token embeddings of the vocabulary (cached; the table is frozen)."""
