@@ -88,15 +88,15 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
     data_dir = Path(data_dir).expanduser()
     tests = {k: data_dir / v for k, v in _test_names(task).items()}
     corpus = data_dir / "corpus.json"
-    held_out = json.loads(corpus.read_text()).get("params", {}).get("held_out") if corpus.is_file() else None
-    if held_out == []:  # built without held-out voices (--held-out none): no unseen-voices set to score
+    built = json.loads(corpus.read_text()).get("params", {}) if corpus.is_file() else {}
+    if built.get("held_out") == []:  # built without held-out voices (--held-out none): no unseen-voices set to score
         tests.pop("unseen voices")
     needed = list(tests.values())
     if train:
         needed += [data_dir / f"synth_{s}.{task}.jsonl" for s in ("train", "dev")]
         needed += [data_dir / f"real_{s}.asr.jsonl" for s in ("train", "dev")] if task == "asr" else \
             [data_dir / "synth_train.asr.jsonl"]
-    have_train = corpus.is_file() and json.loads(corpus.read_text()).get("params", {}).get("num_train", 0) > 0
+    have_train = built.get("num_train", 0) > 0
     info: dict = {}
     if not all(p.is_file() for p in needed) or (train and not have_train):
         info = build_corpus(data_dir, num_train=NUM_TRAIN if train else 0, progress=progress)

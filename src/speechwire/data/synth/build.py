@@ -316,11 +316,10 @@ def build_corpus(
                                  "held_out": list(held_out)}, EXTRA_STATE_FILE, ("voices", "unseen", "real_aug"))
     voice_results = list(_run_jobs(extra.render_voice_job, voice_jobs, workers, progress, desc="other voices"))
     for folder, splits_of in (("voices", ("train", "dev")), ("unseen", ("dev", "test"))):
-        for split in splits_of:
-            done = [r for r in voice_results if r.job.wav.parent.parent.name == folder]
-            if done:
-                manifests[f"{folder}_{split}.asr.jsonl"], manifests[f"{folder}_{split}.st.jsonl"] = \
-                    extra.voice_rows(done, out_dir, split)
+        done = [r for r in voice_results if r.job.wav.parent.parent.name == folder]
+        for split in splits_of if done else ():
+            manifests[f"{folder}_{split}.asr.jsonl"], manifests[f"{folder}_{split}.st.jsonl"] = \
+                extra.voice_rows(done, out_dir, split)
     dropped["voices"] = sum(r.duration is None for r in voice_results)
     if real:
         real_rows, dropped["real"] = _build_real(out_dir, max_seconds, progress)
