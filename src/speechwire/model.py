@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instea
                 "RUN/checkpoints/step-*)")
 CONFIG_NAME = "config.yaml"
 IGNORE = -100
+StepCallback = Callable[[list[list[int]]], Iterable[int] | None]  # generate(on_step=...)
 HEAD_DATA = {"align_head.vocab_ids", "align_head.lm_grams", "align_head.lm_counts"}  # checkpoint data, not weights
 
 
@@ -380,6 +381,7 @@ class SpeechLLM(nn.Module):
         tgt_lang: str | None = None,
         max_new_tokens: int | None = None,
         sample_rate: int = SAMPLE_RATE,
+        on_step: StepCallback | None = None,
     ) -> list[str]:
         """Greedy decoding with a KV cache, batched; same text as decoding items one by one.
 
@@ -387,10 +389,13 @@ class SpeechLLM(nn.Module):
             audio: a Batch (data.collate; a dict in the earlier format is converted) or a list of
                 1-D 16 kHz mono waveforms.
             task, src_lang, tgt_lang: used for a list input ("st" needs tgt_lang).
+            on_step: called after every decoding step with each item's generated ids so far (live
+                lists: copy what you keep); it returns the indices of items to stop decoding now
+                (their answer is what they have), or None. Streaming servers use it (serve/stream.py).
         Returns:
             one string per item (generate_output also returns the token ids).
         """
-        return self.generate_output(audio, task, src_lang, tgt_lang, max_new_tokens, sample_rate).texts
+        return self.generate_output(audio, task, src_lang, tgt_lang, max_new_tokens, sample_rate, on_step).texts
 
     @torch.no_grad()
     def generate_output(
@@ -401,6 +406,7 @@ class SpeechLLM(nn.Module):
         tgt_lang: str | None = None,
         max_new_tokens: int | None = None,
         sample_rate: int = SAMPLE_RATE,
+        on_step: StepCallback | None = None,
     ) -> GenerationOutput:
         """`generate`, returning the texts with the generated token ids (and their count)."""
         if isinstance(audio, (Batch, Mapping)):
@@ -411,7 +417,7 @@ class SpeechLLM(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            ids = self._greedy(batch, max_new)
+            ids = self._greedy(batch, max_new, on_step)
         finally:
             self.train(was_training)
         return GenerationOutput([self.answer_text(x) for x in ids], ids)
@@ -465,13 +471,14 @@ class SpeechLLM(nn.Module):
         (decoding.clean_answer); every command's text comes from here."""
         return clean_answer(self.prompter.decode(ids), self.cfg.llm.marker_init)
 
-    def _greedy(self, batch: Batch, max_new: int) -> list[list[int]]:
+    def _greedy(self, batch: Batch, max_new: int, on_step: StepCallback | None = None) -> list[list[int]]:
         batch = self.with_tokens(batch)
         hidden, enc_lengths = self.encode_audio(batch)
         out = self._adapt(batch, hidden, enc_lengths)
-        return self._decode(batch, out.embeds, out.lengths, max_new)
+        return self._decode(batch, out.embeds, out.lengths, max_new, on_step)
 
-    def _decode(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, max_new: int) -> list[list[int]]:
+    def _decode(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, max_new: int,
+                on_step: StepCallback | None = None) -> list[list[int]]:
         """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm): the generated ids
         per item, cut before the stop token."""
         inputs, mask, positions, _ = self._sequences(batch, embeds, lengths, with_targets=False)
@@ -499,6 +506,9 @@ class SpeechLLM(nn.Module):
                 cut = loop_cut(answers[b], max_repeats)  # a token or phrase loop ends the item, extra copy cut
                 if cut is not None:
                     del answers[b][cut:]
+                    done[b] = True
+            if on_step is not None:
+                for b in on_step(answers) or ():  # e.g. a streaming client went away: its item stops here
                     done[b] = True
             if all(done):
                 break
