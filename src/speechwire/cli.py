@@ -203,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run_server(run_dir=args.run_dir, host=args.host, port=args.port, max_batch=args.max_batch,
                max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
                vad=args.vad, tasks=args.tasks, threads=args.threads, log_level=args.log_level,
-               overrides=args.overrides)
+               overrides=args.overrides, api_key_file=args.api_key_file, open_browser=args.open)
     return 0
 
 
@@ -355,6 +355,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--set", dest="overrides", action="append", default=[],
                    help="config override, e.g. eval.max_new_tokens=100")
+    s.add_argument("--api-key-file", default=None, metavar="PATH",
+                   help="file holding one API key: requests need `Authorization: Bearer KEY` (the page asks once)")
+    s.add_argument("--open", action="store_true", help="open the page (record or drop a file) in the default browser")
     s.set_defaults(func=cmd_serve)
 
 

@@ -10,6 +10,10 @@ The worker takes the first waiting piece, then gathers more until `max_batch` pi
 text). Items of one batch may differ in task and languages. While a batch decodes, new pieces
 queue up and form the next batch, so under load batches fill without waiting. `max_batch=1` is
 one-by-one decoding. Only this thread runs the model; request handlers never touch it.
+
+A piece submitted with `on_tokens` (a streaming request) is told its ids after every decoding
+step of its batch (`SpeechLLM.generate(on_step=...)`), on this thread; when it answers False its
+client has gone and the piece stops decoding, freeing its place in the batch.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -40,6 +45,7 @@ class Job:
     task: str  # "asr" | "st"
     src_lang: str
     tgt_lang: str | None
+    on_tokens: Callable[[list[int]], bool] | None = None  # streaming: ids so far -> keep decoding?
     future: Future = field(default_factory=Future)
 
 
@@ -80,13 +86,18 @@ class Batcher:
             self._thread.join(timeout)
             self._thread = None
 
-    def submit(self, audio: np.ndarray, task: str = "asr", src_lang: str = "en", tgt_lang: str | None = None) -> Future:
-        """Queue one piece; the returned future resolves to its text (or the decoding error)."""
+    def submit(self, audio: np.ndarray, task: str = "asr", src_lang: str = "en", tgt_lang: str | None = None,
+               on_tokens: Callable[[list[int]], bool] | None = None) -> Future:
+        """Queue one piece; the returned future resolves to its text (or the decoding error).
+
+        `on_tokens(ids)`, if given, is called on the worker thread after each decoding step with the
+        piece's ids so far (a copy); returning False stops decoding it (its client went away).
+        """
         if self._thread is None:
             raise RuntimeError("the batcher is not running; call start() first")
         if self._queue.qsize() >= self.max_queue:
             raise QueueFull(f"{self._queue.qsize()} pieces are already waiting (max_queue={self.max_queue})")
-        job = Job(audio, task, src_lang, tgt_lang)
+        job = Job(audio, task, src_lang, tgt_lang, on_tokens)
         self._queue.put(job)
         return job.future
 
@@ -129,6 +140,8 @@ class Batcher:
         batch = Batch(audio=audio, audio_lengths=lengths, tasks=[j.task for j in jobs],
                       src_langs=[j.src_lang for j in jobs], tgt_langs=[j.tgt_lang for j in jobs])
         self.batch_sizes[len(jobs)] += 1
+        if any(j.on_tokens is not None for j in jobs):
+            return self.model.generate(batch, on_step=_step_hook(jobs))
         return self.model.generate(batch)
 
     def _decode(self, jobs: list[Job]) -> None:
@@ -144,3 +157,24 @@ class Batcher:
             return
         for j, t in zip(jobs, texts):
             j.future.set_result(t)
+
+
+def _step_hook(jobs: list[Job]) -> Callable[[list[list[int]]], list[int]]:
+    """generate's on_step for a batch of `jobs`: tell each streaming job its new ids; stop those it says to."""
+    seen = [0] * len(jobs)
+
+    def on_step(answers: list[list[int]]) -> list[int]:
+        stop = []
+        for b, job in enumerate(jobs):
+            if job.on_tokens is None or len(answers[b]) == seen[b]:
+                continue
+            seen[b] = len(answers[b])
+            try:
+                if job.on_tokens(list(answers[b])) is False:
+                    stop.append(b)
+            except Exception:  # noqa: BLE001 - a listener's bug must not fail the batch
+                log.exception("a streaming listener failed; its piece decodes on without it")
+                job.on_tokens = None
+        return stop
+
+    return on_step

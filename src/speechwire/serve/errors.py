@@ -23,6 +23,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 DRAIN_FACTOR = 8  # an oversize body is read (and dropped) up to this many times the limit
+ECHO_CHARS = 80  # most characters of a client's value an error message repeats
+
+
+def clip(value: str, limit: int = ECHO_CHARS) -> str:
+    """A client's value as an error message may repeat it: at most `limit` characters, then how long it was."""
+    value = str(value)
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
+def shown(value: str, limit: int = ECHO_CHARS) -> str:
+    """`repr` of a client's value, clipped: `'abc'`, or `'abcd...' (100000 characters)`."""
+    value = str(value)
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 class APIError(Exception):

@@ -28,6 +28,21 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def page_url(sock: socket.socket) -> str:
+    """The page's address for a browser on this machine: a wildcard bind is reached over loopback,
+    where browsers allow the microphone without https."""
+    host, port = sock.getsockname()[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}") + "/"
+
+
+def open_in_browser(url: str) -> None:
+    """Open `url` in the default browser ($BROWSER is honoured) without blocking the server's start."""
+    import webbrowser
+
+    threading.Thread(target=webbrowser.open, args=(url,), name="speechwire-open", daemon=True).start()
+
+
 class BackgroundServer:
     """uvicorn serving `app` from a daemon thread on (host, port); port 0 picks a free port.
 
@@ -62,12 +77,13 @@ class BackgroundServer:
 def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 16,
                max_wait_ms: float = 10.0, max_upload_mb: float = 25.0, max_queue: int = 1024, vad: str = "auto",
                tasks: list[str] | None = None, threads: int | None = None, log_level: str = "info",
-               overrides: list[str] | None = None) -> None:
+               overrides: list[str] | None = None, api_key_file: str | Path | None = None,
+               open_browser: bool = False) -> None:
     """Load the run folder `run_dir` and serve it until interrupted (`speechwire serve`; docs/serving.md).
 
     Args:
         run_dir: a run folder (config.yaml + trainable.safetensors).
-        host: address to bind; not loopback means anyone who reaches it can use the model (no authentication).
+        host: address to bind; not loopback means anyone who reaches it can use the model (unless api_key_file).
         port: TCP port; 0 picks a free one (printed).
         max_batch: most pieces per batched generate call (1: no batching).
         max_wait_ms: longest a piece waits for a batch to fill.
@@ -78,6 +94,8 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         threads: torch CPU threads; None: torch's own choice.
         log_level: uvicorn and logging level (critical, error, warning, info, debug).
         overrides: dotted config overrides, e.g. ["eval.max_new_tokens=100"].
+        api_key_file: a file holding one key; requests must send `Authorization: Bearer KEY` (serve/auth.py).
+        open_browser: open the page in the default browser once listening.
     """
     import logging
 
@@ -88,9 +106,13 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     from ..longform import load_vad
     from ..model import SpeechLLM
     from .app import create_app
+    from .auth import read_api_key, readable_by_others
     from .run import describe_run
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    api_key = read_api_key(api_key_file) if api_key_file else None  # before the slow model load: fail fast
+    if api_key_file and readable_by_others(api_key_file):
+        print(f"speechwire serve: warning: {api_key_file} is readable by other users; chmod 600 it", flush=True)
     if threads:
         torch.set_num_threads(threads)
     model = SpeechLLM.from_pretrained(run_dir, overrides or []).eval()
@@ -105,12 +127,15 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
             raise ValueError("--vad silero: the silero-vad package is not installed; `pip install silero-vad`")
         print("speechwire serve: silero-vad is not installed; long recordings are cut by energy", flush=True)
     app = create_app(model, run, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     max_upload_mb=max_upload_mb, vad=vad, max_queue=max_queue)
+                     max_upload_mb=max_upload_mb, vad=vad, max_queue=max_queue, api_key=api_key)
     sock = bind(host, port)
     print(f"speechwire serve: model {run.id!r} (tasks: {', '.join(run.tasks)}; from {run.tasks_from}) "
-          f"listening on {url_of(sock)}", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print("speechwire serve: warning: no authentication; anyone who reaches this address can use the model",
-              flush=True)
+          f"listening on {url_of(sock)} (the page: {page_url(sock)}" + (", API key required)" if api_key else ")"),
+          flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print("speechwire serve: warning: no authentication; anyone who reaches this address can use the model "
+              "(--api-key-file PATH keeps others out)", flush=True)
+    if open_browser:
+        open_in_browser(page_url(sock))  # the socket listens already: the browser's request waits for uvicorn
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

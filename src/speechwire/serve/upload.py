@@ -19,7 +19,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..longform import Piece, split_recording
-from .errors import APIError
+from .errors import APIError, clip
 
 STREAMING_SIZES = (0, 0xFFFFFFFF)  # data-chunk sizes written by streaming encoders: length unknown
 
@@ -44,11 +44,13 @@ def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str) ->
     """Decode an upload and cut it into pieces of at most `limit_seconds` (longform.split_recording).
 
     Raises:
-        APIError: 400 with a message naming `filename` for anything that is not valid audio.
+        APIError: 400 with a message naming `filename` (its first ECHO_CHARS characters) for anything that
+            is not valid audio.
     """
+    shown_name = clip(filename)
     why = wav_truncation(data)
     if why:
-        raise APIError(400, f"{filename}: the file is truncated ({why}); upload the whole file",
+        raise APIError(400, f"{shown_name}: the file is truncated ({why}); upload the whole file",
                        "file", "truncated_audio")
     suffix = "".join(c for c in Path(filename).suffix if c.isalnum() or c == ".")[:12]
     with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
@@ -57,6 +59,6 @@ def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str) ->
         try:
             wav = load_audio(tmp.name, sample_rate=SAMPLE_RATE)
         except AudioError as e:
-            message = str(e).replace(tmp.name, filename).splitlines()[0]
+            message = str(e).replace(tmp.name, shown_name).splitlines()[0]
             raise APIError(400, message, "file", "invalid_audio") from None
     return wav, split_recording(wav, limit_seconds, vad)
