@@ -214,13 +214,71 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
     spec = load_grid(args.grid)
     shard = parse_shard(args.shard)
+    _check_launch_flags(args)
     if args.dry_run:
         dry_run(spec, out=args.out, shard=shard, probe=not args.no_probe)
         return 0
-    results = run_grid(spec, out=args.out, shard=shard, use_cache=not args.no_cache, progress=not args.quiet)
+    if args.status:
+        from .grid.status import grid_status, status_table
+
+        print(status_table(grid_status(spec, out=args.out, shard=shard)))
+        return 0
     out = output_root(spec, args.out)
+    if args.launcher == "slurm":
+        from .grid.launch import SlurmOptions, launch_slurm, parse_extra
+
+        options = SlurmOptions(partition=args.partition, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                               time=args.time, max_parallel=args.max_parallel, extra=parse_extra(args.slurm_extra))
+        jobs = launch_slurm(spec, out, options, shard=shard, use_cache=not args.no_cache)
+        if not jobs:
+            print(f"nothing to submit: every run of this shard is done in {out}")
+        else:
+            print(f"submitted {len(jobs)} run(s) as Slurm job array {jobs[0].job_id.split('_')[0]}; follow them with "
+                  f"speechwire grid {args.grid} --status" + (f" --out {args.out}" if args.out else ""))
+        return 0
+    if args.launcher == "local":
+        from .grid.launch import launch_local
+
+        results = launch_local(spec, out, max_parallel=args.max_parallel or 1, shard=shard,
+                               use_cache=not args.no_cache, progress=not args.quiet)
+    else:
+        results = run_grid(spec, out=args.out, shard=shard, use_cache=not args.no_cache, progress=not args.quiet)
     print(f"{len(results)} run(s) finished in {out}; next: speechwire report {out}")
     return 0
+
+
+SLURM_FLAGS = {"partition": None, "gpus_per_run": 1, "cpus_per_run": None, "time": "24:00:00", "slurm_extra": None}
+
+
+def _check_launch_flags(args: argparse.Namespace) -> None:
+    """Launcher flags only where they mean something (docs/grid.md, "Launchers")."""
+    given = [f"--{k.replace('_', '-')}" for k, default in SLURM_FLAGS.items() if getattr(args, k) != default]
+    if given and args.launcher != "slurm":
+        raise ValueError(f"{', '.join(given)} only apply to --launcher slurm")
+    if args.max_parallel is not None and args.launcher is None:
+        raise ValueError("--max-parallel needs --launcher local or --launcher slurm")
+    modes = [f for f, on in (("--dry-run", args.dry_run), ("--status", args.status),
+                             (f"--launcher {args.launcher}", args.launcher)) if on]
+    if len(modes) > 1:
+        raise ValueError(f"{' and '.join(modes)} do not go together; pick one")
+
+
+def add_launch_options(g: argparse.ArgumentParser) -> None:
+    """`grid --launcher local|slurm ...` and `grid --status` (grid/launch.py, grid/status.py)."""
+    g.add_argument("--status", action="store_true", help="list each run: done, running (job), queued, failed "
+                   "(last line of its log), planned")
+    g.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                   help="local: --max-parallel runs at once on this machine, one GPU (or CPU share) each; slurm: "
+                        "submit the runs that are not done as one job array (default: one run after another here)")
+    g.add_argument("--max-parallel", type=int, default=None, metavar="K", help="runs at once (local default 1; "
+                   "slurm: the array's %%K, default all)")
+    g.add_argument("--partition", default=None, help="slurm: partition to submit to")
+    g.add_argument("--gpus-per-run", type=int, default=1, metavar="N", help="slurm: GPUs per run (default 1)")
+    g.add_argument("--cpus-per-run", type=int, default=None, metavar="N", help="slurm: CPU cores per run")
+    g.add_argument("--time", default="24:00:00", help="slurm: time limit per run (default 24:00:00); a run cut "
+                   "off is requeued and resumes from its checkpoint")
+    g.add_argument("--slurm-extra", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
+                   help="slurm: more sbatch options, e.g. --slurm-extra qos=high account=speech")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -443,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="grid folder (default: output_dir of the grid file or runs/NAME)")
     g.add_argument("--no-cache", action="store_true", help="encode audio in every run (no feature cache)")
     g.add_argument("--quiet", action="store_true")
+    add_launch_options(g)
     g.set_defaults(func=cmd_grid)
 
     r = sub.add_parser("report", help="report.md, results.csv/json and plots from a grid folder")

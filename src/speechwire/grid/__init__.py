@@ -2,6 +2,9 @@
 
     spec.py      the grid file: factors, levels, presets, seeds, filters -> the planned runs and their configs
     run.py       run them (feature cache first, then train -> evaluate per run; resumable, shardable)
+    launch.py    --launcher slurm|local: the runs as submitit jobs (a Slurm array; K pinned local workers)
+    status.py    --status: done / running (job) / queued / failed (why) / planned, per run
+    worker.py    where a worker runs: its job id, CPU cores and GPUs (logged with each run start)
     estimate.py  --dry-run: the plan and the cost of what is left, from probe steps and a decoding probe
     analysis.py  the share of a metric's variance each factor and pairwise interaction explains
     report.py    report.md, results.csv/json and plots from the finished run folders

@@ -24,15 +24,17 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from tqdm.auto import tqdm
 
 from ..config import resolve_device
 from ..files import append_line, fault_point, read_text, try_lock, write_atomic
 from ..memory import peak_memory_gib, reset_peak_memory
+from ..errors import one_line
 from .spec import (EVENTS, RUN_FILE, GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status,
                    test_manifests, write_task_manifests)
+from .worker import placement
 
 
 def _shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
@@ -191,12 +193,21 @@ def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: flo
 
 
 def run_grid(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int] = (0, 1),
-             use_cache: bool = True, progress: bool = True) -> list[dict]:
+             use_cache: bool = True, progress: bool = True, names: Collection[str] | None = None,
+             wait: bool = True) -> list[dict]:
     """Run this shard's unfinished combinations; finished ones (grid_run.json) are skipped, and runs
-    another worker has claimed are waited for (see the module docstring)."""
+    another worker has claimed are waited for (see the module docstring).
+
+    Args:
+        names: only these runs of the shard (a launcher's task: launch.py).
+        wait: False leaves runs claimed by other workers to them (the launchers' workers, whose
+            launcher waits for all of them); their results are then missing from the list.
+    """
     out = output_root(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     runs = _shard(plan(spec), shard)
+    if names is not None:
+        runs = [r for r in runs if r.name in set(names)]
     write_atomic(out / "grid.yaml", spec.path.read_bytes(), "the grid file's copy")  # the grid as run, for the report
     write_task_manifests(spec, runs, out)
     todo = [r for r in runs if run_status(out / r.name) != "done"]
@@ -209,11 +220,11 @@ def run_grid(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, in
         bar.set_postfix_str(run.name)
         if not _claim_and_run(spec, run, out, cache, sfm_rtf, results, block=False):
             others.append(run)  # another worker has it
-    for run in others:  # ours are done: wait for theirs (or take a run over if its worker died)
+    for run in others if wait else ():  # ours are done: wait for theirs (or take a run over if its worker died)
         if progress:
             bar.write(f"waiting for {run.name} (claimed by another worker)")
         _claim_and_run(spec, run, out, cache, sfm_rtf, results, block=True)
-    return [results[r.name] for r in runs]
+    return [results[r.name] for r in runs if r.name in results]
 
 
 def _claim_and_run(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: dict[str, float],
@@ -229,8 +240,12 @@ def _claim_and_run(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_r
         if done.is_file():  # finished by another worker between our look and our claim
             results[run.name] = read_result(done)
             return True
-        log_event(out, "start", run=run.name, status=run_status(out / run.name))
-        results[run.name] = run_one(spec, run, out, cache, sfm_rtf.get(_encoder_level(run), 0.0))
+        log_event(out, "start", run=run.name, status=run_status(out / run.name), **placement())
+        try:
+            results[run.name] = run_one(spec, run, out, cache, sfm_rtf.get(_encoder_level(run), 0.0))
+        except Exception as e:  # --status shows this line; a kill or a requeue (SystemExit) leaves no event
+            log_event(out, "failed", run=run.name, error=f"{type(e).__name__}: {one_line(str(e))}"[:500])
+            raise
         log_event(out, "done", run=run.name)
     gc.collect()
     return True

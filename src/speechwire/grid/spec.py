@@ -59,6 +59,7 @@ GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", 
              "test_max_items", "feature_cache", "output_dir"}
 RUN_FILE = "grid_run.json"
 EVENTS = "grid_events.jsonl"  # one line per run start/finish and cache build, from every worker
+JOBS = "grid_jobs.jsonl"  # one line per job a launcher submitted: launcher, job id, run, log file (launch.py)
 
 
 def role(factor: str) -> str | None:
