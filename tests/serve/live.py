@@ -16,14 +16,15 @@ from speechwire.serve.server import BackgroundServer
 from speechwire.testing import save_tiny_llm, save_tiny_whisper
 
 
-def write_run(root: Path, tasks: tuple[str, ...], tgt_langs: tuple[str, ...] = ("de",)) -> Path:
+def write_run(root: Path, tasks: tuple[str, ...], tgt_langs: tuple[str, ...] = ("de",), max_new_tokens: int = 6) -> Path:
     """A run folder (config.yaml + trainable.safetensors) of tiny random models, trained for `tasks`
-    (ST into `tgt_langs`)."""
+    (ST into `tgt_langs`), answering up to `max_new_tokens` tokens."""
     whisper, llm = root / "whisper", root / "llm"
     if not whisper.exists():
         save_tiny_whisper(whisper, d_model=32, layers=1)
         save_tiny_llm(llm)
     name = "-".join(tasks) + ("-" + "-".join(tgt_langs) if "st" in tasks and tgt_langs != ("de",) else "")
+    name += f"-{max_new_tokens}" if max_new_tokens != 6 else ""
     manifest = root / f"train-{name}.jsonl"
     lines = [{"audio": "a.wav", "transcript": "hello", "task": "asr"}] if "asr" in tasks else []
     if "st" in tasks:
@@ -31,7 +32,7 @@ def write_run(root: Path, tasks: tuple[str, ...], tgt_langs: tuple[str, ...] = (
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     cfg = load_config(None, [
         "encoder.name=whisper", f"encoder.model={whisper}", f"llm.model={llm}", "adapter.name=mlp",
-        "adapter.hidden_size=32", "adapter.stack=2", "adapter.dropout=0.0", "eval.max_new_tokens=6",
+        "adapter.hidden_size=32", "adapter.stack=2", f"eval.max_new_tokens={max_new_tokens}",
         f"data.train_manifest={manifest}",
     ])
     torch.manual_seed(0)

@@ -77,7 +77,7 @@ def create_app(model, run: RunInfo, max_batch: int = 16, max_wait_ms: float = 10
     app.state.model, app.state.run, app.state.batcher, app.state.vad = model, run, batcher, vad
     app.state.limit_seconds = encoder_limit_seconds(model)
     app.state.min_samples = int(getattr(model.encoder, "min_samples", 1))
-    app.state.settled = SettledText(model)
+    app.state.settled, app.state.streams = SettledText(model), set()
     max_bytes = int(max_upload_mb * 2**20)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     if api_key is not None:
@@ -111,7 +111,7 @@ def create_app(model, run: RunInfo, max_batch: int = 16, max_wait_ms: float = 10
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": run.id, "tasks": list(run.tasks), "tasks_from": run.tasks_from,
-                "queued_pieces": batcher.waiting, "max_batch": batcher.max_batch,
+                "queued_pieces": batcher.waiting, "open_streams": len(app.state.streams), "max_batch": batcher.max_batch,
                 "batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items())}}
 
     return app
@@ -225,7 +225,7 @@ def _stream_response(state, pieces: list[np.ndarray], task: str, src: str, tgt: 
                      seconds: float) -> StreamingResponse:
     """Queue the pieces now (a full queue is still a JSON 503), then answer their events as they come."""
     try:
-        request = StreamedRequest(state.batcher, state.settled, pieces, task, src, tgt, math.ceil(seconds))
+        request = StreamedRequest(state.batcher, state.settled, pieces, task, src, tgt, math.ceil(seconds), state.streams)
     except QueueFull as e:
         raise APIError(503, f"server busy: {e}; retry shortly", None, "server_busy", "server_busy") from None
     return StreamingResponse(request.events(), media_type="text/event-stream",

@@ -114,7 +114,7 @@ def error_event(message: str, type: str = "server_error", param: str | None = No
 class StreamedRequest:
     """The pieces of one recording queued on the batcher, and the events their decoding yields.
 
-        request = StreamedRequest(batcher, settled, pieces, "asr", "en", None, seconds=4)  # queues now:
+        request = StreamedRequest(batcher, settled, pieces, "asr", "en", None, seconds=4, open_streams=set())
         return StreamingResponse(request.events(), media_type="text/event-stream")  # QueueFull before
 
     Pieces decode in any order and batch; their settled text streams in recording order (a later
@@ -124,11 +124,13 @@ class StreamedRequest:
     """
 
     def __init__(self, batcher, settled: SettledText, pieces: list, task: str, src_lang: str,
-                 tgt_lang: str | None, seconds: int) -> None:
+                 tgt_lang: str | None, seconds: int, open_streams: set) -> None:
         self.loop = asyncio.get_running_loop()
         self.updates: asyncio.Queue[tuple[int, str, object]] = asyncio.Queue()
         self.settled, self.seconds, self.gone = settled, seconds, False
         self.futures = []
+        self.open_streams = open_streams  # the server's streams in flight (GET /health counts them)
+        open_streams.add(self)
         try:
             for i, audio in enumerate(pieces):
                 future = batcher.submit(audio, task, src_lang, tgt_lang, on_tokens=partial(self._on_tokens, i))
@@ -154,6 +156,7 @@ class StreamedRequest:
 
     def close(self) -> None:
         self.gone = True
+        self.open_streams.discard(self)
         for f in self.futures:
             f.cancel()  # no-op for finished or running pieces; drops queued ones
 
