@@ -59,6 +59,8 @@ def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str) ->
         try:
             wav = load_audio(tmp.name, sample_rate=SAMPLE_RATE)
         except AudioError as e:
-            message = str(e).replace(tmp.name, shown_name).splitlines()[0]
+            # the temporary file's path and stem (in the re-encoding hint) become the client's file name
+            message = str(e).replace(tmp.name, shown_name).replace(Path(tmp.name).stem, Path(shown_name).stem)
+            message = message.splitlines()[0]
             raise APIError(400, message, "file", "invalid_audio") from None
     return wav, split_recording(wav, limit_seconds, vad)
