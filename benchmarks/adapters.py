@@ -41,7 +41,8 @@ def bias_blank(adapter: Adapter, hidden: torch.Tensor, lengths: torch.Tensor, ra
     """Raise the blank logit until the pooled output is about 1/rate of the frames long, counting
     segments as the adapter does (blank runs too, unless ctc_keep_blanks is off): bisection on the bias."""
     with torch.no_grad():
-        logits = adapter.head(hidden).float()  # (B, T, V)
+        # the full (B, T, V) logits: VocabHead.forward returns only the columns CTC reads
+        logits = torch.nn.functional.linear(hidden, adapter.head.weight, adapter.head.bias).float()
         blank = adapter.blank
         other = logits.clone()
         other[..., blank] = float("-inf")

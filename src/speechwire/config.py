@@ -129,6 +129,9 @@ class LLMConfig:
     model: str = "meta-llama/Llama-3.1-8B-Instruct"  # hub id or local folder
     gguf_file: str | None = None  # load a GGUF file inside `model` (dequantised by transformers)
     dtype: str = "float32"
+    # inference only (evaluate, transcribe, serve, demo; training keeps full weights): auto = int8
+    # on the CPU, none elsewhere | none | int8 (dynamic int8 Linear layers, CPU; quantize.py)
+    quantize: str = "auto"
     # instructions: one string, or a list of paraphrases (training: one drawn per item, seeded by
     # train.seed and the item id; evaluation and generation: always the first)
     asr_prompt: str | list[str] = "Can you transcribe this audio?"
@@ -148,6 +151,11 @@ class LLMConfig:
             p.append(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
         if self.lora and self.lora_rank < 1:
             p.append(f"lora_rank={self.lora_rank} must be >= 1")
+        if self.quantize not in QUANTIZE:
+            p.append(f"quantize={self.quantize!r} must be one of {list(QUANTIZE)}")
+        elif self.quantize == "int8" and self.lora:
+            p.append("quantize='int8' with lora=true: quantising would freeze the LoRA weights into int8; "
+                     "use quantize=none (or auto, which skips LoRA runs)")
         for name in ("asr_prompt", "st_prompt"):
             if not instructions(getattr(self, name)):
                 p.append(f"{name} must be a string or a non-empty list of strings")
@@ -314,6 +322,7 @@ class ExperimentConfig:
 TASKS = ("asr", "st")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # train.device
 DTYPES = ("float32", "bfloat16", "float16")  # the dtype names configs accept; torch_dtype() maps them
+QUANTIZE = ("auto", "none", "int8")  # llm.quantize choices (quantize.py)
 WHISPER_MODES = ("trimmed", "padded", "padded_full")
 
 

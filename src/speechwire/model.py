@@ -30,11 +30,13 @@ from torch.nn import functional as F
 
 from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
 from .align import TiedCTCHead, alignment_loss, collapse, pad_items, restrict_labels, time_mask
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, load_config, resolve_device
 from .data.batch import Batch, BatchTokenizer, BatchTokens
 from .decoding import clean_answer, ctc_beam_search, loop_cut
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
+from .prefix_cache import PrefixCache, common_prefix
+from .quantize import quantize_for_inference
 
 WEIGHTS_NAME = "trainable.safetensors"
 DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instead (RUN/best or "
@@ -153,10 +155,14 @@ class SpeechLLM(nn.Module):
         self.align_head = TiedCTCHead(embedding.weight, a.temperature) \
             if cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 or a.readout != "adapter" else None
         self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
+        # KV cache of the prompt before the audio, shared by every batch (prefix_cache.py); None: no reuse
+        self.prefix_cache: PrefixCache | None = PrefixCache()
 
     def train(self, mode: bool = True) -> "SpeechLLM":
         # frozen parts stay in eval mode (no dropout) unless LoRA trains inside the LLM
         self.training = mode
+        if mode and getattr(self, "prefix_cache", None) is not None:
+            self.prefix_cache.clear()  # LoRA may train: the cached keys and values would go stale
         self.adapter.train(mode)
         self.encoder.train(False)
         self.llm.train(mode and self.cfg.llm.lora)
@@ -240,7 +246,8 @@ class SpeechLLM(nn.Module):
             labels[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=ctc_lengths)
 
-    def _sequences(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool):
+    def _sequences(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool,
+                   skip_prefix: int = 0):
         """Assemble left-padded inputs_embeds (B, L, d_llm), attention mask, positions, labels.
 
         The instruction: in training, each item's own paraphrase (drawn from train.seed and its id,
@@ -254,7 +261,7 @@ class SpeechLLM(nn.Module):
         markers = self.audio_markers.to(llm_dtype)
         seqs, labels = [], []
         for i in range(B):
-            parts = [self.embed_text(tokens.before_audio[i]), markers[:1], embeds[i, : lengths[i]].to(llm_dtype),
+            parts = [self.embed_text(tokens.before_audio[i][skip_prefix:]), markers[:1], embeds[i, : lengths[i]].to(llm_dtype),
                      markers[1:], self.embed_text(tokens.after_audio[i])]
             n_prompt = sum(p.shape[0] for p in parts)
             lab = [IGNORE] * n_prompt
@@ -477,14 +484,29 @@ class SpeechLLM(nn.Module):
         out = self._adapt(batch, hidden, enc_lengths)
         return self._decode(batch, out.embeds, out.lengths, max_new, on_step)
 
+    def _decode_inputs(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor):
+        """The first decoding step's inputs: (B, L, d_llm) embeddings, the (B, P + L) attention mask,
+        (B, L) positions and the KV cache of the P prompt tokens every item starts with (from
+        self.prefix_cache; P = 0 and no cache without one). Padding sits between the prefix and
+        the rest, masked; positions count real tokens, as in a batch of one."""
+        batch = self.with_tokens(batch)
+        prefix = common_prefix(self._tokens(batch).before_audio) if self.prefix_cache is not None else []
+        inputs, mask, positions, _ = self._sequences(batch, embeds, lengths, with_targets=False, skip_prefix=len(prefix))
+        if not prefix:
+            return inputs, mask, positions, None
+        B, P = inputs.shape[0], len(prefix)
+        cache = self.prefix_cache.batch_cache(self.llm, self.embed_text, prefix, B, self._cache_kw)
+        mask = torch.cat([mask.new_ones(B, P), mask], 1)  # (B, P + L)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]  # (B, L)
+        return inputs, mask, positions, cache
+
     def _decode(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, max_new: int,
                 on_step: StepCallback | None = None) -> list[list[int]]:
         """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm): the generated ids
         per item, cut before the stop token."""
-        inputs, mask, positions, _ = self._sequences(batch, embeds, lengths, with_targets=False)
+        inputs, mask, positions, cache = self._decode_inputs(batch, embeds, lengths)
         B = inputs.shape[0]
         done = [False] * B
-        cache = None
         next_pos = positions[:, -1:] + 1
         step_inputs, step_mask, step_pos = inputs, mask, positions
         max_repeats = self.cfg.eval.max_repeats
@@ -584,7 +606,9 @@ class SpeechLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, overrides: list[str] | None = None) -> "SpeechLLM":
-        """Rebuild from a checkpoint folder: frozen parts load by name, trainable weights from file."""
+        """Rebuild from a checkpoint folder for inference: frozen parts load by name, trainable
+        weights from file; on the CPU the LLM's Linear layers become int8 (llm.quantize=auto;
+        `overrides=["llm.quantize=none"]` keeps them float)."""
         from .files import read_safetensors
 
         path = Path(path)
@@ -599,6 +623,7 @@ class SpeechLLM(nn.Module):
         read_safetensors(path / WEIGHTS_NAME, "trainable weights", DAMAGED_HINT)  # fail fast, before the LLM loads
         model = cls(cfg)
         model.load_trainable(path)
+        quantize_for_inference(model, resolve_device(cfg.train.device))  # llm.quantize: int8 on the CPU by default
         return model
 
     def describe(self) -> dict:
