@@ -228,8 +228,23 @@ def _stream_response(state, pieces: list[np.ndarray], task: str, src: str, tgt: 
         request = StreamedRequest(state.batcher, state.settled, pieces, task, src, tgt, math.ceil(seconds), state.streams)
     except QueueFull as e:
         raise APIError(503, f"server busy: {e}; retry shortly", None, "server_busy", "server_busy") from None
-    return StreamingResponse(request.events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(request)
+
+
+class EventStream(StreamingResponse):
+    """The request's events as text/event-stream; however the response ends (done, client gone, even
+    before its first byte), the request is closed: its pieces stop and it leaves /health's count."""
+
+    def __init__(self, request: StreamedRequest) -> None:
+        super().__init__(request.events(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.request = request
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.request.close()
 
 
 async def _decode_pieces(batcher: Batcher, pieces: list[np.ndarray], task: str, src: str, tgt: str | None) -> list[str]:
