@@ -25,14 +25,17 @@ test: install
 test-real: install
 	$(BIN)/python -m pytest -q -m real
 
-bench: install   # the CPU benchmarks whose tables docs/ records: adapters.md, training.md, grid.md
+bench: install   # the CPU benchmarks whose tables docs/ records: adapters.md, training.md, grid.md, results/speed
 	$(BIN)/python benchmarks/adapters.py
 	$(BIN)/python benchmarks/train_throughput.py --steps 200 --utts 128
 	$(BIN)/python benchmarks/grid_cache.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/asr_speed.py --limit 50 --threads 1
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/asr_speed.py --task st --limit 50 --threads 1 --out docs/results/speed/st
 
-bench-serve: install   # `speechwire serve` load test on the demo's real ASR run (docs/serving.md)
+bench-serve: install   # `speechwire serve` load test on the demo's real ASR run at concurrency 1, 4, 16 (docs/serving.md)
 	test -f runs/demo-asr/config.yaml || $(BIN)/speechwire demo --limit 3 --out runs/demo-asr --quiet
-	$(BIN)/python benchmarks/serve_load.py --run runs/demo-asr --threads 1 --set llm.dtype=float32
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve_load.py --run runs/demo-asr --threads 1 --concurrency 1 4 16 \
+		--json docs/results/speed/serve.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -89,7 +89,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--tiny", action="store_true", help="small sizes, one repeat: a smoke run (tests)")
     args = ap.parse_args()
+    if args.tiny:
+        args.batch, args.seconds, args.d_llm, args.vocab, args.reps = 2, 2.0, 64, 256, 1
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     n_tok = max(1, round(args.tokens_per_second * args.seconds))
@@ -108,7 +111,8 @@ def main() -> None:
                                  ctc_labels=labels, ctc_label_lengths=torch.full((args.batch,), n_tok, device=device))
         for name, extra in ADAPTERS:
             torch.manual_seed(0)
-            cfg = AdapterConfig(name=name, stack=extra.get("stack", 1))
+            small = {"hidden_size": 32, "num_heads": 4, "ffn_size": 64, "num_layers": 1, "qformer_layers": 1}
+            cfg = AdapterConfig(name=name, stack=extra.get("stack", 1), **(small if args.tiny else {}))
             ctx = AdapterContext(in_dim=d_enc, out_dim=args.d_llm, frame_rate=rate, vocab_size=args.vocab, pad_id=0)
             adapter = build_adapter(cfg, ctx).to(device, dtype).train()
             label = name + (f" (stack {cfg.stack})" if cfg.stack > 1 else "")

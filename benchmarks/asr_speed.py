@@ -280,21 +280,17 @@ def plot(results: list[dict], plan: dict, path: Path) -> None:
 
 def tiny_plan(tmp: Path, task: str) -> dict:
     """Tiny random Whisper (also converted for CTranslate2) + LLM, an untrained run, tone clips."""
-    from speechwire.demo.data import build_tiny_corpus
+    from tiny import tiny_models, tiny_run
+
     from speechwire.data import load_manifest, utterance_duration
-    from speechwire.model import SpeechLLM
-    from speechwire.config import load_config
-    from speechwire.testing import save_tiny_llm, save_tiny_whisper, tiny_experiment_overrides
+    from speechwire.demo.data import build_tiny_corpus
 
     sets = build_tiny_corpus(tmp / "data", task)
-    enc = save_tiny_whisper(tmp / "whisper", full=True)
-    llm = save_tiny_llm(tmp / "llm")
-    cfg = load_config(None, tiny_experiment_overrides(enc, llm, adapter="mlp") + [
-        "eval.max_new_tokens=6", "eval.batch_size=2", "train.device=cpu"])
-    SpeechLLM(cfg).save_pretrained(tmp / "run")
+    run = tiny_run(tmp)
+    enc, _ = tiny_models(tmp / "models")
     test = {n: items(load_manifest(p), utterance_duration) for n, p in sets.test.items()}
     test["long"] = [long_recording(test["synthetic"], 0.1, tmp / "long.wav")] if task == "asr" else None
-    return {"run": str(tmp / "run"), "hf_whisper": str(enc), "sets": {k: v for k, v in test.items() if v}}
+    return {"run": str(run), "hf_whisper": str(enc), "sets": {k: v for k, v in test.items() if v}}
 
 
 def real_plan(args, tmp: Path) -> dict:

@@ -43,13 +43,27 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "demo_asr.yaml"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "copytest"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tiny", action="store_true", help="one row on a tiny random LLM and tone transcripts (tests)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    rows_spec = ROWS
+    tiny_overrides: list[str] = []
+    if args.tiny:
+        import tempfile
+
+        from tiny import tiny_models, tone_manifest
+
+        tmp = Path(tempfile.mkdtemp(prefix="copytest-tiny-"))
+        llm_dir = tiny_models(tmp / "models")[1]
+        args.manifest, args.out = str(tone_manifest(tmp / "data", 2)), str(tmp / "out")
+        rows_spec = [(str(llm_dir), ROWS[-1][1], QUOTE, 2)]
+        tiny_overrides = ["eval.max_new_tokens=4", "align.lm_text=[]", f"data.train_manifest={args.manifest}"]
     rows = []
-    for k, (llm, prompt, markers, clips) in enumerate(ROWS):
-        overrides = [f"llm.model=weights:{llm}", f"llm.asr_prompt={prompt}",
+    for k, (llm, prompt, markers, clips) in enumerate(rows_spec):
+        model = llm if args.tiny else f"weights:{llm}"
+        overrides = [f"llm.model={model}", f"llm.asr_prompt={prompt}", *tiny_overrides,
                      "llm.marker_init=" + ("'\"'" if markers == QUOTE else "null"), "train.device=cpu"]
-        out = Path(args.out) / f"{k + 1}-{llm}-{'quote' if markers == QUOTE else 'mean'}"
+        out = Path(args.out) / f"{k + 1}-{Path(llm).name}-{'quote' if markers == QUOTE else 'mean'}"
         t0 = time.perf_counter()
         metrics = copy_test(load_config(args.config, overrides), args.manifest, limit=clips, out_dir=out, progress=False)
         (out / "overrides.json").write_text(json.dumps(overrides, indent=1, ensure_ascii=False) + "\n")

@@ -46,7 +46,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--repeats", type=int, default=2, help="timed repeats after one warm-up")
+    ap.add_argument("--tiny", action="store_true", help="small sizes, one repeat: a smoke run (tests)")
     args = ap.parse_args()
+    if args.tiny:
+        args.frames, args.dim, args.vocab, args.repeats = 300, 32, 500, 1
     torch.manual_seed(0)
     T = 150
     B = max(1, args.frames // T)

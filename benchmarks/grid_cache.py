@@ -34,7 +34,10 @@ def main() -> None:
     ap.add_argument("--utts", type=int, default=16)
     ap.add_argument("--whisper-dim", type=int, default=256)
     ap.add_argument("--whisper-layers", type=int, default=4)
+    ap.add_argument("--tiny", action="store_true", help="1 step, 4 utterances, 2 runs: a smoke run (tests)")
     args = ap.parse_args()
+    if args.tiny:
+        args.steps, args.utts, args.whisper_dim, args.whisper_layers = 1, 4, 32, 1
     from helpers import write_mustc
     from speechwire.cli import main as cli
 
@@ -61,7 +64,7 @@ def main() -> None:
                      "adapter": {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "ffn_size": 64},
                      "train": {"max_steps": args.steps, "save_every": 0, "log_every": 4},
                      "eval": {"max_new_tokens": 8, "batch_size": 8}},
-            "factors": {"encoder": {"tiny": {}}, "adapter": ["mlp", "conv", "cif"],
+            "factors": {"encoder": {"tiny": {}}, "adapter": ["mlp"] if args.tiny else ["mlp", "conv", "cif"],
                         "llm": {"llama": {"llm.model": str(tmp / "llm_a")}, "qwen2": {"llm.model": str(tmp / "llm_b")}}},
             "test_sets": {"test": str(manifest)},
         }

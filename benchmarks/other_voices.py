@@ -29,8 +29,15 @@ VOICES = ("kal16", "awb", "rms", "slt")
 FORTUNES = Path("/usr/share/games/fortunes/fortunes")
 
 
-def sentences(limit: int) -> list[str]:
-    """Plain one-line sentences of 4-16 words from the fortunes file, in file order."""
+TINY_LINES = ["The cat sat on the mat.", "It is a fine day.", "We like green tea.", "Dogs bark at night."]
+
+
+def sentences(limit: int, tiny: bool = False) -> list[str]:
+    """Plain one-line sentences of 4-16 words from the fortunes file, in file order (--tiny: fixed lines)."""
+    if tiny:
+        return TINY_LINES[:limit]
+    if not FORTUNES.is_file():
+        sys.exit(f"{FORTUNES} not found: apt-get install fortunes-min")
     out = []
     for block in FORTUNES.read_text(errors="ignore").split("\n%\n"):
         text = " ".join(block.split())
@@ -42,11 +49,11 @@ def sentences(limit: int) -> list[str]:
     return out
 
 
-def build(out_dir: Path, per_voice: int) -> Path:
+def build(out_dir: Path, per_voice: int, tiny: bool = False) -> Path:
     """flite wavs + manifest: sentence i goes to voice i % 4 (each clip a different line)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, text in enumerate(sentences(per_voice * len(VOICES))):
+    for i, text in enumerate(sentences(per_voice * len(VOICES), tiny)):
         voice = VOICES[i % len(VOICES)]
         wav = out_dir / f"flite-{i:03d}-{voice}.wav"
         if not wav.is_file():
@@ -59,10 +66,17 @@ def build(out_dir: Path, per_voice: int) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", nargs="?", default=None)
     ap.add_argument("--per-voice", type=int, default=15)
     ap.add_argument("--out", default=None, help="folder for the clips and results (default: a temp folder)")
+    ap.add_argument("--tiny", action="store_true", help="an untrained tiny run, 1 clip per voice: a smoke run (tests)")
     args = ap.parse_args()
+    if args.tiny:
+        from tiny import tiny_run
+
+        args.per_voice, args.run_dir = 1, str(tiny_run(Path(tempfile.mkdtemp(prefix="other-voices-tiny-"))))
+    elif args.run_dir is None:
+        ap.error("give RUN_DIR (a trained run folder), or --tiny")
     import torch
 
     from speechwire.data import load_manifest
@@ -74,14 +88,16 @@ def main() -> int:
     from speechwire.weights.resolve import resolve_model
 
     out = Path(args.out or tempfile.mkdtemp(prefix="other_voices-"))
-    manifest = build(out, args.per_voice)
+    manifest = build(out, args.per_voice, args.tiny)
     utts = load_manifest(manifest)
     voice = {json.loads(line)["id"]: json.loads(line)["voice"] for line in manifest.read_text().splitlines()}
     model = SpeechLLM.from_pretrained(args.run_dir).eval()
     t0 = time.perf_counter()
     records, _ = generate_predictions(model, utts, model.cfg, progress=False)
     sw_s = time.perf_counter() - t0
-    whisper = PlainWhisper(resolve_model(model.cfg.encoder.model)[0])
+    tiny_decode = (lambda ids: " ".join(f"<{i}>" for i in ids)) if args.tiny else None  # noqa: E731 (no tokenizer)
+    whisper = PlainWhisper(resolve_model(model.cfg.encoder.model)[0], max_new_tokens=8 if args.tiny else 128,
+                           decode=tiny_decode)
     t0 = time.perf_counter()
     plain = whisper.transcribe([load_audio(u.audio) for u in utts])
     wh_s = time.perf_counter() - t0

@@ -91,7 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     p.add_argument("--skip-baseline", action="store_true", help="do not time the transcribe path")
     p.add_argument("--json", default=None, help="write the numbers here")
+    p.add_argument("--tiny", action="store_true", help="an untrained tiny run, tone clips, C = 1, 2: a smoke run (tests)")
     args = p.parse_args(argv)
+    if args.tiny:
+        import tempfile
+
+        from tiny import tiny_run, tone_manifest
+
+        tmp = Path(tempfile.mkdtemp(prefix="serve-load-tiny-"))
+        args.run = str(tiny_run(tmp))
+        args.audio = [str(f) for f in sorted((tone_manifest(tmp / "data", 2)).parent.glob("*.wav"))]
+        args.concurrency, args.requests, args.max_batch = [1, 2], 2, 2
 
     import openai
 
