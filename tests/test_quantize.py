@@ -1,9 +1,9 @@
 """llm.quantize: which runs get an int8 LLM, and how far its logits move on a tiny random LLM.
 
-Tolerance: on the tiny random LLM (hidden 64, weights of std 0.2, the worst case for a per-tensor
-int8 scale) int8 logits are within 25 % relative L2 of float and pick the same top token for at
-least 70 % of positions (measured: 12 %, 83 %). On the demo's real LLM the benchmark measures
-the change in WER instead (docs/results/speed).
+Tolerance: on the tiny random LLM (hidden 64, weights of std 0.2: int8 steps are coarse against
+its near-random logits) int8 logits are within 20 % relative L2 of float and pick the same top
+token for at least 85 % of positions (measured: 11.5 %, 90 %). On the demo's real LLM the benchmark
+measures WER instead: equal to float32's (docs/results/speed).
 """
 
 from __future__ import annotations
@@ -55,11 +55,12 @@ def test_int8_logits_within_tolerance(tiny_llm_dir):
     ids = torch.randint(0, 200, (2, 30), generator=torch.Generator().manual_seed(0))
     ref = model.llm(input_ids=ids).logits
     n_linear = sum(1 for m in model.llm.modules() if type(m) is nn.Linear)
-    assert quantize_linear_int8(model.llm) == n_linear
-    assert not any(type(m) is nn.Linear for m in model.llm.modules())
+    assert quantize_linear_int8(model.llm) == n_linear - 1
+    assert [n for n, m in model.llm.named_modules() if type(m) is nn.Linear] == ["lm_head"]  # KEEP_FLOAT
     q = model.llm(input_ids=ids).logits
-    assert float((q - ref).norm() / ref.norm()) < 0.25
-    assert float((q.argmax(-1) == ref.argmax(-1)).float().mean()) >= 0.7
+    err, agree = float((q - ref).norm() / ref.norm()), float((q.argmax(-1) == ref.argmax(-1)).float().mean())
+    assert err < 0.20
+    assert agree >= 0.85
     texts = model.generate(make_batch([4000, 9000], ["a", "b"]), max_new_tokens=4)  # decoding runs on int8
     assert len(texts) == 2
 
@@ -72,4 +73,5 @@ def test_from_pretrained_quantizes_on_request(tiny_llm_dir, tmp_path, monkeypatc
     auto = SpeechLLM.from_pretrained(tmp_path / "run")  # tiny LLM: auto keeps float
     assert auto.llm_quantized == "none" and any(type(x) is nn.Linear for x in auto.llm.modules())
     int8 = SpeechLLM.from_pretrained(tmp_path / "run", ["llm.quantize=int8"])
-    assert int8.llm_quantized == "int8" and not any(type(x) is nn.Linear for x in int8.llm.modules())
+    assert int8.llm_quantized == "int8"
+    assert [n for n, x in int8.llm.named_modules() if type(x) is nn.Linear] == ["lm_head"]

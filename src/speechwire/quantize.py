@@ -61,7 +61,8 @@ def resolve_quantize(cfg: LLMConfig, device: torch.device, llm_params: int) -> s
 
 
 def quantize_linear_int8(llm: nn.Module) -> int:
-    """Replace every `nn.Linear` of `llm` (in place) with a dynamically quantised int8 Linear.
+    """Replace every `nn.Linear` of `llm` but those in KEEP_FLOAT (in place) with a dynamically
+    quantised int8 Linear.
 
     Returns:
         How many layers were replaced.
@@ -69,7 +70,7 @@ def quantize_linear_int8(llm: nn.Module) -> int:
     if torch.backends.quantized.engine == "none":
         raise RuntimeError("llm.quantize=int8: this torch build has no quantized CPU engine "
                            f"(supported: {torch.backends.quantized.supported_engines}); set llm.quantize=none")
-    n = sum(1 for m in llm.modules() if type(m) is nn.Linear)
+    n = sum(1 for name, m in llm.named_modules() if type(m) is nn.Linear and name not in KEEP_FLOAT)
     with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
