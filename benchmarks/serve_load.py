@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                      "cpu": platform.processor() or platform.machine(), "threads": args.threads,
                      "load_average": os.getloadavg(), "llm_dtype": model.cfg.llm.dtype,
+                     "llm_quantized": getattr(model, "llm_quantized", "none"), "prefix_cache": model.prefix_cache is not None,
                      "files": len(files), "audio_seconds": round(sum(durations.values()), 1), "levels": []}
     if not args.skip_baseline:
         results["transcribe"] = transcribe_baseline(model, files, durations)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(r: dict) -> None:
     print(f"\n`{r['command']}`  \n{r['files']} files, {r['audio_seconds']} s of audio; torch threads {r['threads']}; "
-          f"LLM {r['llm_dtype']}; load average before/after {r['load_average'][0]:.1f}/{r['load_average_after'][0]:.1f}\n")
+          f"LLM {r['llm_dtype']}, quantised: {r.get('llm_quantized', 'none')}, prefix cache: {r.get('prefix_cache', False)}; load average before/after {r['load_average'][0]:.1f}/{r['load_average_after'][0]:.1f}\n")
     print("| concurrency | batching | requests | req/s | p50 latency s | p95 latency s | audio s/s | mean batch |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for lv in r["levels"]:
