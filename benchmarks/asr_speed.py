@@ -234,7 +234,7 @@ def score(task: str, clips: list[dict], texts: dict) -> dict:
 
 def table(results: list[dict], plan: dict) -> list[str]:
     task = plan["task"]
-    metric = "WER %" if task == "asr" else "BLEU | chrF"
+    metric = "WER %" if task == "asr" else "BLEU / chrF"
     lines = [f"| set | system | RTF | tokens/s | {metric} | peak RSS GiB | load s | load avg before/after |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for set_name, clips in plan["sets"].items():
