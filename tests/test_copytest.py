@@ -55,10 +55,12 @@ def test_the_text_embeddings_go_between_the_audio_markers(model):
             prefills.append((kwargs["inputs_embeds"].detach().clone(), kwargs["attention_mask"].detach().clone()))
 
     hook = model.llm.register_forward_pre_hook(first_call, with_kwargs=True)
+    cache, model.prefix_cache = model.prefix_cache, None  # the whole prompt in one pass (no cached prefix)
     try:
         model.generate_from_text(TEXTS)
     finally:
         hook.remove()
+        model.prefix_cache = cache
     inputs, mask = prefills[0]  # (B, L, d_llm), left-padded
     start, end = model.audio_markers.detach()
     for i, text in enumerate(TEXTS):
