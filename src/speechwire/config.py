@@ -130,7 +130,8 @@ class LLMConfig:
     gguf_file: str | None = None  # load a GGUF file inside `model` (dequantised by transformers)
     dtype: str = "float32"
     # inference only (evaluate, transcribe, serve, demo; training keeps full weights): auto = int8
-    # on the CPU, none elsewhere | none | int8 (dynamic int8 Linear layers, CPU; quantize.py)
+    # on the CPU for a float32 LLM of >= 50M params without LoRA, else none | none | int8 (dynamic
+    # int8 Linear layers but lm_head, CPU only; quantize.py)
     quantize: str = "auto"
     # instructions: one string, or a list of paraphrases (training: one drawn per item, seeded by
     # train.seed and the item id; evaluation and generation: always the first)
