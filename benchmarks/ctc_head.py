@@ -59,7 +59,7 @@ def main() -> None:
     full = nn.Linear(args.dim, args.vocab)
     chunked = VocabHead(args.dim, args.vocab)
     chunked.load_state_dict(full.state_dict())
-    rows, results = [], {}
+    rows, results, step_seconds = [], {}, []
     for name, head, fn in (("full log_softmax", full, full_loss), ("chunked VocabHead", chunked, chunked_loss)):
         fwd, bwd = [], []
         reset_peak_memory()
@@ -71,12 +71,13 @@ def main() -> None:
             loss.backward()
             fwd.append(t1 - t0)
             bwd.append(time.perf_counter() - t1)
-        results[name] = (float(loss), head.weight.grad.clone())
+        results[name] = (float(loss.detach()), head.weight.grad.clone())
         f, b = sum(fwd[1:]) / args.repeats, sum(bwd[1:]) / args.repeats
+        step_seconds.append(f + b)
         rows.append({"head": name, "forward_s": f"{f:.2f}", "backward_s": f"{b:.2f}", "step_s": f"{f + b:.2f}",
                      "peak_rss_gib": f"{peak_memory_gib() or 0:.2f}"})
     (l_full, g_full), (l_chunk, g_chunk) = results.values()
-    speedup = float(rows[0]["step_s"]) / float(rows[1]["step_s"])
+    speedup = step_seconds[0] / max(step_seconds[1], 1e-9)  # from the unrounded times: a --tiny step rounds to 0.00
     print(f"{B} x {T} frames, d {args.dim}, vocabulary {args.vocab}, {torch.get_num_threads()} threads")
     for line in markdown_table(rows, list(rows[0]), list(rows[0])):
         print(line)
