@@ -15,7 +15,7 @@ import json
 import stat
 from pathlib import Path
 
-from .errors import error_body
+from .errors import drain_body, error_body
 
 OPEN_PATHS = frozenset({"/", "/favicon.ico"})  # the page; everything else needs the key
 DRAIN_BYTES = 64 * 2**20  # a refused upload is read (and dropped) up to this size, so the client reads the 401
@@ -72,21 +72,10 @@ class RequireApiKey:
                        "client does for api_key=KEY); the server's owner has the key (--api-key-file)")
         else:
             message = "incorrect API key (the Authorization header must be `Bearer KEY`, with the server's key)"
-        await _drain(receive)
+        await drain_body(receive, DRAIN_BYTES)
         body = json.dumps(error_body(message, "invalid_request_error", None, "invalid_api_key")).encode()
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"www-authenticate", b"Bearer")]})
         await send({"type": "http.response.body", "body": body})
 
-
-async def _drain(receive) -> None:
-    """Read and drop the request body (bounded), so a client still uploading gets to read the 401."""
-    total = 0
-    while total <= DRAIN_BYTES:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        total += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return

@@ -38,6 +38,19 @@ def shown(value: str, limit: int = ECHO_CHARS) -> str:
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
+async def drain_body(receive, limit: int, already: int = 0) -> None:
+    """Read and drop the rest of a request body, up to `limit` bytes in all, so that a client still
+    sending gets to read the answer (413, 401) instead of a reset connection."""
+    total = already
+    while total <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        total += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class APIError(Exception):
     """An error answered to the client as OpenAI's JSON error object."""
 
@@ -109,7 +122,7 @@ class BodyLimit:
         except ValueError:
             declared = -1
         if declared > self.max_bytes:
-            await self._drain(receive, 0)
+            await drain_body(receive, DRAIN_FACTOR * self.max_bytes)
             await self._send_413(send)
             return
         received = 0
@@ -121,22 +134,11 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     if message.get("more_body", False):
-                        await self._drain(receive, received)
+                        await drain_body(receive, DRAIN_FACTOR * self.max_bytes, received)
                     raise UploadTooLarge(too_large_message(self.max_bytes))
             return message
 
         await self.app(scope, limited_receive, send)
-
-    async def _drain(self, receive, already: int) -> None:
-        """Read and drop the rest of the body (bounded), so the client gets to read our answer."""
-        total = already
-        while total <= DRAIN_FACTOR * self.max_bytes:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            total += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
 
     async def _send_413(self, send) -> None:
         body = json.dumps(error_body(too_large_message(self.max_bytes), code="upload_too_large",
