@@ -18,6 +18,7 @@ Memory: the waveform is held at 16 kHz mono (3.8 MB per minute); the model sees 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -57,7 +58,12 @@ class Segment:
 
 def join_text(segments: list[Segment]) -> str:
     """The whole recording's text: the pieces' texts joined by single spaces (empty ones skipped)."""
-    return " ".join(s.text.strip() for s in segments if s.text.strip())
+    return join_texts(s.text for s in segments)
+
+
+def join_texts(texts: Iterable[str]) -> str:
+    """Pieces' texts, in recording order, joined as `join_text` joins its segments' texts."""
+    return " ".join(t.strip() for t in texts if t.strip())
 
 
 # --- Silero VAD -----------------------------------------------------------------------------------

@@ -23,17 +23,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
+def http_url(host: str, port: int) -> str:
+    """http://host:port, an IPv6 host in brackets."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def url_of(sock: socket.socket) -> str:
+    return http_url(*sock.getsockname()[:2])
 
 
 def page_url(sock: socket.socket) -> str:
     """The page's address for a browser on this machine: a wildcard bind is reached over loopback,
     where browsers allow the microphone without https."""
     host, port = sock.getsockname()[:2]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}") + "/"
+    return http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port) + "/"
 
 
 def open_in_browser(url: str) -> None:

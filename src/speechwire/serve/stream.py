@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 from ..decoding import MAX_LOOP_PERIOD
+from ..longform import join_texts
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class StreamedRequest:
                 if len(shown) > len(sent) and shown.startswith(sent):
                     yield delta_event(shown[len(sent):])
                     sent = shown
-            text = " ".join(finals[i] for i in range(len(self.futures)) if finals[i])  # longform.join_text
+            text = join_texts(finals[i] for i in range(len(self.futures)))  # as the JSON answer joins its segments
             if text.startswith(sent):
                 if len(text) > len(sent):
                     yield delta_event(text[len(sent):])
