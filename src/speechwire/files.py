@@ -168,6 +168,23 @@ def append_line(path: str | Path, line: str, what: str) -> None:
         raise
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The whole records of a JSONL log written by `append_line` (a line torn by a kill or a full
+    disk, or foreign text, is skipped); [] when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
 # --- resume state without pickle -----------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..files import read_jsonl
 from ..tables import markdown_table
 from .analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
 from .spec import EVENTS, RUN_FILE, label, load_grid, matches, plan, role
@@ -139,14 +140,8 @@ def cache_builds(grid_dir: Path) -> dict[str, dict[str, int]]:
     """Per SFM level: how many cache builds encoded clips and how many clips they encoded (SFM passes),
     from grid_events.jsonl (one "cache" line per build, on whichever machine ran it)."""
     out: dict[str, dict[str, int]] = {}
-    path = grid_dir / EVENTS
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a full disk or a kill: the rest of the log still counts
-        if isinstance(e, dict) and e.get("event") == "cache" and int(e.get("written") or 0) > 0:
+    for e in read_jsonl(grid_dir / EVENTS):  # a line cut by a full disk or a kill is skipped: the rest still counts
+        if e.get("event") == "cache" and int(e.get("written") or 0) > 0:
             b = out.setdefault(str(e.get("sfm")), {"builds": 0, "encoded": 0})
             b["builds"] += 1
             b["encoded"] += int(e["written"])

@@ -29,9 +29,9 @@ from typing import Any, Collection
 from tqdm.auto import tqdm
 
 from ..config import resolve_device
+from ..errors import one_line
 from ..files import append_line, fault_point, read_text, try_lock, write_atomic
 from ..memory import peak_memory_gib, reset_peak_memory
-from ..errors import one_line
 from .spec import (EVENTS, RUN_FILE, GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status,
                    test_manifests, write_task_manifests)
 from .worker import placement
@@ -207,7 +207,8 @@ def run_grid(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, in
     out.mkdir(parents=True, exist_ok=True)
     runs = _shard(plan(spec), shard)
     if names is not None:
-        runs = [r for r in runs if r.name in set(names)]
+        wanted = set(names)
+        runs = [r for r in runs if r.name in wanted]
     write_atomic(out / "grid.yaml", spec.path.read_bytes(), "the grid file's copy")  # the grid as run, for the report
     write_task_manifests(spec, runs, out)
     todo = [r for r in runs if run_status(out / r.name) != "done"]

@@ -21,13 +21,13 @@ queued.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..files import read_jsonl
 from ..tables import markdown_table
 from .spec import EVENTS, JOBS, GridSpec, output_root, plan, run_status
 
@@ -44,21 +44,6 @@ class RunState:
 
 
 # --- what the files say -------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The whole lines of a JSONL log (a line torn by a kill, or foreign text, is skipped)."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
 
 
 def claim_held(run_dir: Path) -> bool:
@@ -97,22 +82,25 @@ def job_logs(out: Path) -> dict[str, str]:
     return {str(r.get("job")): str(r.get("log")) for r in read_jsonl(out / JOBS) if r.get("log")}
 
 
-def failed_since(out: Path, since: float) -> set[str]:
-    """Runs whose last attempt raised (a "failed" event) at or after `since`."""
+def last_run_events(out: Path) -> dict[str, dict]:
+    """run -> its latest start, done or failed event (grid_events.jsonl)."""
     last: dict[str, dict] = {}
     for e in read_jsonl(out / EVENTS):
         if e.get("event") in ("start", "done", "failed"):
             last[str(e.get("run"))] = e
-    return {run for run, e in last.items() if e["event"] == "failed" and float(e.get("time", 0)) >= since}
+    return last
+
+
+def failed_since(out: Path, since: float) -> set[str]:
+    """Runs whose last attempt raised (a "failed" event) at or after `since`."""
+    return {run for run, e in last_run_events(out).items()
+            if e["event"] == "failed" and float(e.get("time", 0)) >= since}
 
 
 def failure_reason(out: Path, run: str, log: str | None = None) -> str:
     """Why a run that was started has no result: its error event, else the last line of the log
     (`log`, or that of the job that last started it)."""
-    last: dict = {}
-    for e in read_jsonl(out / EVENTS):
-        if e.get("run") == run and e.get("event") in ("start", "done", "failed"):
-            last = e
+    last = last_run_events(out).get(run, {})
     if last.get("event") == "failed":
         return str(last.get("error"))
     log = log or job_logs(out).get(str(last.get("job")))
@@ -182,10 +170,7 @@ def grid_status(spec: GridSpec, out: str | Path | None = None, shard: tuple[int,
         for name in rec.get("runs") or ():
             latest_job[str(name)] = rec
     slurm = scheduler_states(str(r["job"]) for r in latest_job.values() if r.get("launcher") == "slurm")
-    last_event: dict[str, dict] = {}
-    for e in read_jsonl(out / EVENTS):
-        if e.get("event") in ("start", "done", "failed"):
-            last_event[str(e.get("run"))] = e
+    last_event = last_run_events(out)
     rows = []
     for run in runs:
         rows.append(_state(out, run.name, latest_job.get(run.name), slurm, last_event.get(run.name)))
