@@ -25,9 +25,9 @@ from typing import Any, Callable
 from ..config import ExperimentConfig
 from ..files import read_text
 from ..tables import markdown_table
-from .run import _encoder_level, _shard
-from .spec import GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status, test_manifests, \
-    write_task_manifests
+from .run import _encoder_level
+from .spec import GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status, shard_plan, \
+    test_manifests, write_task_manifests
 
 
 def _with_cache(cfg: ExperimentConfig, cache: str) -> Any:
@@ -229,7 +229,7 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
     adapter, from cached features as the runs train) and the LLM decoding of the test sets and the
     dev score (timed per LLM; expected and upper bound, see the module docstring)."""
     out = output_root(spec, out)
-    runs = _shard(plan(spec), shard)
+    runs = shard_plan(spec, shard)
     write_task_manifests(spec, runs, out)
     cache = cache_root(spec, out)
     todo = [r for r in runs if run_status(out / r.name) != "done"]

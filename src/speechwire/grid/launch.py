@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from submitit.helpers import Checkpointable
 
 from ..files import append_line
-from .spec import JOBS, RUN_FILE, GridSpec, Run, output_root, plan, run_status
+from .spec import JOBS, RUN_FILE, GridSpec, Run, output_root, run_status, shard_plan
 from .worker import cpu_cores, pin_cpus, placement
 
 LAUNCHERS = ("local", "slurm")
@@ -183,8 +183,7 @@ class GridTask(Checkpointable):
 
 def pending_runs(spec: GridSpec, out: Path, shard: tuple[int, int] = (0, 1)) -> list[Run]:
     """The shard's planned runs that are not done (no grid_run.json): what a launcher submits."""
-    i, n = shard
-    return [r for r in plan(spec)[i::n] if run_status(out / r.name) != "done"]
+    return [r for r in shard_plan(spec, shard) if run_status(out / r.name) != "done"]
 
 
 def record_job(out: Path, launcher: str, job: Any, runs: list[str]) -> None:
@@ -312,5 +311,4 @@ def launch_local(spec: GridSpec, out: str | Path | None, max_parallel: int = 1, 
     if failed:
         raise RunsFailedError(f"{len(failed)} of {len(todo)} run(s) failed (the others finished; rerun the same "
                               f"command to retry them): " + " | ".join(failed))
-    i, n = shard
-    return [read_result(out / r.name / RUN_FILE) for r in plan(spec)[i::n]]
+    return [read_result(out / r.name / RUN_FILE) for r in shard_plan(spec, shard)]

@@ -32,14 +32,9 @@ from ..config import resolve_device
 from ..errors import one_line
 from ..files import append_line, fault_point, read_text, try_lock, write_atomic
 from ..memory import peak_memory_gib, reset_peak_memory
-from .spec import (EVENTS, RUN_FILE, GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status,
-                   test_manifests, write_task_manifests)
+from .spec import (EVENTS, RUN_FILE, GridSpec, Run, cache_root, output_root, role, run_config, run_status,
+                   shard_plan, test_manifests, write_task_manifests)
 from .worker import placement
-
-
-def _shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
-    i, n = shard
-    return runs[i::n]
 
 
 def _encoder_level(run: Run) -> str:
@@ -205,7 +200,7 @@ def run_grid(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, in
     """
     out = output_root(spec, out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = _shard(plan(spec), shard)
+    runs = shard_plan(spec, shard)
     if names is not None:
         wanted = set(names)
         runs = [r for r in runs if r.name in wanted]

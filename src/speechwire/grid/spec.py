@@ -294,6 +294,12 @@ def plan(spec: GridSpec) -> list[Run]:
     return runs
 
 
+def shard_plan(spec: GridSpec, shard: tuple[int, int] = (0, 1)) -> list[Run]:
+    """Shard (i, n)'s runs: every n-th run of `plan`, starting at the i-th."""
+    i, n = shard
+    return plan(spec)[i::n]
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     """"i/n" -> (i, n) with 0 <= i < n (0-based, as $SLURM_ARRAY_TASK_ID)."""
     if not text:

@@ -29,7 +29,7 @@ from typing import Iterable
 
 from ..files import read_jsonl
 from ..tables import markdown_table
-from .spec import EVENTS, JOBS, GridSpec, output_root, plan, run_status
+from .spec import EVENTS, JOBS, GridSpec, output_root, run_status, shard_plan
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 LIVE = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -163,8 +163,7 @@ def scheduler_states(jobs: Iterable[str]) -> dict[str, str]:
 def grid_status(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int] = (0, 1)) -> list[RunState]:
     """Each planned run's state (module docstring), in plan order."""
     out = output_root(spec, out)
-    i, n = shard
-    runs = plan(spec)[i::n]
+    runs = shard_plan(spec, shard)
     latest_job: dict[str, dict] = {}
     for rec in read_jsonl(out / JOBS):
         for name in rec.get("runs") or ():
