@@ -227,8 +227,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if args.launcher == "slurm":
         from .grid.launch import SlurmOptions, launch_slurm, parse_extra
 
-        options = SlurmOptions(partition=args.partition, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
-                               time=args.time, max_parallel=args.max_parallel, extra=parse_extra(args.slurm_extra))
+        given = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}  # else SlurmOptions' default
+        extra = parse_extra(given.pop("slurm_extra", None))
+        options = SlurmOptions(**given, max_parallel=args.max_parallel, extra=extra)
         jobs = launch_slurm(spec, out, options, shard=shard, use_cache=not args.no_cache)
         if not jobs:
             print(f"nothing to submit: every run of this shard is done in {out}")
@@ -247,12 +248,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-SLURM_FLAGS = {"partition": None, "gpus_per_run": 1, "cpus_per_run": None, "time": "24:00:00", "slurm_extra": None}
+SLURM_FLAGS = ("partition", "gpus_per_run", "cpus_per_run", "time", "slurm_extra")  # argparse default None: not given
 
 
 def _check_launch_flags(args: argparse.Namespace) -> None:
     """Launcher flags only where they mean something (docs/grid.md, "Launchers")."""
-    given = [f"--{k.replace('_', '-')}" for k, default in SLURM_FLAGS.items() if getattr(args, k) != default]
+    given = [f"--{k.replace('_', '-')}" for k in SLURM_FLAGS if getattr(args, k) is not None]
     if given and args.launcher != "slurm":
         raise ValueError(f"{', '.join(given)} only apply to --launcher slurm")
     if args.max_parallel is not None and args.launcher is None:
@@ -273,9 +274,9 @@ def add_launch_options(g: argparse.ArgumentParser) -> None:
     g.add_argument("--max-parallel", type=int, default=None, metavar="K", help="runs at once (local default 1; "
                    "slurm: the array's %%K, default all)")
     g.add_argument("--partition", default=None, help="slurm: partition to submit to")
-    g.add_argument("--gpus-per-run", type=int, default=1, metavar="N", help="slurm: GPUs per run (default 1)")
+    g.add_argument("--gpus-per-run", type=int, default=None, metavar="N", help="slurm: GPUs per run (default 1)")
     g.add_argument("--cpus-per-run", type=int, default=None, metavar="N", help="slurm: CPU cores per run")
-    g.add_argument("--time", default="24:00:00", help="slurm: time limit per run (default 24:00:00); a run cut "
+    g.add_argument("--time", default=None, help="slurm: time limit per run (default 24:00:00); a run cut "
                    "off is requeued and resumes from its checkpoint")
     g.add_argument("--slurm-extra", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                    help="slurm: more sbatch options, e.g. --slurm-extra qos=high account=speech")
