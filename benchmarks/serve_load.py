@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
         tmp = Path(tempfile.mkdtemp(prefix="serve-load-tiny-"))
         args.run = str(tiny_run(tmp))
-        args.audio = [str(f) for f in sorted((tone_manifest(tmp / "data", 2)).parent.glob("*.wav"))]
+        manifest = tone_manifest(tmp / "data", 2)
+        args.audio = [str(manifest.parent / json.loads(line)["audio"]) for line in manifest.read_text().splitlines()]
         args.concurrency, args.requests, args.max_batch = [1, 2], 2, 2
 
     import openai

@@ -6,28 +6,17 @@ that way in seconds); its numbers mean nothing.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import numpy as np
-
-SAMPLE_RATE = 16000
 
 
 def tone_manifest(folder: Path, n: int = 4, name: str = "tones.asr.jsonl") -> Path:
-    """n tone clips (0.6 s, 0.8 s, ...) with short transcripts, and their manifest."""
-    import soundfile as sf
+    """An ASR manifest of the first n of the demo's tiny tone clips (0.6 s, 0.8 s, ...; written by
+    demo.data.build_tiny_corpus into `folder`/tiny), beside them in `folder`."""
+    from speechwire.demo.data import build_tiny_corpus
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        t = np.arange(int((0.6 + 0.2 * i) * SAMPLE_RATE)) / SAMPLE_RATE
-        wav = 0.3 * np.sin(2 * np.pi * 220.0 * (i + 1) * t) + 0.01 * rng.standard_normal(t.shape)
-        sf.write(folder / f"tone-{i}.wav", wav.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
-        rows.append({"id": f"tone-{i}", "audio": f"tone-{i}.wav", "transcript": f"tone number {i}", "task": "asr"})
-    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = build_tiny_corpus(folder, "asr").train.read_text().splitlines(keepends=True)
+    (folder / name).write_text("".join(lines[:n]))
     return folder / name
 
 
