@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -179,21 +178,18 @@ def build_system(name: str, plan: dict):
     return PlainWhisperSystem(plan["hf_whisper"], plan["tiny"])
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
 def worker(name: str, plan: dict) -> dict:
     """Load one system, decode every set; times, tokens, texts and peak RSS."""
     import torch
 
     from speechwire.audio import load_audio
+    from speechwire.memory import peak_memory_gib  # this worker process's peak RSS: one system's
 
     torch.set_num_threads(plan["threads"])
     t0 = time.perf_counter()
     system = build_system(name, plan)
     load_s = time.perf_counter() - t0
-    result = {"system": name, "load_s": round(load_s, 1), "rss_after_load_gib": round(peak_rss_gib(), 3), "sets": {}}
+    result = {"system": name, "load_s": round(load_s, 1), "rss_after_load_gib": peak_memory_gib(), "sets": {}}
     for set_name, clips in plan["sets"].items():
         texts, tokens, seconds = {}, 0, 0.0
         if set_name == "long":
@@ -215,7 +211,7 @@ def worker(name: str, plan: dict) -> dict:
                 tokens += n
                 texts.update({clips[k]["id"]: t for k, t in zip(idx, out)})
         result["sets"][set_name] = {"seconds": round(seconds, 2), "tokens": tokens, "texts": texts}
-    result["peak_rss_gib"] = round(peak_rss_gib(), 3)
+    result["peak_rss_gib"] = peak_memory_gib()
     return result
 
 
