@@ -161,7 +161,7 @@ class SpeechLLM(nn.Module):
     def train(self, mode: bool = True) -> "SpeechLLM":
         # frozen parts stay in eval mode (no dropout) unless LoRA trains inside the LLM
         self.training = mode
-        if mode and getattr(self, "prefix_cache", None) is not None:
+        if mode and self.prefix_cache is not None:
             self.prefix_cache.clear()  # LoRA may train: the cached keys and values would go stale
         self.adapter.train(mode)
         self.encoder.train(False)

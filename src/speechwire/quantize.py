@@ -92,7 +92,7 @@ def quantize_for_inference(model, device: torch.device) -> str:
     if mode == "int8":
         n = quantize_linear_int8(model.llm)
         log.info("llm: %d Linear layers quantised to int8 (llm.quantize=%s)", n, model.cfg.llm.quantize)
-        if getattr(model, "prefix_cache", None) is not None:
+        if model.prefix_cache is not None:
             model.prefix_cache.clear()  # keys and values of the float weights
     model.llm_quantized = mode
     return mode
