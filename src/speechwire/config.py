@@ -97,7 +97,7 @@ class AdapterConfig:
     init_std: float | None = None  # transformer/Q-Former layers ~ normal(0, std), BERT (authors: 0.02)
     layer_norm_eps: float = 1e-5  # in the transformer/Q-Former layers (BERT, authors: 1e-12)
     bert_dropout: bool = False  # dropout where BERT has it (none inside the FFN; on the Q-Former queries)
-    residual_init: str = "default"  # zero: each transformer layer's residual branches start at 0 (the stack starts frame-local)
+    residual_init: str = "default"  # transformer layers: default | zero (residual branches' output weights start at 0) | rezero (gated, no LayerNorm)
 
     def __post_init__(self) -> None:
         p = []
@@ -117,8 +117,8 @@ class AdapterConfig:
             p.append(f"init_std={self.init_std} must be > 0 (or null for PyTorch's init); the authors use 0.02")
         if self.layer_norm_eps <= 0:
             p.append(f"layer_norm_eps={self.layer_norm_eps} must be > 0; the authors use 1e-12")
-        if self.residual_init not in ("default", "zero"):
-            p.append(f"residual_init={self.residual_init!r} must be default or zero")
+        if self.residual_init not in ("default", "zero", "rezero"):
+            p.append(f"residual_init={self.residual_init!r} must be default, zero or rezero")
         _check(p, "adapter")
 
 

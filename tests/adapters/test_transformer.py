@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from speechwire.adapters.transformer import bert_init_
+from speechwire.adapters.transformer import ReZeroStack, bert_init_
+from speechwire.config import AdapterConfig, ConfigError
 
 from helpers import make_frames, tiny_adapter
 
@@ -82,3 +83,48 @@ def test_zero_residual_init_starts_frame_local_and_still_learns_to_mix(name):
     assert branch.grad is not None and branch.grad.abs().sum() > 1e-3
     torch.optim.SGD(adapter.parameters(), lr=0.1).step()
     assert spread(adapter.eval()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["base", "conv"])
+def test_rezero_layers_start_as_identity_and_their_gates_learn_to_mix(name):
+    """residual_init=rezero: the layers start as the identity (the stack is its two projections), the
+    branches' weights get no gradient while their gates are 0, the gates do, and after one step the
+    stack mixes frames. Padding never leaks into an item's outputs."""
+    x, lengths = make_frames([40])
+    x2 = x.clone()
+    x2[0, 20] += 5.0
+    own = 20 if name == "base" else 5
+    adapter = tiny_adapter(name, residual_init="rezero")
+    assert isinstance(adapter.stack.layers, ReZeroStack)
+    plain = tiny_adapter(name, num_layers=0)
+    plain.load_state_dict({k: v for k, v in adapter.state_dict().items() if ".layers." not in k})
+    adapter.eval(), plain.eval()
+    torch.testing.assert_close(adapter(x, lengths).embeds, plain(x, lengths).embeds)
+
+    def spread() -> float:
+        delta = (adapter(x2, lengths).embeds - adapter(x, lengths).embeds).abs().amax(-1)[0]
+        return float(torch.cat([delta[:own], delta[own + 1:]]).max() / delta[own])
+
+    assert spread() < 1e-6
+    adapter.train()
+    target = torch.randn(adapter(x, lengths).embeds.shape, generator=torch.Generator().manual_seed(1))
+    (adapter(x, lengths).embeds * target).sum().backward()
+    layer = adapter.stack.layers.layers[0]
+    assert layer.gates.grad is not None and layer.gates.grad.abs().sum() > 1e-6
+    assert layer.self_attn.out_proj.weight.grad is None or not layer.self_attn.out_proj.weight.grad.any()
+    torch.optim.SGD(adapter.parameters(), lr=0.1).step()
+    adapter.zero_grad()
+    (adapter(x, lengths).embeds * target).sum().backward()
+    assert layer.self_attn.out_proj.weight.grad.abs().sum() > 1e-6  # the gate moved: the branch learns too
+    adapter.eval()
+    assert spread() > 1e-4
+    both_x, both_lens = make_frames([21, 9], seed=2, d=adapter.ctx.in_dim)
+    both = adapter(both_x, both_lens)
+    alone = adapter(both_x[1:, :9], both_lens[1:])
+    n = int(alone.lengths[0])
+    torch.testing.assert_close(both.embeds[1, :n], alone.embeds[0, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_residual_init_names_are_checked():
+    with pytest.raises(ConfigError, match="residual_init='fixup' must be default, zero or rezero"):
+        AdapterConfig(residual_init="fixup")

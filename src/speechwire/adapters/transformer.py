@@ -61,6 +61,46 @@ def zero_residual_branches_(layers: nn.TransformerEncoder) -> None:
             layer.linear2.bias.zero_()
 
 
+class ReZeroLayer(nn.Module):
+    """x + a1 * SelfAttention(x), then x + a2 * FFN(x), with no LayerNorm and learnable gates a1, a2
+    that start at 0 (ReZero, Bachlechner et al. 2020): the layer starts as the identity.
+
+    Unlike zeroed output weights (`residual_init: zero`), a zero gate also holds the branch's own
+    weights still (their gradients carry the gate as a factor), so the branches grow only as fast
+    as one scalar per branch lets them. Measured in the alignment stage (docs/demo.md): the
+    post-LayerNorm layers hold the CTC outputs on the blank plateau, zeroed branches do not free
+    them, ReZero layers do (the conv adapter then trains like its convolutions alone).
+    """
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, bert_dropout: bool) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(0.0 if bert_dropout else dropout),
+                                 nn.Linear(ffn, d))
+        self.dropout = nn.Dropout(dropout)
+        self.gates = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """(B, T, d), (B, T) True where padded -> (B, T, d)."""
+        h, _ = self.self_attn(x, x, x, key_padding_mask=padding, need_weights=False)
+        x = x + self.gates[0] * self.dropout(h)
+        return x + self.gates[1] * self.dropout(self.ffn(x))
+
+
+class ReZeroStack(nn.Module):
+    def __init__(self, cfg: AdapterConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            ReZeroLayer(cfg.hidden_size, cfg.num_heads, cfg.ffn_size, cfg.dropout, cfg.bert_dropout)
+            for _ in range(cfg.num_layers)
+        )
+
+    def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask)
+        return x
+
+
 class TransformerStack(nn.Module):
     def __init__(self, cfg: AdapterConfig, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -73,7 +113,11 @@ class TransformerStack(nn.Module):
         if cfg.bert_dropout:
             layer.dropout.p = 0.0  # the one inside the FFN (BERT has none there); attention + outputs keep theirs
         # enable_nested_tensor=False: nested tensors drop padded rows and make outputs batch-dependent
-        self.layers = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False) if cfg.num_layers else None
+        self.layers: nn.Module | None = None
+        if cfg.num_layers and cfg.residual_init == "rezero":
+            self.layers = ReZeroStack(cfg)
+        elif cfg.num_layers:
+            self.layers = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         if self.layers is not None and cfg.init_std is not None:
             bert_init_(self.layers, cfg.init_std)
         if self.layers is not None and cfg.residual_init == "zero":
