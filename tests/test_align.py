@@ -275,8 +275,7 @@ def test_lm_stage_starts_from_the_aligned_adapter(aligned):
     assert torch.allclose(b, ref[last_norm[1]] * factor[0], rtol=1e-5, atol=1e-7)
     assert float((w.pow(2).mean() + b.pow(2).mean()).sqrt()) == pytest.approx(model.token_rms, rel=1e-4)
     # collapse: the LLM sees about one vector per word token; batched == one by one
-    from speechwire.data import collate, load_manifest
-    from speechwire.features import CachedFeatureDataset
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
 
     items = [CachedFeatureDataset(load_manifest(manifest), trainer.feature_cache)[i] for i in range(4)]
     together = model.generate(collate(items), max_new_tokens=4)
@@ -350,8 +349,8 @@ def test_lm_stage_with_posterior_readout_feeds_the_llm_token_embeddings(aligned)
                                  "data.dev_manifest=null"])
     train(cfg, progress=False)
     model = SpeechLLM.from_pretrained(out)
-    from speechwire.data import collate, load_manifest
-    from speechwire.features import CachedFeatureDataset, FeatureCache
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
+    from speechwire.features import FeatureCache
 
     items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(3)]
     batch = collate(items)
@@ -383,8 +382,8 @@ def test_beam_decoding_with_the_stage_lm_feeds_the_llm_exact_token_embeddings(al
     model = SpeechLLM.from_pretrained(out).eval()
     assert model.align_head.lm is not None and model.align_head.lm.counts == \
         SpeechLLM.from_pretrained(align_run).align_head.lm.counts
-    from speechwire.data import collate, load_manifest
-    from speechwire.features import CachedFeatureDataset, FeatureCache
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
+    from speechwire.features import FeatureCache
 
     items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(3)]
     batch = collate(items)
@@ -409,8 +408,8 @@ def test_beam_decoding_needs_the_posterior_readout():
 def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):
     tmp, manifest, run, cfg_path, _ = aligned
     model = SpeechLLM.from_pretrained(run, ["eval.max_repeats=1"])
-    from speechwire.data import collate, load_manifest
-    from speechwire.features import CachedFeatureDataset, FeatureCache
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
+    from speechwire.features import FeatureCache
 
     items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(4)]
     free = SpeechLLM.from_pretrained(run)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from speechwire.config import EncoderConfig, load_config
-from speechwire.data import load_manifest, make_dataloader
-from speechwire.features import CachedFeatureDataset, FeatureCache
+from speechwire.data import CachedFeatureDataset, load_manifest, make_dataloader
+from speechwire.features import FeatureCache
 from speechwire.train import train
 
 from helpers import mustc_manifest, write_experiment

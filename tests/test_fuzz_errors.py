@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 import speechwire.cli
 from speechwire.cli import main
 from speechwire.config import ExperimentConfig, load_config
-from speechwire.data import load_manifest
-from speechwire.features import CachedFeatureDataset, FeatureCache
+from speechwire.data import CachedFeatureDataset, load_manifest
+from speechwire.features import FeatureCache
 from speechwire.grid import load_grid
 from speechwire.grid.run import run_grid
 from speechwire.model import SpeechLLM

@@ -354,7 +354,7 @@ def evaluate_alignment(model, utts, cfg, out_dir=None, progress: bool = False, f
     """
     from tqdm.auto import tqdm
 
-    from .evaluate import eval_loader
+    from .data import eval_loader
     from .metrics import score
 
     loader, batches = eval_loader(utts, cfg, feature_cache, model.batch_tokenizer(training=False))

@@ -67,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace, task: str) -> int:
     """transcribe/translate: one line per file; a bad file is reported and the rest still run."""
     from .audio import AudioError, load_audio
-    from .config import resolve_device
+    from .schema import resolve_device
     from .longform import join_text, transcribe_long
     from .model import SpeechLLM
 

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import ExperimentConfig, resolve_device
+from .schema import ExperimentConfig, resolve_device
 from .data import load_manifest
 from .metrics import score
 

@@ -13,31 +13,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import ExperimentConfig, resolve_device
-from .data import BatchTokenizer, Collator, SpeechDataset, Utterance, load_manifest, utterance_duration
+from .schema import ExperimentConfig, resolve_device
+from .data import Utterance, eval_loader, load_manifest
 from .metrics import score
 from .model import SpeechLLM
-
-
-def eval_loader(utts: list[Utterance], cfg: ExperimentConfig, feature_cache=None,
-                tokenizer: BatchTokenizer | None = None) -> tuple[DataLoader, list[list[int]]]:
-    """Evaluation batches of eval.batch_size utterances sorted by duration (little padding), from
-    the feature cache when one is given, else from the audio, tokenised by `tokenizer` in the
-    DataLoader workers (SpeechLLM.batch_tokenizer(training=False)); returns the loader and its batches."""
-    order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
-    size = cfg.eval.batch_size
-    batches = [order[i:i + size] for i in range(0, len(order), size)]
-    if feature_cache is not None:
-        from .features import CachedFeatureDataset
-
-        ds = CachedFeatureDataset(utts, feature_cache)
-    else:
-        ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collator(tokenizer), num_workers=cfg.data.num_workers)
-    return loader, batches
 
 
 def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: ExperimentConfig,

@@ -6,7 +6,7 @@ SFM instead of A x L x epochs. Letters: T encoder frames, d encoder width.
 
     cache = FeatureCache.for_config(cfg)             # data.feature_cache, data.feature_cache_dtype
     cache.build(encoder, cache.missing(utts))        # encode what is missing, in duration-sorted batches
-    ds = CachedFeatureDataset(utts, cache)           # items carry "hidden" (T, d) instead of "audio"
+    ds = CachedFeatureDataset(utts, cache)           # (speechwire.data) items carry "hidden" (T, d) instead of "audio"
 
 Layout (one safetensors file per utterance):
 
@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import DTYPES, EncoderConfig, ExperimentConfig, torch_dtype
+from .schema import DTYPES, EncoderConfig, ExperimentConfig, torch_dtype
 from .data.manifest import Utterance, utterance_duration
 from .encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
 from .errors import DamagedFileError
@@ -318,23 +318,6 @@ class FeatureCache:
         s["encoder_rtf"] = round(self.stats.encoder_seconds / self.stats.audio_seconds, 5) if self.stats.audio_seconds else None
         s["dir"] = str(self.dir)
         return s
-
-
-class CachedFeatureDataset(Dataset):
-    """Like SpeechDataset, but items carry the cached SFM output "hidden" (T, d) instead of "audio"
-    (collate then fills Batch.hidden and hidden_lengths)."""
-
-    def __init__(self, utts: Sequence[Utterance], cache: FeatureCache) -> None:
-        self.utts, self.cache = list(utts), cache
-
-    def __len__(self) -> int:
-        return len(self.utts)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        u = self.utts[i]
-        hidden, samples = self.cache.get_or_rebuild(u)  # a damaged entry is reported and re-encoded
-        return {"hidden": hidden, "id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
-                "target": u.target, "transcript": u.transcript, "duration": samples / SAMPLE_RATE}
 
 
 def prepare_feature_cache(cfg: ExperimentConfig, utts: Sequence[Utterance], device: torch.device | str = "cpu",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import LLMConfig, instructions, torch_dtype
+from .schema import LLMConfig, instructions, torch_dtype
 from .data.manifest import language_name as manifest_language_name
 
 log = logging.getLogger(__name__)

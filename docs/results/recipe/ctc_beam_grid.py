@@ -14,7 +14,7 @@ import torch
 from speechwire.model import SpeechLLM
 from speechwire.data import load_manifest
 from speechwire.features import FeatureCache
-from speechwire.evaluate import eval_loader
+from speechwire.data import eval_loader
 from speechwire.align import greedy_decode
 from speechwire.metrics import score
 from speechwire.data.synth import sources

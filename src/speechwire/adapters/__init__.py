@@ -3,7 +3,7 @@
 Importing this package registers every adapter; `build_adapter` picks one by name.
 """
 
-from ..config import AdapterConfig
+from ..schema import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import COMMON_CONFIG_FIELDS, Adapter, AdapterContext, AdapterOutput, AdapterTargets, lengths_to_mask
 from . import projector  # noqa: F401  (registers base, mlp, linear)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..schema import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import (
     Adapter,

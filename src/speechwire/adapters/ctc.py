@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..schema import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import (
     Adapter,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..schema import AdapterConfig
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..schema import AdapterConfig
 from .interface import lengths_to_mask
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..schema import AdapterConfig
 from ..registry import ADAPTERS
 from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
 from .transformer import bert_init_

@@ -13,7 +13,14 @@ its token ids, collate).
 """
 
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, Collator, collate
-from speechwire.data.dataset import SpeechDataLoader, SpeechDataset, filter_by_duration, make_dataloader
+from speechwire.data.dataset import (
+    CachedFeatureDataset,
+    SpeechDataLoader,
+    SpeechDataset,
+    eval_loader,
+    filter_by_duration,
+    make_dataloader,
+)
 from speechwire.data.importers import import_covost2, import_hf, import_mustc
 from speechwire.data.manifest import (
     ManifestError,
@@ -26,8 +33,8 @@ from speechwire.data.manifest import (
 from speechwire.data.sampler import DurationBucketSampler
 
 __all__ = [
-    "Batch", "BatchTokenizer", "BatchTokens", "Collator", "DurationBucketSampler", "ManifestError", "SpeechDataLoader", "SpeechDataset", "Utterance",
-    "collate", "filter_by_duration", "import_covost2", "import_hf",
+    "Batch", "BatchTokenizer", "BatchTokens", "CachedFeatureDataset", "Collator", "DurationBucketSampler", "ManifestError", "SpeechDataLoader", "SpeechDataset", "Utterance",
+    "collate", "eval_loader", "filter_by_duration", "import_covost2", "import_hf",
     "import_mustc", "language_name", "load_manifest", "make_dataloader",
     "utterance_duration", "write_manifest",
 ]

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from speechwire.audio import SAMPLE_RATE, AudioError, load_audio
-from speechwire.config import DataConfig
+from speechwire.schema import DataConfig, ExperimentConfig
 from speechwire.data.batch import Batch, BatchTokenizer, Collator
 from speechwire.data.manifest import Utterance, utterance_duration
 from speechwire.data.sampler import DurationBucketSampler
@@ -136,8 +136,6 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
     if not utts:
         raise ValueError("no utterance left after the duration filter; check data.min_seconds/max_seconds")
     if feature_cache is not None:
-        from speechwire.features import CachedFeatureDataset
-
         ds: Dataset = CachedFeatureDataset(utts, feature_cache)
     else:
         ds = SpeechDataset(utts, cfg.sample_rate, skip_invalid=cfg.skip_invalid)
@@ -156,5 +154,45 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
     return SpeechDataLoader(ds, sampler, Collator(tokenizer), **kwargs)
 
 
+def eval_loader(utts: Sequence[Utterance], cfg: ExperimentConfig, feature_cache=None,
+                tokenizer: BatchTokenizer | None = None) -> tuple[DataLoader, list[list[int]]]:
+    """Evaluation batches of eval.batch_size utterances sorted by duration (little padding), from
+    the feature cache when one is given, else from the audio, tokenised by `tokenizer` in the
+    DataLoader workers (SpeechLLM.batch_tokenizer(training=False)); returns the loader and its batches."""
+    utts = list(utts)
+    order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
+    size = cfg.eval.batch_size
+    batches = [order[i:i + size] for i in range(0, len(order), size)]
+    ds: Dataset
+    if feature_cache is not None:
+        ds = CachedFeatureDataset(utts, feature_cache)
+    else:
+        ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collator(tokenizer), num_workers=cfg.data.num_workers)
+    return loader, batches
+
+
 def _seed_worker(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
+
+
+class CachedFeatureDataset(Dataset):
+    """Like SpeechDataset, but items carry the cached SFM output "hidden" (T, d) instead of "audio"
+    (collate then fills Batch.hidden and hidden_lengths).
+
+    Args:
+        utts: the utterances, in the order the sampler indexes them.
+        cache: a speechwire.features.FeatureCache (or anything with its `get_or_rebuild(utt)`).
+    """
+
+    def __init__(self, utts: Sequence[Utterance], cache) -> None:
+        self.utts, self.cache = list(utts), cache
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        u = self.utts[i]
+        hidden, samples = self.cache.get_or_rebuild(u)  # a damaged entry is reported and re-encoded
+        return {"hidden": hidden, "id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
+                "target": u.target, "transcript": u.transcript, "duration": samples / SAMPLE_RATE}

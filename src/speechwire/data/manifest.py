@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from speechwire.audio import AudioError, AudioInfo, audio_info
-from speechwire.config import TASKS
+from speechwire.schema import TASKS
 
 
 class ManifestError(ValueError):

@@ -3,7 +3,7 @@
 Importing this package registers "whisper", "seamless" and "hf" (wav2vec2 / HuBERT / WavLM / data2vec-audio).
 """
 
-from ..config import EncoderConfig
+from ..schema import EncoderConfig
 from ..registry import ENCODERS
 from . import seamless, ssl, whisper  # noqa: F401  (registers the encoder families)
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import EncoderConfig, torch_dtype
+from ..schema import EncoderConfig, torch_dtype
 from ..registry import ENCODERS
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
 from .loading import load_submodule, resolve_folder

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import WHISPER_MODES, EncoderConfig, torch_dtype
+from ..schema import WHISPER_MODES, EncoderConfig, torch_dtype
 from ..registry import ENCODERS
 from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
 from .loading import load_submodule, resolve_folder

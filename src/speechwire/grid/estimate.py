@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ExperimentConfig
+from ..schema import ExperimentConfig
 from ..files import read_text
 from ..tables import markdown_table
 from .run import _encoder_level
@@ -122,7 +122,7 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     untrained adapter) for 1 and for `steps` steps, with the stop tokens and the loop guard off so
     that both run their full length; their difference is the cost of `steps - 1` steps."""
     from ..data import load_manifest, utterance_duration
-    from ..evaluate import eval_loader
+    from ..data import eval_loader
     from ..model import SpeechLLM
 
     utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[: cfg.eval.batch_size]

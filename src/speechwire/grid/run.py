@@ -28,7 +28,7 @@ from typing import Any, Collection
 
 from tqdm.auto import tqdm
 
-from ..config import resolve_device
+from ..schema import resolve_device
 from ..errors import one_line
 from ..files import append_line, fault_point, read_text, try_lock, write_atomic
 from ..memory import peak_memory_gib, reset_peak_memory

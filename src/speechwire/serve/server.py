@@ -105,7 +105,7 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     import torch
     import uvicorn
 
-    from ..config import resolve_device
+    from ..schema import resolve_device
     from ..longform import load_vad
     from ..model import SpeechLLM
     from .app import create_app

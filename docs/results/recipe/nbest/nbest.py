@@ -9,7 +9,7 @@ sys.path.insert(0, "/work/main/src")
 from speechwire.model import SpeechLLM
 from speechwire.data import load_manifest
 from speechwire.features import FeatureCache
-from speechwire.evaluate import eval_loader
+from speechwire.data import eval_loader
 from speechwire.ngram import EOS
 from speechwire.metrics import score
 

@@ -8,7 +8,7 @@ torch.set_num_threads(1)
 from speechwire.model import SpeechLLM
 from speechwire.data import load_manifest
 from speechwire.features import FeatureCache
-from speechwire.evaluate import eval_loader
+from speechwire.data import eval_loader
 from speechwire.align import build_head_lm, read_lm_text, greedy_decode
 from speechwire.decoding import ctc_beam_search
 from speechwire.metrics import score
