@@ -191,3 +191,26 @@ def test_every_answer_is_cleaned_of_the_quote_markers(tiny_llm_dir, monkeypatch)
     assert model.generate(waves, max_new_tokens=2) == ["power of close."]
     assert model.generate_output(waves, max_new_tokens=2).texts == ["power of close."]
     assert model.generate_from_text(["ten of clubs"], max_new_tokens=2) == ["power of close."]
+
+
+def test_forward_takes_its_objective_from_the_caller_and_checks_it(tiny_llm_dir):
+    """The trainer passes train.stage as the objective; the model itself reads no train.* field when
+    it computes a loss or generates (only its constructor and from_pretrained do)."""
+    import ast
+    import inspect
+
+    import speechwire.model as model_module
+
+    tree = ast.parse(inspect.getsource(model_module.SpeechLLM))
+    readers = {fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
+               for node in ast.walk(fn) if isinstance(node, ast.Attribute) and node.attr == "train"
+               and isinstance(node.value, ast.Attribute) and node.value.attr == "cfg"}
+    assert readers <= {"__init__", "from_pretrained"}, readers
+    model = build(tiny_llm_dir, "train.stage=align", "align.steps=1").eval()
+    model.align_head.set_vocab(range(model.prompter.tok.vocab_size))
+    batch = make_batch([8000, 16000], ["abc", "defgh"])
+    with pytest.raises(ValueError, match="objective='ctc' must be one of lm, align"):
+        model(batch, objective="ctc")
+    align, lm = model(batch, objective="align"), model(batch)
+    assert align.num_target_tokens > 0 and lm.num_target_tokens > 0
+    assert not torch.isclose(align.loss, lm.loss)  # two different losses: the CTC one and the LLM's

@@ -124,10 +124,16 @@ def rescale_output(adapter: nn.Module, d_llm: int, token_rms: float) -> float:
     return factor
 
 
+OBJECTIVES = ("lm", "align")  # SpeechLLM.forward's losses, one per training stage (train.stage)
+
+
 class SpeechLLM(nn.Module):
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        # the recipe (train.*) is read here and in from_pretrained only: forward and generate never
+        # look at it (the trainer passes the stage's objective to forward)
+        self.paraphrase_seed = cfg.train.seed  # which instruction paraphrase a training item gets
         self.encoder = encoder if encoder is not None else build_encoder(cfg.encoder)
         self.tokenizer = load_tokenizer(cfg.llm)
         self.llm = load_llm(cfg.llm)
@@ -188,7 +194,7 @@ class SpeechLLM(nn.Module):
     def batch_tokenizer(self, training: bool) -> BatchTokenizer:
         """Tokenises batches with this LLM's chat prompts: pass it to make_dataloader (or eval_loader)
         so DataLoader workers do it. training: draw each item's instruction paraphrase."""
-        return BatchTokenizer(self.prompter, self.cfg.train.seed, self.cfg.adapter.targets_add_special_tokens, training)
+        return BatchTokenizer(self.prompter, self.paraphrase_seed, self.cfg.adapter.targets_add_special_tokens, training)
 
     def with_tokens(self, batch: Batch | Mapping) -> Batch:
         """`batch` as a Batch with token ids for this model's mode: its own when they were made for
@@ -351,10 +357,17 @@ class SpeechLLM(nn.Module):
         return SpeechLLMOutput(total, loss.detach(), {k: v.detach() for k, v in out.aux_losses.items()},
                                n_tokens, int(enc_lengths.sum()), int(out.lengths.sum()))
 
-    def forward(self, batch: Batch | Mapping) -> SpeechLLMOutput:
-        """Loss on target tokens only (prompt, speech and padding ignored) + adapter aux loss."""
+    def forward(self, batch: Batch | Mapping, objective: str = "lm") -> SpeechLLMOutput:
+        """The training loss of `objective` (the trainer passes train.stage; the model reads no recipe):
+
+        - "lm": cross-entropy of the LLM on the target tokens only (prompt, speech and padding
+          ignored) + the adapter's aux loss;
+        - "align": the alignment stage's loss (align.py), the LLM never runs.
+        """
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r} must be one of {', '.join(OBJECTIVES)}")
         batch = self.with_tokens(batch)  # tokenised once here when the collator did not
-        if self.cfg.train.stage == "align":
+        if objective == "align":
             return self._align_forward(batch)
         hidden, enc_lengths = self.encode_audio(batch)
         out = self._adapt(batch, hidden, enc_lengths)

@@ -190,7 +190,7 @@ class Trainer:
                     continue  # every item of this batch was invalid and skipped (data.skip_invalid)
                 sync = (micro + 1) % cfg.grad_accum == 0
                 with acc.no_sync(model) if not sync and acc.num_processes > 1 else nullcontext():
-                    out = model(batch)
+                    out = model(batch, objective=self.cfg.train.stage)
                     # a DeepSpeed engine divides by its own gradient_accumulation_steps
                     acc.backward(out.loss if self._deepspeed else out.loss / cfg.grad_accum)
                 window.add(out, batch)
