@@ -25,7 +25,7 @@ from speechwire.grid import load_grid, plan
 from speechwire.grid.run import EVENTS, run_grid
 from speechwire.resume import load_resume
 from speechwire.testing import save_tiny_llm, save_tiny_whisper
-from speechwire.train import latest_checkpoint, train
+from speechwire.train import complete_checkpoints, train
 
 from helpers import Forker, disk_full, mustc_manifest, write_experiment
 
@@ -91,7 +91,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(corpus, ref4):
     msg = str(e.value)
     assert msg.startswith("disk full while writing checkpoint step-000004 (") and " it needs " in msg
     assert "finished work is kept" in msg and "\n" not in msg
-    assert latest_checkpoint(run).name == "step-000002" and not (run / "checkpoints" / "step-000004.tmp").exists()
+    assert complete_checkpoints(run)[-1].name == "step-000002" and not (run / "checkpoints" / "step-000004.tmp").exists()
     train(load_config(cfg), progress=False)  # space is back: resume from step 2
     assert_same_weights(ref4, run)
 
@@ -102,7 +102,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_resumed_run_is_exact(cor
     with disk_full(f"{run}/checkpoints/step-000006.tmp/*"), pytest.raises(DiskFullError):
         train(load_config(cfg), progress=False)  # stopped at the last checkpoint: steps 2 and 4 on disk
     newest = run / "checkpoints" / "step-000004"
-    assert latest_checkpoint(run) == newest
+    assert complete_checkpoints(run)[-1] == newest
     rng = bytearray((newest / "rng-rank0.safetensors").read_bytes())
     rng[-1] ^= 0x01  # one bit of the random number state's tensor bytes
     (newest / "rng-rank0.safetensors").write_bytes(bytes(rng))
@@ -234,11 +234,11 @@ def test_sigkill_at_fault_points_and_a_random_moment_then_resume(corpus, ref6, f
     argv = ["train", cfg, "--quiet"]
     # 1: the second checkpoint is complete in step-000004.tmp but not yet renamed
     assert forker.run(argv, faults="checkpoint.before-rename@2")["by"] == "fault"  # the fault point, not a timeout
-    assert latest_checkpoint(run).name == "step-000002" and (run / "checkpoints" / "step-000004.tmp").is_dir()
+    assert complete_checkpoints(run)[-1].name == "step-000002" and (run / "checkpoints" / "step-000004.tmp").is_dir()
     _to_old_format(run / "checkpoints" / "step-000002")  # a checkpoint written before this format
     # 2: resumes from the old-format step 2, dies writing the 3rd file of step 4
     assert forker.run(argv, faults="write.before-replace@3")["by"] == "fault"
-    assert latest_checkpoint(run).name == "step-000002"
+    assert complete_checkpoints(run)[-1].name == "step-000002"
     # 3: a random moment (seeded) of a run with 4 steps left, each held to >= 0.4 s: the kill lands
     # inside it (in setup, a step or a checkpoint), never after it finished
     kill_after = random.Random(16).uniform(0.3, 1.5)

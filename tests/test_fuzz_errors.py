@@ -45,7 +45,7 @@ from speechwire.grid import load_grid
 from speechwire.grid.run import run_grid
 from speechwire.model import SpeechLLM
 from speechwire.resume import read_checkpoint
-from speechwire.train import latest_checkpoint, train
+from speechwire.train import complete_checkpoints, train
 
 from helpers import Hang, assert_clean, mustc_manifest, template, verdict, write_experiment
 
@@ -532,7 +532,7 @@ def test_resume_files(world, tmp_path):
            doc=values)
     def case(target, how, n, junk, doc):
         ckpt = tmp_path / "step-000002"
-        shutil.copytree(latest_checkpoint(world["run"]), ckpt, dirs_exist_ok=True)
+        shutil.copytree(complete_checkpoints(world["run"])[-1], ckpt, dirs_exist_ok=True)
         real = canonical(target, (ckpt / target).read_bytes())
         data = {"cut": real[: n % len(real)], "bytes": junk, "json": json.dumps(doc).encode(),
                 "flip": bytes(b ^ (1 << (n % 8)) if i == n % len(real) else b for i, b in enumerate(real))}[how]

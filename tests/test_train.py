@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from speechwire.cli import main
-from speechwire.train import latest_checkpoint, lr_factor
+from speechwire.train import complete_checkpoints, lr_factor
 
 from helpers import write_experiment
 
@@ -55,7 +55,7 @@ def test_sigkill_then_resume_gives_the_same_weights(mustc_corpus):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "trainable.safetensors").exists(), "the run finished before the kill"
-    ckpt = latest_checkpoint(run)
+    ckpt = complete_checkpoints(run)[-1]
     assert ckpt is not None and int(ckpt.name.split("-")[1]) < 24
     out = subprocess.run([*CLI, "train", str(cfg), "--quiet"], check=True, env=ENV, capture_output=True, text=True)
     assert "resumed from" in out.stdout
@@ -123,7 +123,7 @@ def test_two_process_ddp_killed_then_resumed_equals_an_uninterrupted_run(mustc_c
     cfg = write_experiment(tmp, manifest, run, setup)
     res = _torchrun(cfg, faults="checkpoint.before-rename@2")  # kill -9 of rank 0: step 4 written, not renamed
     assert res.returncode != 0 and "SIGKILL" in res.stderr, res.stderr[-3000:]  # and torchrun ended rank 1
-    assert latest_checkpoint(run).name == "step-000002" and (run / "checkpoints" / "step-000004.tmp").is_dir()
+    assert complete_checkpoints(run)[-1].name == "step-000002" and (run / "checkpoints" / "step-000004.tmp").is_dir()
     assert not (run / "trainable.safetensors").exists()
     res = _torchrun(cfg)  # the same command again: both ranks resume from step 2
     assert res.returncode == 0, res.stderr[-3000:]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .data.batch import pad_right
 from .ngram import TokenNgramLM
 
 BLANK = 0  # index of the blank in the head's logits; token v_k is index k + 1
@@ -242,16 +243,7 @@ def collapse(embeds: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor) 
             t = int(logits[b, :n, BLANK].argmin()) if n else 0
             runs = [(t, t + 1)]
         items.append(torch.stack([embeds[b, s:e].mean(0) for s, e in runs]))  # (runs, d)
-    return pad_items(items)
-
-
-def pad_items(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-item (L_b, d) tensors -> (B, max L_b, d) zero-padded at the end, (B,) lengths."""
-    lengths = torch.tensor([len(x) for x in items], dtype=torch.long, device=items[0].device)
-    out = items[0].new_zeros(len(items), int(lengths.max()), items[0].shape[-1])
-    for b, x in enumerate(items):
-        out[b, : len(x)] = x
-    return out, lengths
+    return pad_right(items)
 
 
 def time_mask(hidden: torch.Tensor, lengths: torch.Tensor, share: float, span: int = 10) -> torch.Tensor:
@@ -345,12 +337,12 @@ def token_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]
 
 
 @torch.no_grad()
-def evaluate_alignment(model, utts, cfg, out_dir=None, progress: bool = False, feature_cache=None) -> dict:
+def evaluate_alignment(model, utts, cfg, progress: bool = False, feature_cache=None) -> dict:
     """Score the alignment stage on dev utterances: CTC best path -> text, against the transcript.
 
     Returns {"asr": {"wer": ...} (speechwire.metrics), "align": {"loss", "token_error_rate",
     "oov_tokens"}, "num_utterances": n}: the "asr" entry lets the trainer keep the best checkpoint
-    by WER as in the LM stage. `out_dir` is accepted for symmetry with evaluate_utterances and unused.
+    by WER as in the LM stage.
     """
     from tqdm.auto import tqdm
 

@@ -262,6 +262,7 @@ class FeatureCache:
             the cache's running stats (misses/writes/encoder_batches updated).
         """
         from .data import SpeechDataset, collate
+        from .data.sampler import by_duration, fill_batches
 
         if store:
             self.write_meta(encoder)
@@ -269,16 +270,8 @@ class FeatureCache:
         self.stats.misses += len(utts) if store else 0
         if not utts:
             return self.stats
-        order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
-        batches, cur, secs = [], [], 0.0
-        for i in order:
-            d = utterance_duration(utts[i])
-            if cur and (secs + d > max_batch_seconds or len(cur) >= max_batch_size):
-                batches.append(cur)
-                cur, secs = [], 0.0
-            cur.append(i)
-            secs += d
-        batches.append(cur)
+        durations = [utterance_duration(u) for u in utts]
+        batches = fill_batches(by_duration(durations), durations, max_batch_seconds, max_batch_size)
         loader = DataLoader(SpeechDataset(utts), batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
         device = next(encoder.parameters(), torch.empty(0)).device
         bar = tqdm(loader, total=len(batches), desc=f"cache {self.encoder_cfg.name}", disable=not progress,

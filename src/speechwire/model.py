@@ -23,15 +23,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
-from .align import TiedCTCHead, alignment_loss, collapse, pad_items, restrict_labels, time_mask
+from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
 from .config import ExperimentConfig, load_config, resolve_device
-from .data.batch import Batch, BatchTokenizer, BatchTokens
+from .data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
 from .decoding import clean_answer, ctc_beam_search, loop_cut
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
@@ -325,7 +324,7 @@ class SpeechLLM(nn.Module):
             else:
                 t = int(logits[b, :n, 0].argmin()) if n else 0
                 items.append(head.posterior_embeddings(logits[b, t: t + 1]))
-        return pad_items(items)
+        return pad_right(items)
 
     def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,
                         embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
@@ -432,7 +431,8 @@ class SpeechLLM(nn.Module):
         if isinstance(audio, (Batch, Mapping)):
             batch = audio if isinstance(audio, Batch) else Batch.from_dict(audio)
         else:
-            batch = self._batch_from_waveforms(audio, sample_rate, task, src_lang, tgt_lang)
+            batch = Batch.from_waveforms(audio, [task] * len(audio), [src_lang] * len(audio), [tgt_lang] * len(audio),
+                                         sample_rate)
         max_new = max_new_tokens or self.cfg.eval.max_new_tokens
         was_training = self.training
         self.eval()
@@ -441,28 +441,6 @@ class SpeechLLM(nn.Module):
         finally:
             self.train(was_training)
         return GenerationOutput([self.answer_text(x) for x in ids], ids)
-
-    def _batch_from_waveforms(self, waves: list, sample_rate: int, task: str, src_lang: str,
-                              tgt_lang: str | None) -> Batch:
-        if sample_rate != SAMPLE_RATE:
-            raise ValueError(f"audio must be 16 kHz mono; got sample_rate={sample_rate}. "
-                             "Load files with speechwire.audio.load_audio, which resamples.")
-        tensors = []
-        for i, w in enumerate(waves):
-            w = torch.as_tensor(np.asarray(w, dtype=np.float32) if not torch.is_tensor(w) else w, dtype=torch.float32)
-            if w.dim() != 1:
-                raise ValueError(f"audio item {i}: expected a 1-D mono waveform, got shape {tuple(w.shape)}; "
-                                 "downmix to mono first (speechwire.audio.load_audio does)")
-            if w.numel() == 0:
-                raise ValueError(f"audio item {i} is empty")
-            tensors.append(w)
-        lengths = torch.tensor([len(w) for w in tensors])
-        padded = torch.zeros(len(tensors), int(lengths.max()))
-        for i, w in enumerate(tensors):
-            padded[i, : len(w)] = w
-        B = len(tensors)
-        return Batch(audio=padded, audio_lengths=lengths, tasks=[task] * B, src_langs=[src_lang] * B,
-                     tgt_langs=[tgt_lang] * B)
 
     @torch.no_grad()
     def generate_from_text(self, texts: list[str], task: str = "asr", src_lang: str = "en",

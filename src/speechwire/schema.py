@@ -11,7 +11,6 @@ can depend on it; reading, merging and checking configs against the registries i
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any

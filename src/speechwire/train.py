@@ -48,13 +48,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-_rng_state, _set_rng_state = rng_state, set_rng_state  # plain data, no pickle (resume.py)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders that were finished (their state file written), oldest first: a
+    folder a kill interrupted (`step-N.tmp`, or no state file) is never resumed from."""
     steps = sorted((run_dir / CKPT_DIR).glob("step-*[0-9]"))
-    complete = [s for s in steps if (s / STATE_NAME).is_file()]
-    return complete[-1] if complete else None
+    return [s for s in steps if (s / STATE_NAME).is_file()]
 
 
 class Trainer:
@@ -259,8 +257,10 @@ class Trainer:
         result = None
         if self.acc.is_main_process:
             model = self.unwrapped
-            score = evaluate_alignment if self.cfg.train.stage == "align" else evaluate_utterances
-            metrics = score(model, self.dev, self.cfg, out_dir=None, progress=False, feature_cache=self.feature_cache)
+            if self.cfg.train.stage == "align":
+                metrics = evaluate_alignment(model, self.dev, self.cfg, progress=False, feature_cache=self.feature_cache)
+            else:
+                metrics = evaluate_utterances(model, self.dev, self.cfg, progress=False, feature_cache=self.feature_cache)
             name, value, higher = primary_metric(metrics)
             result = {"step": self.step, "metric": name, "value": value, "metrics": metrics}
             elapsed = round(time.time() - self._started, 1) if hasattr(self, "_started") else None
@@ -299,7 +299,7 @@ class Trainer:
             if acc.is_main_process:
                 files.update(self.unwrapped.checkpoint_files())
         # every rank's RNG goes through the main process (gather_object), which writes the folder
-        rngs = [resume_files(_rng_state(), f"rng-rank{acc.process_index}")]
+        rngs = [resume_files(rng_state(), f"rng-rank{acc.process_index}")]
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
@@ -321,8 +321,7 @@ class Trainer:
     def _resume(self) -> None:
         """Continue from the newest complete checkpoint; a damaged one is reported and the one before
         it is used (a run is never blocked by a bad newest checkpoint while an older one is good)."""
-        steps = sorted((self.run_dir / CKPT_DIR).glob("step-*[0-9]"))
-        complete = [s for s in steps if (s / STATE_NAME).is_file()]
+        complete = complete_checkpoints(self.run_dir)
         for i, ckpt in enumerate(reversed(complete)):
             try:
                 self._load_checkpoint(ckpt)
@@ -346,7 +345,7 @@ class Trainer:
                                    "was it written with another config? pass --no-resume to start over") from None
         self.step, self.best = state["step"], state.get("best")
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
-        _set_rng_state(parts["rng"])
+        set_rng_state(parts["rng"])
         if self.acc.is_main_process:
             print(f"resumed from {ckpt} (step {self.step}/{self.total_steps})")
 

@@ -163,3 +163,31 @@ def test_generate_output_counts_tokens_and_takes_dicts(tiny_llm_dir):
                "src_langs": batch.src_langs, "tgt_langs": batch.tgt_langs}
     assert model.generate(as_dict, max_new_tokens=5) == out.texts  # the earlier dict format still works
     assert not hasattr(model, "last_generated_tokens")
+
+
+def test_pad_right_pads_any_trailing_shape_and_keeps_dtype():
+    from speechwire.data.batch import pad_right
+
+    x, lengths = pad_right([torch.ones(3, 2), torch.full((1, 2), 2.0)], value=-1.0)
+    assert x.shape == (2, 3, 2) and lengths.tolist() == [3, 1]
+    assert x[1, 0].tolist() == [2.0, 2.0] and (x[1, 1:] == -1.0).all()
+    ids, n = pad_right([torch.tensor([1, 2]), torch.tensor([3])])
+    assert ids.dtype == torch.long and ids.tolist() == [[1, 2], [3, 0]] and n.tolist() == [2, 1]
+
+
+def test_batch_from_waveforms_takes_lists_arrays_and_tensors_and_names_the_bad_item():
+    import numpy as np
+
+    from speechwire.data import Batch
+
+    batch = Batch.from_waveforms([[0.5, 0.25], np.ones(3, dtype=np.float64), torch.zeros(1)], ["asr"] * 3,
+                                 ["en"] * 3, [None] * 3)
+    assert batch.audio.dtype == torch.float32 and batch.audio.shape == (3, 3)
+    assert batch.audio_lengths.tolist() == [2, 3, 1] and batch.audio[0].tolist() == [0.5, 0.25, 0.0]
+    assert batch.tasks == ["asr"] * 3 and len(batch) == 3
+    with pytest.raises(ValueError, match="audio item 1 is empty"):
+        Batch.from_waveforms([np.ones(2), np.zeros(0)], ["asr"] * 2, ["en"] * 2, [None] * 2)
+    with pytest.raises(ValueError, match="audio item 0: expected a 1-D mono waveform, got shape \\(2, 5\\)"):
+        Batch.from_waveforms([np.ones((2, 5))], ["asr"], ["en"], [None])
+    with pytest.raises(ValueError, match="got sample_rate=8000"):
+        Batch.from_waveforms([np.ones(2)], ["asr"], ["en"], [None], sample_rate=8000)

@@ -108,3 +108,28 @@ def test_bad_arguments_and_state_mismatch():
     state = DurationBucketSampler([1.0, 2.0], seed=1).state_dict()
     with pytest.raises(ValueError, match="num_items=2 but this sampler has 3"):
         DurationBucketSampler([1.0, 2.0, 3.0], seed=1).load_state_dict(state)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.1, 40.0), min_size=1, max_size=60), st.floats(1.0, 60.0), st.integers(1, 10))
+def test_fill_batches_keeps_every_index_once_in_order_within_the_limits(durations, max_seconds, max_items):
+    from speechwire.data.sampler import by_duration, fill_batches
+
+    order = by_duration(durations)
+    assert [durations[i] for i in order] == sorted(durations)
+    batches = fill_batches(order, durations, max_seconds, max_items)
+    assert [i for b in batches for i in b] == order  # each index once, order kept
+    for b in batches:
+        assert 1 <= len(b) <= max_items
+        assert len(b) == 1 or sum(durations[i] for i in b) <= max_seconds + 1e-9  # a long item stands alone
+    # greedy: no batch could have taken the next batch's first item
+    for b, nxt in zip(batches, batches[1:]):
+        assert len(b) == max_items or sum(durations[i] for i in b) + durations[nxt[0]] > max_seconds
+
+
+def test_fill_batches_without_limits_is_one_batch():
+    from speechwire.data.sampler import fill_batches
+
+    assert fill_batches([2, 0, 1], [1.0, 2.0, 3.0]) == [[2, 0, 1]]
+    assert fill_batches([], []) == []
+    assert fill_batches([0, 1, 2], [1.0, 1.0, 1.0], max_items=2) == [[0, 1], [2]]

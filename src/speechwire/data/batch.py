@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -62,6 +63,31 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    @classmethod
+    def from_waveforms(cls, waves: Sequence[Any], tasks: Sequence[str], src_langs: Sequence[str | None],
+                       tgt_langs: Sequence[str | None], sample_rate: int = 16_000) -> "Batch":
+        """An inference batch from 16 kHz mono waveforms (numpy arrays, lists or tensors): what
+        `SpeechLLM.generate` and the server's batcher build. Errors name the item at fault.
+
+        Raises:
+            ValueError: another sample rate, a waveform that is not 1-D, or an empty one.
+        """
+        if sample_rate != 16_000:
+            raise ValueError(f"audio must be 16 kHz mono; got sample_rate={sample_rate}. "
+                             "Load files with speechwire.audio.load_audio, which resamples.")
+        tensors = []
+        for i, w in enumerate(waves):
+            w = torch.as_tensor(w if torch.is_tensor(w) else np.asarray(w, dtype=np.float32), dtype=torch.float32)
+            if w.dim() != 1:
+                raise ValueError(f"audio item {i}: expected a 1-D mono waveform, got shape {tuple(w.shape)}; "
+                                 "downmix to mono first (speechwire.audio.load_audio does)")
+            if w.numel() == 0:
+                raise ValueError(f"audio item {i} is empty")
+            tensors.append(w)
+        audio, lengths = pad_right(tensors)
+        return cls(audio=audio, audio_lengths=lengths, tasks=list(tasks), src_langs=list(src_langs),
+                   tgt_langs=list(tgt_langs))
 
     @classmethod
     def from_dict(cls, batch: Mapping[str, Any]) -> "Batch":
@@ -130,17 +156,22 @@ def collate(items: Sequence[dict[str, Any] | None]) -> Batch:
     """
     items = [it for it in items if it is not None]
     if items and "hidden" in items[0]:  # cached SFM output (speechwire.features) instead of audio
-        lengths = torch.tensor([it["hidden"].shape[0] for it in items], dtype=torch.long)  # (B,)
-        first = items[0]["hidden"]
-        hidden = first.new_zeros(len(items), int(lengths.max()), first.shape[1])  # (B, T, d_enc)
-        for b, it in enumerate(items):
-            hidden[b, : lengths[b]] = it["hidden"]
+        hidden, lengths = pad_right([it["hidden"] for it in items])  # (B, T, d_enc), (B,)
         return Batch(hidden=hidden, hidden_lengths=lengths, **_fields(items))
-    lengths = torch.tensor([it["audio"].shape[0] for it in items], dtype=torch.long)  # (B,)
-    audio = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)  # (B, S)
-    for b, it in enumerate(items):
-        audio[b, : lengths[b]] = it["audio"]
+    if not items:
+        return Batch(audio=torch.zeros(0, 0), audio_lengths=torch.zeros(0, dtype=torch.long), **_fields(items))
+    audio, lengths = pad_right([it["audio"] for it in items])  # (B, S), (B,)
     return Batch(audio=audio, audio_lengths=lengths, **_fields(items))
+
+
+def pad_right(items: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_b, ...) tensors -> (B, max L_b, ...) padded with `value` at the end, and the (B,) long
+    lengths: the one padding of speech (waveforms, cached features, adapter outputs) in speechwire."""
+    lengths = torch.tensor([x.shape[0] for x in items], dtype=torch.long, device=items[0].device)
+    out = items[0].new_full((len(items), int(lengths.max()), *items[0].shape[1:]), value)
+    for b, x in enumerate(items):
+        out[b, : x.shape[0]] = x
+    return out, lengths
 
 
 def _fields(items: Sequence[dict[str, Any]]) -> dict[str, list]:

@@ -23,7 +23,7 @@ from speechwire.audio import SAMPLE_RATE, AudioError, load_audio
 from speechwire.schema import DataConfig, ExperimentConfig
 from speechwire.data.batch import Batch, BatchTokenizer, Collator
 from speechwire.data.manifest import Utterance, utterance_duration
-from speechwire.data.sampler import DurationBucketSampler
+from speechwire.data.sampler import DurationBucketSampler, by_duration, fill_batches
 
 
 class SpeechDataset(Dataset):
@@ -160,9 +160,8 @@ def eval_loader(utts: Sequence[Utterance], cfg: ExperimentConfig, feature_cache=
     the feature cache when one is given, else from the audio, tokenised by `tokenizer` in the
     DataLoader workers (SpeechLLM.batch_tokenizer(training=False)); returns the loader and its batches."""
     utts = list(utts)
-    order = sorted(range(len(utts)), key=lambda i: utterance_duration(utts[i]))
-    size = cfg.eval.batch_size
-    batches = [order[i:i + size] for i in range(0, len(order), size)]
+    durations = [utterance_duration(u) for u in utts]
+    batches = fill_batches(by_duration(durations), durations, max_items=cfg.eval.batch_size)
     ds: Dataset
     if feature_cache is not None:
         ds = CachedFeatureDataset(utts, feature_cache)

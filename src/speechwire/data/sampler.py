@@ -107,19 +107,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def _fill(self, order: np.ndarray) -> list[list[int]]:
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        secs = 0.0
-        for i in order.tolist():
-            d = float(self.durations[i])
-            if cur and (secs + d > self.max_batch_seconds or len(cur) >= self.max_batch_size):
-                batches.append(cur)
-                cur, secs = [], 0.0
-            cur.append(i)
-            secs += d
-        if cur:
-            batches.append(cur)
-        return batches
+        return fill_batches(order.tolist(), self.durations, self.max_batch_seconds, self.max_batch_size)
 
     def global_batches(self, epoch: int) -> list[list[int]]:
         """All ranks' batches of `epoch`, in order, before sharding (pure function of seed, epoch)."""
@@ -198,3 +186,30 @@ class DurationBucketSampler(Sampler[list[int]]):
                                  f"resume with the same data, seed and number of processes")
         self.epoch = int(state["epoch"])
         self._skip = self._done = int(state["batches_done"])
+
+
+def fill_batches(order: Sequence[int], durations: Sequence[float], max_seconds: float = math.inf,
+                 max_items: int | None = None) -> list[list[int]]:
+    """Indices in `order`, cut greedily into batches of at most `max_seconds` total audio and
+    `max_items` items (an item longer than max_seconds is a batch of its own): the one duration
+    batching of training (DurationBucketSampler), evaluation (eval_loader) and the feature cache.
+    Pass `order` sorted by duration for batches with little padding."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    secs = 0.0
+    limit = max_items if max_items is not None else len(order) or 1
+    for i in order:
+        d = float(durations[i])
+        if cur and (secs + d > max_seconds or len(cur) >= limit):
+            batches.append(cur)
+            cur, secs = [], 0.0
+        cur.append(i)
+        secs += d
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def by_duration(durations: Sequence[float]) -> list[int]:
+    """Indices sorted by duration, shortest first (ties keep their order)."""
+    return sorted(range(len(durations)), key=lambda i: durations[i])

@@ -28,7 +28,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..data.batch import Batch
 
@@ -133,12 +132,8 @@ class Batcher:
                 self._decode(jobs)
 
     def _generate(self, jobs: list[Job]) -> list[str]:
-        lengths = torch.tensor([len(j.audio) for j in jobs])
-        audio = torch.zeros(len(jobs), int(lengths.max()))  # (B, S), right-padded; lengths mark the real part
-        for i, j in enumerate(jobs):
-            audio[i, : len(j.audio)] = torch.from_numpy(j.audio)
-        batch = Batch(audio=audio, audio_lengths=lengths, tasks=[j.task for j in jobs],
-                      src_langs=[j.src_lang for j in jobs], tgt_langs=[j.tgt_lang for j in jobs])
+        batch = Batch.from_waveforms([j.audio for j in jobs], [j.task for j in jobs], [j.src_lang for j in jobs],
+                                     [j.tgt_lang for j in jobs])
         self.batch_sizes[len(jobs)] += 1
         if any(j.on_tokens is not None for j in jobs):
             return self.model.generate(batch, on_step=_step_hook(jobs))
