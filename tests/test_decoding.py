@@ -52,3 +52,39 @@ def test_clean_answer_keeps_what_may_have_been_said():
     assert clean_answer("Okay.", '"') == "Okay."
     assert clean_answer("Here we are at last.", '"') == "Here we are at last."
     assert clean_answer('"quoted"', None) == '"quoted"'  # no marker: quotes may be the text's own
+
+
+def _scripted(steps: list[list[int]], vocab: int = 10):
+    """next_logits that plays back `steps` (one token per item per step) and records what it was given."""
+    import torch
+
+    given = []
+
+    def next_logits(tokens):
+        given.append(None if tokens is None else tokens.tolist())
+        row = steps[len(given) - 1]
+        logits = torch.zeros(len(row), vocab)
+        logits[torch.arange(len(row)), torch.tensor(row)] = 1.0
+        return logits
+    return next_logits, given
+
+
+def test_greedy_search_stops_each_item_on_its_own_and_feeds_back_its_choices():
+    from speechwire.decoding import greedy_search
+
+    next_logits, given = _scripted([[1, 2], [9, 3], [4, 9], [5, 6]])
+    assert greedy_search(next_logits, 2, max_new=10, stops={9}) == [[1], [2, 3]]
+    assert given == [None, [1, 2], [9, 3]]  # stops once every item has hit a stop token
+
+
+def test_greedy_search_cuts_loops_keeps_max_new_and_obeys_on_step():
+    from speechwire.decoding import greedy_search
+
+    next_logits, _ = _scripted([[4, 1]] * 6)
+    assert greedy_search(next_logits, 2, max_new=6, stops={9}, max_repeats=2) == [[4, 4], [1, 1]]
+    next_logits, _ = _scripted([[4, 1], [5, 2], [6, 3]])
+    assert greedy_search(next_logits, 2, max_new=2, stops={9}) == [[4, 5], [1, 2]]
+    next_logits, given = _scripted([[4, 1], [5, 2], [6, 3]])
+    assert greedy_search(next_logits, 2, max_new=3, stops={9},
+                         on_step=lambda answers: [0] if len(answers[0]) == 2 else None) == [[4, 5], [1, 2, 3]]
+    assert greedy_search(_scripted([])[0], 3, max_new=0, stops={9}) == [[], [], []]

@@ -3,6 +3,8 @@
 The model computes next-token scores; what to do with them lives here (as in whisper's
 ``decoding.py``):
 
+- `greedy_search`: the LLM's answer, one best token per step until a stop token, for a whole
+  batch (the model hands it a function from the tokens just chosen to the next scores);
 - `loop_cut`: a greedy loop, one token ("t t t t") or a phrase (a clause six times over),
   ends the answer after `max_repeats` copies;
 - `clean_answer`: the text without what the prompt made the LLM add: the quote marks the
@@ -14,12 +16,57 @@ The model computes next-token scores; what to do with them lives here (as in whi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 
 import numpy as np
+import torch
 
 from .ngram import EOS
 
 MAX_LOOP_PERIOD = 24  # longest repeated phrase looked for, in tokens (a clause)
+# generate(on_step=...): called after every step with the answers so far; returns the items to stop
+StepCallback = Callable[[list[list[int]]], Iterable[int] | None]
+
+
+def greedy_search(next_logits: Callable[[torch.Tensor | None], torch.Tensor], batch_size: int, max_new: int,
+                  stops: set[int], max_repeats: int = 0, on_step: StepCallback | None = None) -> list[list[int]]:
+    """Greedy decoding of a batch: each item's best token per step until a stop token, a loop
+    (`loop_cut`), `max_new` tokens, or `on_step` stops it.
+
+    Args:
+        next_logits: (B,) the tokens chosen at the last step (None at the first) -> (B, V) scores
+            of the next token; it keeps the model's own state (KV cache, positions).
+        batch_size: B.
+        max_new: most tokens generated per item.
+        stops: token ids that end an item (not part of its answer).
+        max_repeats: copies of a repeated token or phrase an answer keeps (0: no limit).
+        on_step: see StepCallback.
+
+    Returns:
+        The generated ids per item, stop token excluded.
+    """
+    done = [False] * batch_size
+    answers: list[list[int]] = [[] for _ in range(batch_size)]
+    token = None
+    for _ in range(max_new):
+        token = next_logits(token).float().argmax(-1)  # (B,)
+        for b, t in enumerate(token.tolist()):
+            if done[b]:
+                continue
+            if t in stops:
+                done[b] = True
+                continue
+            answers[b].append(t)
+            cut = loop_cut(answers[b], max_repeats)  # a token or phrase loop ends the item, extra copy cut
+            if cut is not None:
+                del answers[b][cut:]
+                done[b] = True
+        if on_step is not None:
+            for b in on_step(answers) or ():  # e.g. a streaming client went away: its item stops here
+                done[b] = True
+        if all(done):
+            break
+    return answers
 
 _PREAMBLE = re.compile(
     r"""^\s*(?:(?:sure|certainly|of\s+course|okay|ok|alright|yes)\b[\s,!.]*)?

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapt
 from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
 from .config import ExperimentConfig, load_config, resolve_device
 from .data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
-from .decoding import clean_answer, ctc_beam_search, loop_cut
+from .decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
 from .encoders import SAMPLE_RATE, build_encoder
 from .llm import ChatPrompter, load_llm, load_tokenizer
 from .prefix_cache import PrefixCache, common_prefix
@@ -42,7 +42,6 @@ DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instea
                 "RUN/checkpoints/step-*)")
 CONFIG_NAME = "config.yaml"
 IGNORE = -100
-StepCallback = Callable[[list[list[int]]], Iterable[int] | None]  # generate(on_step=...)
 HEAD_DATA = {"align_head.vocab_ids", "align_head.lm_grams", "align_head.lm_counts"}  # checkpoint data, not weights
 
 
@@ -496,39 +495,23 @@ class SpeechLLM(nn.Module):
         """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm): the generated ids
         per item, cut before the stop token."""
         inputs, mask, positions, cache = self._decode_inputs(batch, embeds, lengths)
-        B = inputs.shape[0]
-        done = [False] * B
-        next_pos = positions[:, -1:] + 1
-        step_inputs, step_mask, step_pos = inputs, mask, positions
-        max_repeats = self.cfg.eval.max_repeats
-        stops = set(self.prompter.stop_ids)
-        answers: list[list[int]] = [[] for _ in range(B)]
+        state = {"inputs": inputs, "mask": mask, "positions": positions, "cache": cache,
+                 "next": positions[:, -1:] + 1}
+
+        def next_logits(tokens: torch.Tensor | None) -> torch.Tensor:
+            """(B,) the tokens just chosen (None: the prompt itself) -> (B, V) next-token scores."""
+            if tokens is not None:
+                state["inputs"] = self.llm.get_input_embeddings()(tokens)[:, None]  # (B, 1, d_llm)
+                state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(tokens), 1)], 1)
+                state["positions"], state["next"] = state["next"], state["next"] + 1
+            res = self.llm(inputs_embeds=state["inputs"], attention_mask=state["mask"], position_ids=state["positions"],
+                           use_cache=True, logits_to_keep=1, **{self._cache_kw: state["cache"]})
+            state["cache"] = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+            return res.logits[:, -1]
+
         # hand-written, not HF generate: per-item positions and stops make a batch decode what its items decode alone
-        for _ in range(max_new):
-            res = self.llm(inputs_embeds=step_inputs, attention_mask=step_mask, position_ids=step_pos,
-                           use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
-            cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
-            token = res.logits[:, -1].float().argmax(-1)  # (B,)
-            for b, t in enumerate(token.tolist()):
-                if done[b]:
-                    continue
-                if t in stops:
-                    done[b] = True
-                    continue
-                answers[b].append(t)
-                cut = loop_cut(answers[b], max_repeats)  # a token or phrase loop ends the item, extra copy cut
-                if cut is not None:
-                    del answers[b][cut:]
-                    done[b] = True
-            if on_step is not None:
-                for b in on_step(answers) or ():  # e.g. a streaming client went away: its item stops here
-                    done[b] = True
-            if all(done):
-                break
-            step_inputs = self.llm.get_input_embeddings()(token)[:, None]  # (B, 1, d_llm)
-            step_mask = torch.cat([step_mask, torch.ones(B, 1, dtype=step_mask.dtype, device=self.device)], 1)
-            step_pos, next_pos = next_pos, next_pos + 1
-        return answers
+        return greedy_search(next_logits, inputs.shape[0], max_new, set(self.prompter.stop_ids),
+                             self.cfg.eval.max_repeats, on_step)
 
     # --- checkpoints ------------------------------------------------------------------------
 
