@@ -22,7 +22,8 @@ from speechwire.data import load_manifest
 from speechwire.errors import DiskFullError
 from speechwire.features import FeatureCache
 from speechwire.grid import load_grid, plan
-from speechwire.grid.run import EVENTS, run_grid
+from speechwire.grid.layout import EVENTS
+from speechwire.grid.run import run_grid
 from speechwire.resume import load_resume
 from speechwire.testing import save_tiny_llm, save_tiny_whisper
 from speechwire.train import complete_checkpoints, train
@@ -279,7 +280,8 @@ def test_sigkill_during_cache_building_and_grid_runs(grid_world, forker, tmp_pat
 
 
 def _cfg_of(spec, out: Path):
-    from speechwire.grid.spec import cache_root, run_config
+    from speechwire.grid.layout import cache_root
+    from speechwire.grid.spec import run_config
 
     return run_config(spec, plan(spec)[0], out, cache_root(spec, out))
 

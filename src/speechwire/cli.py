@@ -210,7 +210,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     """Run (or with --dry-run, plan and cost) this shard of a grid file."""
     from .grid import dry_run, load_grid, run_grid
-    from .grid.spec import output_root, parse_shard
+    from .grid.layout import output_root
+    from .grid.spec import parse_shard
 
     spec = load_grid(args.grid)
     shard = parse_shard(args.shard)

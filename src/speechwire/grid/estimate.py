@@ -25,9 +25,8 @@ from typing import Any, Callable
 from ..schema import ExperimentConfig
 from ..files import read_text
 from ..tables import markdown_table
-from .run import _encoder_level
-from .spec import GridSpec, Run, cache_root, output_root, plan, role, run_config, run_status, shard_plan, \
-    test_manifests, write_task_manifests
+from .layout import cache_root, encoder_level, output_root, run_status
+from .spec import GridSpec, Run, plan, role, run_config, shard_plan, test_manifests, write_task_manifests
 
 
 def _with_cache(cfg: ExperimentConfig, cache: str) -> Any:
@@ -194,8 +193,8 @@ def _cache_cost(spec: GridSpec, runs: list[Run], out: Path, cache: str | None) -
     from ..features import FeatureCache
 
     costs: dict[str, dict[str, float]] = {}
-    for level in dict.fromkeys(_encoder_level(r) for r in runs):
-        rs = [r for r in runs if _encoder_level(r) == level]
+    for level in dict.fromkeys(encoder_level(r) for r in runs):
+        rs = [r for r in runs if encoder_level(r) == level]
         cfg = run_config(spec, rs[0], out, cache)
         utts = {}
         for r in rs:
@@ -249,7 +248,7 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
             row: dict[str, Any] = {"run": r.name, "status": status, "align_steps": align_steps, "lm_steps": lm_steps,
                                    "est_seconds": None}
             if probe and status != "done":
-                key = (_encoder_level(r), _level(r, "adapter"))
+                key = (encoder_level(r), _level(r, "adapter"))
                 if align_steps and key not in align_probe:
                     align_probe[key] = probe_seconds_per_step(replace_stage(cfg, "align"), steps=3, cache=cache,
                                                               scratch=scratch)

@@ -35,7 +35,8 @@ from typing import Any, Sequence
 from submitit.helpers import Checkpointable
 
 from ..files import append_line
-from .spec import JOBS, RUN_FILE, GridSpec, Run, output_root, run_status, shard_plan
+from .layout import JOBS, RUN_FILE, log_event, output_root, read_result, run_status
+from .spec import GridSpec, Run, shard_plan
 from .worker import cpu_cores, pin_cpus, placement
 
 LAUNCHERS = ("local", "slurm")
@@ -158,7 +159,7 @@ class GridTask(Checkpointable):
         self.since = time.time()  # failures logged after this are this launch's
 
     def __call__(self) -> dict[str, dict]:
-        from .run import log_event, run_grid
+        from .run import run_grid
         from .status import failed_since
 
         os.chdir(self.cwd)
@@ -286,7 +287,6 @@ def launch_local(spec: GridSpec, out: str | Path | None, max_parallel: int = 1, 
     """
     from submitit import LocalExecutor
 
-    from .run import read_result
     from .status import failure_reason
 
     if max_parallel < 1:

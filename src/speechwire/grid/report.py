@@ -20,7 +20,8 @@ from typing import Any
 from ..files import read_jsonl
 from ..tables import markdown_table
 from .analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
-from .spec import EVENTS, RUN_FILE, label, load_grid, matches, plan, role
+from .layout import EVENTS, RUN_FILE
+from .spec import label, load_grid, matches, plan, role
 
 METRICS = ("wer", "bleu", "chrf", "comet")
 COST = ("trainable_params", "train_seconds", "peak_memory_gib", "steps")

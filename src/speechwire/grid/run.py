@@ -20,36 +20,18 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any, Collection
 
 from tqdm.auto import tqdm
 
-from ..schema import resolve_device
 from ..errors import one_line
-from ..files import append_line, fault_point, read_text, try_lock, write_atomic
+from ..files import fault_point, read_text, try_lock, write_atomic
+from ..schema import resolve_device
 from ..memory import peak_memory_gib, reset_peak_memory
-from .spec import (EVENTS, RUN_FILE, GridSpec, Run, cache_root, output_root, role, run_config, run_status,
-                   shard_plan, test_manifests, write_task_manifests)
+from .layout import RUN_FILE, cache_root, encoder_level, log_event, output_root, read_result, run_status
+from .spec import GridSpec, Run, run_config, shard_plan, test_manifests, write_task_manifests
 from .worker import placement
-
-
-def _encoder_level(run: Run) -> str:
-    return next((lvl for f, lvl in run.levels.items() if role(f) == "encoder"), "sfm")
-
-
-def log_event(out: Path, event: str, **fields: Any) -> None:
-    record = {"time": round(time.time(), 3), "host": socket.gethostname(), "pid": os.getpid(), "event": event,
-              **fields}
-    append_line(out / EVENTS, json.dumps(record), "the grid event log")
-
-
-def read_result(path: Path) -> dict:
-    """A finished run's grid_run.json (written atomically, so whole or absent)."""
-    return json.loads(read_text(path, "grid result"))
 
 
 # --- caches -------------------------------------------------------------------------------------
@@ -69,7 +51,7 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
     rtf: dict[str, float] = {}
     by_encoder: dict[str, list[Run]] = {}
     for r in runs:
-        by_encoder.setdefault(_encoder_level(r), []).append(r)
+        by_encoder.setdefault(encoder_level(r), []).append(r)
     for level, rs in by_encoder.items():
         if cache is None:
             rtf[level] = 0.0
@@ -238,7 +220,7 @@ def _claim_and_run(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_r
             return True
         log_event(out, "start", run=run.name, status=run_status(out / run.name), **placement())
         try:
-            results[run.name] = run_one(spec, run, out, cache, sfm_rtf.get(_encoder_level(run), 0.0))
+            results[run.name] = run_one(spec, run, out, cache, sfm_rtf.get(encoder_level(run), 0.0))
         except Exception as e:  # --status shows this line; a kill or a requeue (SystemExit) leaves no event
             log_event(out, "failed", run=run.name, error=f"{type(e).__name__}: {one_line(str(e))}"[:500])
             raise

@@ -57,9 +57,6 @@ ROLES = {
 }
 GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", "exclude", "test_sets",
              "test_max_items", "feature_cache", "output_dir"}
-RUN_FILE = "grid_run.json"
-EVENTS = "grid_events.jsonl"  # one line per run start/finish and cache build, from every worker
-JOBS = "grid_jobs.jsonl"  # one line per job a launcher submitted: launcher, job id, run, log file (launch.py)
 
 
 def role(factor: str) -> str | None:
@@ -310,18 +307,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def output_root(spec: GridSpec, out: str | Path | None) -> Path:
-    return Path(out or spec.output_dir or Path("runs") / spec.path.stem)
-
-
-def cache_root(spec: GridSpec, out: Path) -> str | None:
-    if spec.feature_cache is False:
-        return None
-    if isinstance(spec.feature_cache, str):
-        return spec.feature_cache
-    return spec.base.get("data", {}).get("feature_cache") or str(out / "features")
-
-
 def _set(data: dict, dotted: str, value: Any) -> None:
     *parents, leaf = str(dotted).split(".")
     node = data
@@ -388,12 +373,3 @@ def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
                 raise ConfigError(f"{spec.path.name}: task {task!r} keeps no item of {src}; check the manifest's "
                                   "task/src_lang/tgt_lang fields or the task level")
             write_manifest(folder / name, kept)  # atomic: concurrent workers write the same file whole
-
-
-def run_status(run_dir: Path) -> str:
-    """done (grid_run.json written) | trained (awaiting evaluation) | partial (checkpoints) | todo."""
-    if (run_dir / RUN_FILE).is_file():
-        return "done"
-    if (run_dir / "train_summary.json").is_file():
-        return "trained"
-    return "partial" if (run_dir / "checkpoints").is_dir() else "todo"

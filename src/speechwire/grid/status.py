@@ -29,7 +29,8 @@ from typing import Iterable
 
 from ..files import read_jsonl
 from ..tables import markdown_table
-from .spec import EVENTS, JOBS, GridSpec, output_root, run_status, shard_plan
+from .layout import EVENTS, JOBS, output_root, run_status
+from .spec import GridSpec, shard_plan
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 LIVE = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
