@@ -172,3 +172,20 @@ def test_report_to_without_the_package_is_clear(tmp_path, monkeypatch):
     cfg = load_config(None, ["train.report_to=wandb", f"data.train_manifest={tmp_path / 'x.jsonl'}"])
     with pytest.raises(ValueError, match=r"pip install 'speechwire\[tracking\]'"):
         Trainer(cfg).setup()
+
+
+def test_on_step_hook_sees_every_optimizer_step_once(mustc_corpus):
+    """Trainer(on_step=...) is called after each optimizer step (grad_accum micro-batches make one),
+    before that step's checkpoint: the grid's estimator times steps with it."""
+    from speechwire.config import load_config
+    from speechwire.train import Trainer
+
+    tmp, manifest = mustc_corpus
+    run = tmp / "hooked"
+    cfg = load_config(write_experiment(tmp, manifest, run, {"train": {"max_steps": 3, "grad_accum": 2, "save_every": 2}}))
+    seen = []
+    trainer = Trainer(cfg, resume=False, progress=False,
+                      on_step=lambda step: seen.append((step, (run / "checkpoints" / f"step-{step:06d}").exists())))
+    trainer.setup()
+    trainer.train()
+    assert seen == [(1, False), (2, False), (3, False)]

@@ -23,8 +23,10 @@ import math
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -58,17 +60,48 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 class Trainer:
     """setup() -> train() -> summary dict. One instance per process under `accelerate launch`."""
 
-    def __init__(self, cfg: ExperimentConfig, resume: bool = True, progress: bool = True) -> None:
+    def __init__(self, cfg: ExperimentConfig, resume: bool = True, progress: bool = True,
+                 on_step: Callable[[int], None] | None = None) -> None:
+        """on_step: called with the step number right after each optimizer step (before logging,
+        validation and checkpoints): the grid's cost estimator times steps with it."""
         self.cfg = cfg
         self.resume = resume
         self.progress = progress
+        self.on_step = on_step
         self.run_dir = Path(cfg.train.output_dir)
 
     # --- setup -------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from accelerate import Accelerator
+        """Accelerator, data (and the feature cache), model, optimiser, in that order; then resume."""
         from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        log_with = self._build_accelerator()
+        set_seed(cfg.train.seed)
+        utts, encoder = self._build_data()
+        set_seed(cfg.train.seed)  # same RNG state whether or not the cache was built
+        self._build_model(utts, encoder)
+        self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
+                                      rank=self.acc.process_index, feature_cache=self.feature_cache,
+                                      tokenizer=self.model.batch_tokenizer(training=True))  # workers tokenise
+        self._build_optimizer()
+        self.step, self.best, self._ids_seen, self._elapsed_before = 0, None, [], 0.0
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        if log_with:
+            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                       for k, v in flatten(to_dict(cfg)).items()}
+            self.acc.init_trackers(self.run_dir.name, config=hparams)
+        if self.resume:
+            self._resume()
+        self.acc.wait_for_everyone()
+
+    def _build_accelerator(self) -> str | None:
+        """The Accelerator on train.device (and DeepSpeed when launched with it); returns the tracker
+        (train.report_to) or None."""
+        from accelerate import Accelerator
 
         cfg = self.cfg
         if not cfg.data.train_manifest:
@@ -96,7 +129,12 @@ class Trainer:
                                  "processes were launched (one GPU each); set train.device=cuda or auto")
             torch.cuda.set_device(device)
         self._configure_deepspeed()
-        set_seed(cfg.train.seed)
+        return log_with
+
+    def _build_data(self) -> tuple[list, Any]:
+        """Train and dev utterances, the feature cache filled for both (main process), and the
+        stand-in encoder a cached run uses (None: the model loads its SFM)."""
+        cfg = self.cfg
         utts = load_manifest(cfg.data.train_manifest, skip_invalid=cfg.data.skip_invalid)
         self.dev = load_manifest(cfg.data.dev_manifest, cfg.data.skip_invalid)[: cfg.train.eval_max_items] \
             if cfg.data.dev_manifest else None
@@ -107,7 +145,12 @@ class Trainer:
             self.feature_cache, encoder = prepare_feature_cache(
                 cfg, utts + (self.dev or []), device=self.acc.device, is_main=self.acc.is_main_process,
                 barrier=self.acc.wait_for_everyone, progress=self.progress)
-        set_seed(cfg.train.seed)  # same RNG state whether or not the cache was built
+        return utts, encoder
+
+    def _build_model(self, utts: list, encoder: Any) -> None:
+        """The model: the alignment head's vocabulary and n-gram LM from the transcripts (align stage),
+        weights from train.init_from; on the accelerator's device."""
+        cfg = self.cfg
         self.model = SpeechLLM(cfg, encoder=encoder)
         if cfg.train.stage == "align":
             from .align import alignment_vocab
@@ -131,9 +174,11 @@ class Trainer:
             if self.acc.is_main_process:
                 print(f"started from {cfg.train.init_from}" + (f" (not used: {', '.join(skipped)})" if skipped else ""))
         self.model.to(self.acc.device)
-        self.loader = make_dataloader(utts, cfg.data, seed=cfg.train.seed, num_replicas=self.acc.num_processes,
-                                      rank=self.acc.process_index, feature_cache=self.feature_cache,
-                                      tokenizer=self.model.batch_tokenizer(training=True))  # workers tokenise
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the trainable weights, warm-up + cosine schedule over the run's steps; prepared
+        with the model by Accelerate (the scheduler is stepped by hand once per optimizer step)."""
+        cfg = self.cfg
         batches = len(self.loader)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps >= 0 else \
             max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
@@ -142,19 +187,7 @@ class Trainer:
         warmup = int(cfg.train.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, self.total_steps, warmup))
-        # the scheduler is stepped by hand once per optimizer step, so it is not prepared
         self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
-        self.step, self.best, self._ids_seen, self._elapsed_before = 0, None, [], 0.0
-        if self.acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-        if log_with:
-            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                       for k, v in flatten(to_dict(cfg)).items()}
-            self.acc.init_trackers(self.run_dir.name, config=hparams)
-        if self.resume:
-            self._resume()
-        self.acc.wait_for_everyone()
 
     def _configure_deepspeed(self) -> None:
         """Under `accelerate launch --use_deepspeed` the engine owns accumulation and clipping: hand it
@@ -204,6 +237,8 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                if self.on_step is not None:
+                    self.on_step(self.step)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     record = window.flush(self.step, self.scheduler.get_last_lr()[0], audio_seconds / (time.time() - start))
