@@ -20,6 +20,7 @@ demo: install
 	$(BIN)/speechwire demo
 
 test: install
+	$(BIN)/ruff check src tests benchmarks scripts   # lint first: pyflakes, pycodestyle, import order, absolute imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --maxfail=20 -m "not real and not gpu"
 
 test-real: install

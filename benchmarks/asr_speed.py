@@ -103,7 +103,7 @@ class SpeechwireSystem:
         return out.texts, out.num_tokens
 
     def long(self, wav: np.ndarray) -> tuple[str, int]:
-        from speechwire.longform import join_text, piece_audio, split_recording, encoder_limit_seconds, Segment
+        from speechwire.longform import Segment, encoder_limit_seconds, join_text, piece_audio, split_recording
 
         pieces = split_recording(wav, encoder_limit_seconds(self.model))
         segs, tokens = [], 0

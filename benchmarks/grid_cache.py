@@ -38,8 +38,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.tiny:
         args.steps, args.utts, args.whisper_dim, args.whisper_layers = 1, 4, 32, 1
-    from helpers import write_mustc
     from speechwire.cli import main as cli
+
+    from helpers import write_mustc
 
     calls = {"n": 0}
 

@@ -79,9 +79,9 @@ def main() -> int:
         ap.error("give RUN_DIR (a trained run folder), or --tiny")
     import torch
 
+    from speechwire.audio import load_audio
     from speechwire.data import load_manifest
     from speechwire.demo.baselines import PlainWhisper
-    from speechwire.audio import load_audio
     from speechwire.evaluate import generate_predictions
     from speechwire.metrics import wer
     from speechwire.model import SpeechLLM

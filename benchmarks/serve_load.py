@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 app.state.batcher.batch_sizes.clear()
                 level = load_level(client, files, durations, c, args.requests or max(8, 2 * c))
                 sizes = app.state.batcher.batch_sizes
-                level.update(batching=batching, mean_batch=round(sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values())), 2))
+                mean_batch = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+                level.update(batching=batching, mean_batch=round(mean_batch, 2))
                 results["levels"].append(level)
                 print(f"batching {batching} C={c}: {level['requests_per_s']} req/s, p50 {level['p50_s']} s, "
                       f"p95 {level['p95_s']} s, mean batch {level['mean_batch']}", flush=True)
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(r: dict) -> None:
     print(f"\n`{r['command']}`  \n{r['files']} files, {r['audio_seconds']} s of audio; torch threads {r['threads']}; "
-          f"LLM {r['llm_dtype']}, quantised: {r.get('llm_quantized', 'none')}, prefix cache: {r.get('prefix_cache', False)}; load average before/after {r['load_average'][0]:.1f}/{r['load_average_after'][0]:.1f}\n")
+          f"LLM {r['llm_dtype']}, quantised: {r.get('llm_quantized', 'none')}, prefix cache: {r.get('prefix_cache', False)}; "
+          f"load average before/after {r['load_average'][0]:.1f}/{r['load_average_after'][0]:.1f}\n")
     print("| concurrency | batching | requests | req/s | p50 latency s | p95 latency s | audio s/s | mean batch |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for lv in r["levels"]:

@@ -80,7 +80,8 @@ def main() -> None:
     if not args.tiny:  # the other rows start more processes: minutes, not seconds
         rows += [("1 process, 2 threads", run(cfg, tmp, 1, 2)), ("2 processes (DDP, gloo), 1 thread each", run(cfg, tmp, 2, 1))]
     print(f"`python benchmarks/train_throughput.py --steps {args.steps} --utts {args.utts}`  "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, fp32, tiny Whisper d=64 + conv adapter + tiny Llama d=128)\n")
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, fp32, "
+          "tiny Whisper d=64 + conv adapter + tiny Llama d=128)\n")
     print("| setup | steps | train s | audio s / s | speedup |\n|---|---:|---:|---:|---:|")
     base = rows[0][1]["audio_seconds_per_second"]
     for name, r in rows:

@@ -42,7 +42,8 @@ def ship(run_dir: Path, dest: Path, command: str, checkpoint: str = "best") -> P
             raise ValueError(f"{src / CONFIG_NAME}: {part}={ref!r} is a local reference; ship only configs that "
                              "name frozen parts as weights:NAME (portable)")
     task = "st" if "st" in Path(cfg.data.train_manifest or "").name.split(".") else "asr"
-    cfg.data.train_manifest = f"{DEFAULT_DATA}/demo_train.{task}.jsonl" if task == "asr" else f"{DEFAULT_DATA}/synth_train.st.jsonl"
+    train = f"demo_train.{task}.jsonl" if task == "asr" else "synth_train.st.jsonl"
+    cfg.data.train_manifest = f"{DEFAULT_DATA}/{train}"
     cfg.data.dev_manifest = f"{DEFAULT_DATA}/demo_dev.{task}.jsonl"
     cfg.train.output_dir = f"runs/demo-{task}-train"
     cfg.train.init_from = None  # the recipe reruns the alignment stage itself (align.steps)

@@ -16,9 +16,9 @@ import torch
 
 torch.set_num_threads(1)  # pytest-xdist runs one worker per core; more threads only thrash
 
-from speechwire.testing import save_tiny_llm
+from speechwire.testing import save_tiny_llm  # noqa: E402  (after the thread setting)
 
-from helpers import ToyEncoder, mustc_manifest
+from helpers import ToyEncoder, mustc_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

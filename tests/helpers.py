@@ -46,7 +46,6 @@ from speechwire.encoders.interface import EncoderOutput, SpeechEncoder, check_wa
 from speechwire.errors import BUG_HINT, USER_ERROR, explain
 from speechwire.testing import save_tiny_llm, save_tiny_whisper
 
-
 # --- audio files ----------------------------------------------------------------------------------
 
 def tone(seconds: float, sr: int = 16000, freq: float = 440.0, channels: int = 1) -> np.ndarray:

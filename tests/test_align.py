@@ -12,10 +12,20 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from speechwire.align import (BLANK, TiedCTCHead, alignment_loss, collapse, greedy_decode, greedy_runs,
-                              restrict_labels, time_mask, token_error_rate, transcript_vocab)
-from speechwire.decoding import loop_cut
+from speechwire.align import (
+    BLANK,
+    TiedCTCHead,
+    alignment_loss,
+    collapse,
+    greedy_decode,
+    greedy_runs,
+    restrict_labels,
+    time_mask,
+    token_error_rate,
+    transcript_vocab,
+)
 from speechwire.config import load_config
+from speechwire.decoding import loop_cut
 from speechwire.encoders.interface import EncoderOutput, SpeechEncoder
 from speechwire.model import SpeechLLM
 from speechwire.train import Trainer, stage_config, train

@@ -118,7 +118,8 @@ def test_seconds_to_samples():
 
 
 def test_split_long_cuts_at_pauses_and_keeps_every_sample():
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     from speechwire.audio import split_long
 

@@ -9,8 +9,19 @@ from pathlib import Path
 import pytest
 
 from speechwire import config as config_module
-from speechwire.config import (DTYPES, AdapterFieldWarning, ConfigError, ExperimentConfig, apply_overrides, flatten,
-                               load_config, resolve_device, save_config, torch_dtype, unread_adapter_fields)
+from speechwire.config import (
+    DTYPES,
+    AdapterFieldWarning,
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    flatten,
+    load_config,
+    resolve_device,
+    save_config,
+    torch_dtype,
+    unread_adapter_fields,
+)
 
 CONFIGS_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*.yaml")

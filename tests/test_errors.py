@@ -3,7 +3,6 @@ shows the traceback; old run folders still load."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

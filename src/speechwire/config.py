@@ -21,22 +21,22 @@ from typing import Any
 
 import yaml
 
-from .schema import (
-    ConfigError,
-    AdapterFieldWarning,
-    EncoderConfig,
-    AdapterConfig,
-    LLMConfig,
-    DataConfig,
-    TrainConfig,
-    AlignConfig,
-    EvalConfig,
-    ExperimentConfig,
-    TASKS,
+from speechwire.schema import (
     DEVICE_PATTERN,
     DTYPES,
     QUANTIZE,
+    TASKS,
     WHISPER_MODES,
+    AdapterConfig,
+    AdapterFieldWarning,
+    AlignConfig,
+    ConfigError,
+    DataConfig,
+    EncoderConfig,
+    EvalConfig,
+    ExperimentConfig,
+    LLMConfig,
+    TrainConfig,
     instructions,
     resolve_device,
     torch_dtype,
@@ -137,7 +137,7 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in set(data) - known)
     if unknown:
-        from .errors import did_you_mean
+        from speechwire.errors import did_you_mean
 
         raise ConfigError(
             f"unknown key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)};"
@@ -211,7 +211,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    from .files import write_atomic
+    from speechwire.files import write_atomic
 
     write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config")
 
@@ -232,7 +232,7 @@ def parse_yaml(text: str, where: str) -> Any:
 
 def read_yaml(path: str | Path, what: str = "config", fix: str = "") -> Any:
     """A YAML file's contents; missing file, folder, binary bytes or bad syntax give one ConfigError line."""
-    from .files import read_text
+    from speechwire.files import read_text
 
     try:
         text = read_text(path, what, fix)
@@ -244,9 +244,9 @@ def read_yaml(path: str | Path, what: str = "config", fix: str = "") -> Any:
 def check_names(data: dict) -> None:
     """Unknown encoder/adapter names are reported first, with the known names: the other checks mean
     nothing for a misspelt part (`adapter.name=mlpp` is not a hidden_size problem)."""
-    from . import adapters, encoders  # noqa: F401  (importing them fills the registries)
-    from .errors import unknown_name
-    from .registry import ADAPTERS, ENCODERS
+    from speechwire import adapters, encoders  # noqa: F401  (importing them fills the registries)
+    from speechwire.errors import unknown_name
+    from speechwire.registry import ADAPTERS, ENCODERS
 
     for section, registry in (("encoder", ENCODERS), ("adapter", ADAPTERS)):
         node = data.get(section)
@@ -258,7 +258,7 @@ def check_names(data: dict) -> None:
 def unread_adapter_fields(adapter: AdapterConfig, keys: Iterable[str] | None = None) -> list[str]:
     """The fields among `keys` (default: all) that differ from their default but that the adapter
     `adapter.name` does not read (each adapter class lists its `config_fields`)."""
-    from .adapters import config_fields
+    from speechwire.adapters import config_fields
 
     reads, keys = set(config_fields(adapter.name)), None if keys is None else set(keys)
     return [f.name for f in dataclasses.fields(AdapterConfig)
@@ -278,8 +278,8 @@ def warn_unread_adapter_fields(adapter: AdapterConfig, keys: Iterable[str] | Non
         keys: the fields the user wrote (config file, overrides); None: every field.
         where: the file (or "overrides") the message names.
     """
-    from .adapters import config_fields
-    from .registry import ADAPTERS
+    from speechwire.adapters import config_fields
+    from speechwire.registry import ADAPTERS
 
     unread = unread_adapter_fields(adapter, keys)
     seen = (adapter.name, tuple((k, repr(getattr(adapter, k))) for k in unread))

@@ -16,9 +16,9 @@ import json
 import time
 from pathlib import Path
 
-from .schema import ExperimentConfig, resolve_device
-from .data import load_manifest
-from .metrics import score
+from speechwire.data import load_manifest
+from speechwire.metrics import score
+from speechwire.schema import ExperimentConfig, resolve_device
 
 
 def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = None,
@@ -31,8 +31,8 @@ def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = N
     """
     from tqdm.auto import tqdm
 
-    from .features import CachedEncoder
-    from .model import SpeechLLM
+    from speechwire.features import CachedEncoder
+    from speechwire.model import SpeechLLM
 
     utts = [u for u in load_manifest(manifest) if u.transcript][: limit or None]
     if not utts:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from .ngram import EOS
+from speechwire.ngram import EOS
 
 MAX_LOOP_PERIOD = 24  # longest repeated phrase looked for, in tokens (a clause)
 # generate(on_step=...): called after every step with the answers so far; returns the items to stop

@@ -45,11 +45,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .schema import DTYPES, EncoderConfig, ExperimentConfig, torch_dtype
-from .data.manifest import Utterance, utterance_duration
-from .encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
-from .errors import DamagedFileError
-from .files import fault_point, read_safetensors, read_text, safetensors_bytes, try_lock, write_atomic
+from speechwire.data.manifest import Utterance, utterance_duration
+from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
+from speechwire.errors import DamagedFileError
+from speechwire.files import fault_point, read_safetensors, read_text, safetensors_bytes, try_lock, write_atomic
+from speechwire.schema import DTYPES, EncoderConfig, ExperimentConfig, torch_dtype
 
 CACHE_FORMAT = 1  # part of the SFM key: bump when the file layout changes
 
@@ -183,7 +183,7 @@ class FeatureCache:
         if got is not None:
             return got
         if self._rebuild_encoder is None:
-            from .encoders import build_encoder
+            from speechwire.encoders import build_encoder
 
             self._rebuild_encoder = build_encoder(self.encoder_cfg)
         self.build(self._rebuild_encoder, [u], progress=False)
@@ -261,8 +261,8 @@ class FeatureCache:
         Returns:
             the cache's running stats (misses/writes/encoder_batches updated).
         """
-        from .data import SpeechDataset, collate
-        from .data.sampler import by_duration, fill_batches
+        from speechwire.data import SpeechDataset, collate
+        from speechwire.data.sampler import by_duration, fill_batches
 
         if store:
             self.write_meta(encoder)
@@ -298,7 +298,7 @@ class FeatureCache:
             self.stats.hits += unique - len(todo)
             if todo or self.read_meta() is None:
                 if encoder is None:
-                    from .encoders import build_encoder
+                    from speechwire.encoders import build_encoder
 
                     encoder = build_encoder(self.encoder_cfg).to(device)
                 self.build(encoder, todo, progress=progress, **build_kw)

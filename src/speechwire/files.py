@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import DamagedFileError, DiskFullError, format_size, is_disk_full
+from speechwire.errors import DamagedFileError, DiskFullError, format_size, is_disk_full
 
 # --- reading ------------------------------------------------------------------------------------
 

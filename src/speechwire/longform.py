@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, seconds_to_samples, split_long
+from speechwire.audio import SAMPLE_RATE, seconds_to_samples, split_long
 
 METHODS = ("auto", "silero", "energy")
 SPEECH_PAD_SECONDS = 0.2  # silence kept either side of each speech region (silero's speech_pad_ms)

@@ -27,15 +27,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
-from .align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
-from .config import ExperimentConfig, load_config, resolve_device
-from .data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
-from .decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
-from .encoders import SAMPLE_RATE, build_encoder
-from .llm import ChatPrompter, load_llm, load_tokenizer
-from .prefix_cache import PrefixCache, common_prefix
-from .quantize import quantize_for_inference
+from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
+from speechwire.align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
+from speechwire.config import ExperimentConfig, load_config, resolve_device
+from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
+from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
+from speechwire.encoders import SAMPLE_RATE, build_encoder
+from speechwire.llm import ChatPrompter, load_llm, load_tokenizer
+from speechwire.prefix_cache import PrefixCache, common_prefix
+from speechwire.quantize import quantize_for_inference
 
 WEIGHTS_NAME = "trainable.safetensors"
 DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instead (RUN/best or "
@@ -519,15 +519,15 @@ class SpeechLLM(nn.Module):
         """The trainable weights (safetensors with a sha256 of their bytes) and the config, in memory."""
         import yaml
 
-        from .config import to_dict
-        from .files import safetensors_bytes
+        from speechwire.config import to_dict
+        from speechwire.files import safetensors_bytes
 
         weights = safetensors_bytes(self.trainable_state_dict(), {"format": "pt", "speechwire": "trainable-only"})
         return {WEIGHTS_NAME: weights, CONFIG_NAME: yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode()}
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write only the trainable weights (adapter, marker rows, LoRA) + the config, each atomically."""
-        from .files import write_atomic
+        from speechwire.files import write_atomic
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -547,7 +547,7 @@ class SpeechLLM(nn.Module):
         Returns:
             the names that were not loaded (partial only).
         """
-        from .files import read_safetensors
+        from speechwire.files import read_safetensors
 
         file = Path(path) / WEIGHTS_NAME if Path(path).is_dir() else Path(path)
         if not file.is_file():
@@ -583,7 +583,7 @@ class SpeechLLM(nn.Module):
         """Rebuild from a checkpoint folder for inference: frozen parts load by name, trainable
         weights from file; on the CPU the LLM's Linear layers become int8 (llm.quantize=auto;
         `overrides=["llm.quantize=none"]` keeps them float)."""
-        from .files import read_safetensors
+        from speechwire.files import read_safetensors
 
         path = Path(path)
         if path.is_file():

@@ -21,7 +21,7 @@ import warnings
 import torch
 from torch import nn
 
-from .schema import LLMConfig
+from speechwire.schema import LLMConfig
 
 log = logging.getLogger(__name__)
 

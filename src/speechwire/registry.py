@@ -29,7 +29,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            from .errors import unknown_name
+            from speechwire.errors import unknown_name
 
             raise ValueError(unknown_name(self.kind, name, self.available()))
         return self._items[name]

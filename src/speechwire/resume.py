@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DamagedFileError, DiskFullError, free_bytes
-from .files import fault_point, load_state_files, read_text, state_files, write_atomic
+from speechwire.errors import DamagedFileError, DiskFullError, free_bytes
+from speechwire.files import fault_point, load_state_files, read_text, state_files, write_atomic
 
 STATE_NAME = "state.json"  # written last: a step-* folder with it is complete
 DAMAGED_FIX = "; resuming skips to the checkpoint before it (delete this one), or start over with --no-resume"

@@ -89,7 +89,8 @@ class AdapterConfig:
     init_std: float | None = None  # transformer/Q-Former layers ~ normal(0, std), BERT (authors: 0.02)
     layer_norm_eps: float = 1e-5  # in the transformer/Q-Former layers (BERT, authors: 1e-12)
     bert_dropout: bool = False  # dropout where BERT has it (none inside the FFN; on the Q-Former queries)
-    residual_init: str = "default"  # transformer layers: default | zero (residual branches' output weights start at 0) | rezero (gated, no LayerNorm)
+    # transformer layers: default | zero (residual branches' output weights start at 0) | rezero (gated, no LayerNorm)
+    residual_init: str = "default"
 
     def __post_init__(self) -> None:
         p = []
@@ -258,7 +259,8 @@ class AlignConfig:
     lm_order: int = 0  # > 0: an n-gram LM over the head's tokens (ngram.py), fused into the beam search
     lm_weight: float = 0.5  # fusion weight of the LM's log-probabilities
     lm_bonus: float = 1.0  # added per token (the LM alone would prefer short answers)
-    lm_text: list[str] = field(default_factory=list)  # text files (a sentence per line) the LM learns from, besides the transcripts
+    # text files (a sentence per line) the LM learns from, besides the transcripts
+    lm_text: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         p = []

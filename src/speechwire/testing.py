@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-
 # --- speech encoders ------------------------------------------------------------------------------
 
 
@@ -189,7 +188,7 @@ def save_tiny_llm(
 def tiny_experiment_overrides(encoder_dir: Path, llm_dir: Path, adapter: str = "base", encoder: str = "whisper") -> list[str]:
     """Dotted overrides that shrink every part of an ExperimentConfig to test size (for the adapter,
     only the fields it reads: others would draw an AdapterFieldWarning)."""
-    from .adapters import config_fields
+    from speechwire.adapters import config_fields
 
     small = {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "ffn_size": 64, "dropout": 0.0, "qformer_layers": 1}
     reads = config_fields(adapter)

@@ -112,10 +112,10 @@ def test_config_fields_are_the_fields_it_reads(name):
     """Each adapter's `config_fields` (what the unread-field warning trusts) is what it reads."""
     import dataclasses
 
-    from helpers import tiny_adapter_cfg, tiny_adapter_ctx
-
     from speechwire.adapters import build_adapter, config_fields
     from speechwire.config import AdapterConfig
+
+    from helpers import tiny_adapter_cfg, tiny_adapter_ctx
 
     names = {f.name for f in dataclasses.fields(AdapterConfig)}
 

@@ -99,6 +99,7 @@ def test_shipped_checkpoint_is_portable(task):
         pytest.skip(f"no shipped {task} checkpoint in {folder} yet")
     cfg = load_config(folder / "config.yaml")
     assert cfg.encoder.model.startswith("weights:") and cfg.llm.model.startswith("weights:")
-    # adapter (float16) + alignment vocabulary + the 3-gram LM's 200k counts (3.2 MB of int32): megabytes, never the LLM's gigabytes
+    # adapter (float16) + alignment vocabulary + the 3-gram LM's 200k counts (3.2 MB of int32): megabytes,
+    # never the LLM's gigabytes
     assert (folder / "trainable.safetensors").stat().st_size < 12 * 2**20
 

@@ -15,9 +15,9 @@ FACTORS = ["encoder", "adapter", "llm"]
 def _grid(effect, seeds=2, noise=0.01, seed=0):
     rng = np.random.default_rng(seed)
     rows = []
-    for e, a, l, s in itertools.product(range(2), range(5), range(2), range(seeds)):
-        rows.append({"encoder": f"e{e}", "adapter": f"a{a}", "llm": f"l{l}", "seed": s,
-                     "wer": effect(e, a, l) + noise * rng.standard_normal()})
+    for e, a, m, s in itertools.product(range(2), range(5), range(2), range(seeds)):
+        rows.append({"encoder": f"e{e}", "adapter": f"a{a}", "llm": f"l{m}", "seed": s,
+                     "wer": effect(e, a, m) + noise * rng.standard_normal()})
     return rows
 
 
@@ -26,7 +26,7 @@ def _share(res, term):
 
 
 def test_sfm_effect_dominates():
-    res = variance_shares(_grid(lambda e, a, l: 10 * e), FACTORS, "wer")
+    res = variance_shares(_grid(lambda e, a, m: 10 * e), FACTORS, "wer")
     assert _share(res, "encoder") > 0.9
     assert _share(res, "adapter") < 0.01 and _share(res, "llm") < 0.01
     assert sum(t["share"] for t in res["terms"]) + res["residual_share"] == pytest.approx(1.0)
@@ -35,7 +35,7 @@ def test_sfm_effect_dominates():
 
 
 def test_balanced_shares_match_textbook_anova_and_ignore_order():
-    rows = _grid(lambda e, a, l: 3 * e + a * 0.5 + 2 * (e * (a == 2)) + 0.3 * l, noise=0.2)
+    rows = _grid(lambda e, a, m: 3 * e + a * 0.5 + 2 * (e * (a == 2)) + 0.3 * m, noise=0.2)
     y = np.array([r["wer"] for r in rows])
     total = ((y - y.mean()) ** 2).sum()
     for f in FACTORS:  # main-effect SS of a balanced design = sum over levels of n_level * (mean_level - mean)^2
@@ -50,7 +50,7 @@ def test_balanced_shares_match_textbook_anova_and_ignore_order():
 
 
 def test_single_level_factor_dropped_and_missing_cells_tolerated():
-    rows = [r for r in _grid(lambda e, a, l: 5 * a) if r["llm"] == "l0"]
+    rows = [r for r in _grid(lambda e, a, m: 5 * a) if r["llm"] == "l0"]
     rows = rows[:-3]  # unbalanced: missing cells
     res = variance_shares(rows, FACTORS, "wer")
     assert res["dropped"] == ["llm"] and _share(res, "adapter") > 0.9
@@ -59,7 +59,7 @@ def test_single_level_factor_dropped_and_missing_cells_tolerated():
 
 
 def test_best_adapter_per_pair_respects_metric_direction():
-    rows = _grid(lambda e, a, l: a if e == 0 else -a, seeds=1, noise=0.0)
+    rows = _grid(lambda e, a, m: a if e == 0 else -a, seeds=1, noise=0.0)
     best = best_by_group(rows, ["encoder", "llm"], "adapter", "wer")
     assert {(b["encoder"], b["adapter"]) for b in best} == {("e0", "a0"), ("e1", "a4")}
     for r in rows:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from speechwire.data import Utterance, load_manifest
-from speechwire.grid.estimate import DecodeCost, decoding_seconds, probe_decoding
 from speechwire.grid import spec as grid_spec  # its test_manifests is no test
+from speechwire.grid.estimate import DecodeCost, decoding_seconds, probe_decoding
 from speechwire.grid.spec import load_grid, plan, run_config, write_task_manifests
 
 

@@ -17,8 +17,16 @@ import yaml
 
 from speechwire.cli import main
 from speechwire.grid import load_grid, plan
-from speechwire.grid.launch import (LaunchError, Slot, SlurmOptions, local_slots, parse_extra, parse_time,
-                                    pending_runs, submit_runs)
+from speechwire.grid.launch import (
+    LaunchError,
+    Slot,
+    SlurmOptions,
+    local_slots,
+    parse_extra,
+    parse_time,
+    pending_runs,
+    submit_runs,
+)
 from speechwire.grid.run import run_grid
 from speechwire.grid.status import grid_status, parse_states
 

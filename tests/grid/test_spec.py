@@ -33,7 +33,8 @@ def test_bad_grid_names_the_culprit(grid_file, tmp_path):
     raw["factors"]["adapter"] = ["base", "cnv"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"factor 'adapter' value 'cnv': unknown adapter 'cnv'; did you mean 'conv'\? available: .*conv"):
+    message = r"factor 'adapter' value 'cnv': unknown adapter 'cnv'; did you mean 'conv'\? available: .*conv"
+    with pytest.raises(ConfigError, match=message):
         load_grid(bad)
     raw["factors"]["adapter"] = ["base"]
     raw["overrides"] = ["train.lr=-1"]

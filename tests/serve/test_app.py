@@ -7,7 +7,6 @@ reference each response must equal (batched decoding changes nothing).
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -20,22 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
+from serve.live import LiveServer, audio_files, write_run  # noqa: E402
 from speechwire.audio import load_audio  # noqa: E402
-from speechwire.config import load_config  # noqa: E402
 from speechwire.longform import split_recording  # noqa: E402
 from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
-from speechwire.serve.server import BackgroundServer  # noqa: E402
 
 from helpers import SR, speech_with_pauses  # noqa: E402
-
-from .live import LiveServer, audio_files, write_run  # noqa: E402
 
 SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)")
 

@@ -17,13 +17,12 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
+from serve.live import LiveServer, audio_files, write_run  # noqa: E402
 from speechwire.cli import main  # noqa: E402
 from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
 from speechwire.serve.auth import ApiKeyError, read_api_key  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
-
-from .live import LiveServer, audio_files, write_run  # noqa: E402
 
 KEY = "sk-speechwire-test-3f9a7c21d0"
 

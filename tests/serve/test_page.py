@@ -22,12 +22,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("chromium is not installed (scripts/install_system_deps.sh installs it)", allow_module_level=True)
 
+from serve.live import LiveServer, audio_files, write_run  # noqa: E402
 from speechwire.audio import load_audio  # noqa: E402
 from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
-
-from .live import LiveServer, audio_files, write_run  # noqa: E402
 
 KEY = "page-test-key-81d2"
 # Records what the page uploads (the WAV it made from the recording) so the test can send the same bytes.

@@ -18,15 +18,13 @@ from hypothesis import strategies as st
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
+from serve.live import LiveServer, audio_files, write_run  # noqa: E402
 from speechwire.audio import load_audio  # noqa: E402
 from speechwire.decoding import clean_answer, loop_cut  # noqa: E402
 from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
 from speechwire.serve.stream import SettledText, loop_safe_length  # noqa: E402
-
-from .live import LiveServer, audio_files, write_run  # noqa: E402
-
 
 # --- settled text: what streams is never taken back -----------------------------------------------
 

@@ -3,11 +3,23 @@
 Importing this package registers every adapter; `build_adapter` picks one by name.
 """
 
-from ..schema import AdapterConfig
-from ..registry import ADAPTERS
-from .interface import COMMON_CONFIG_FIELDS, Adapter, AdapterContext, AdapterOutput, AdapterTargets, lengths_to_mask
-from . import projector  # noqa: F401  (registers base, mlp, linear)
-from . import cif, conv, ctc, wlqformer  # noqa: F401  (registers the paper's other adapters)
+from speechwire.adapters import (  # noqa: F401  (registers the paper's other adapters)
+    cif,
+    conv,
+    ctc,
+    projector,  # noqa: F401  (registers base, mlp, linear)
+    wlqformer,
+)
+from speechwire.adapters.interface import (
+    COMMON_CONFIG_FIELDS,
+    Adapter,
+    AdapterContext,
+    AdapterOutput,
+    AdapterTargets,
+    lengths_to_mask,
+)
+from speechwire.registry import ADAPTERS
+from speechwire.schema import AdapterConfig
 
 
 def build_adapter(cfg: AdapterConfig, ctx: AdapterContext) -> Adapter:

@@ -23,7 +23,8 @@ Fire counts (S = sum of alphas):
   of torch_cif, `preset: paper`) the tail vector is scaled by beta / r, so it weighs as much as a
   full one; by default it is not.
 - training: alphas are scaled so S equals the target token count N (targets.target_lengths) and
-  K = N exactly (N = 0, an empty target, counts as 1). eps = 1e-4 absorbs float rounding that would otherwise make floor(S) = N - 1.
+  K = N exactly (N = 0, an empty target, counts as 1). eps = 1e-4 absorbs float rounding that would
+  otherwise make floor(S) = N - 1.
 - at least one vector per item: an item that would fire nothing (S < tail threshold) fires one
   vector holding all of its integrated weight, so the LLM always gets audio.
 
@@ -36,9 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..schema import AdapterConfig
-from ..registry import ADAPTERS
-from .interface import (
+from speechwire.adapters.interface import (
     Adapter,
     AdapterContext,
     AdapterOutput,
@@ -47,7 +46,9 @@ from .interface import (
     compression_ratio,
     lengths_to_mask,
 )
-from .transformer import STACK_FIELDS, TransformerStack
+from speechwire.adapters.transformer import STACK_FIELDS, TransformerStack
+from speechwire.registry import ADAPTERS
+from speechwire.schema import AdapterConfig
 
 FIRE_EPS = 1e-4  # slack on floor(S / beta): sums that are an integer up to rounding fire that integer
 

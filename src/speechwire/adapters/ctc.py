@@ -37,9 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..schema import AdapterConfig
-from ..registry import ADAPTERS
-from .interface import (
+from speechwire.adapters.interface import (
     Adapter,
     AdapterContext,
     AdapterOutput,
@@ -48,7 +46,9 @@ from .interface import (
     compression_ratio,
     lengths_to_mask,
 )
-from .transformer import STACK_FIELDS, TransformerStack
+from speechwire.adapters.transformer import STACK_FIELDS, TransformerStack
+from speechwire.registry import ADAPTERS
+from speechwire.schema import AdapterConfig
 
 
 def segment_ids(

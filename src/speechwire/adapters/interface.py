@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..schema import AdapterConfig
+from speechwire.schema import AdapterConfig
 
 
 @dataclass

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..schema import AdapterConfig
-from ..registry import ADAPTERS
-from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
-from .transformer import STACK_FIELDS, TransformerStack
+from speechwire.adapters.interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
+from speechwire.adapters.transformer import STACK_FIELDS, TransformerStack
+from speechwire.registry import ADAPTERS
+from speechwire.schema import AdapterConfig
 
 
 @ADAPTERS.register("base")

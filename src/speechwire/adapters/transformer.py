@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..schema import AdapterConfig
-from .interface import lengths_to_mask
-
+from speechwire.adapters.interface import lengths_to_mask
+from speechwire.schema import AdapterConfig
 
 # the AdapterConfig fields TransformerStack reads (the adapters built on it add these to theirs)
 STACK_FIELDS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "dropout", "init_std", "layer_norm_eps",

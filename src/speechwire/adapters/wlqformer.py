@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..schema import AdapterConfig
-from ..registry import ADAPTERS
-from .interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
-from .transformer import bert_init_
+from speechwire.adapters.interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, lengths_to_mask
+from speechwire.adapters.transformer import bert_init_
+from speechwire.registry import ADAPTERS
+from speechwire.schema import AdapterConfig
 
 
 def window_frames(window_seconds: float, frame_rate: float) -> int:

@@ -33,7 +33,8 @@ from speechwire.data.manifest import (
 from speechwire.data.sampler import DurationBucketSampler
 
 __all__ = [
-    "Batch", "BatchTokenizer", "BatchTokens", "CachedFeatureDataset", "Collator", "DurationBucketSampler", "ManifestError", "SpeechDataLoader", "SpeechDataset", "Utterance",
+    "Batch", "BatchTokenizer", "BatchTokens", "CachedFeatureDataset", "Collator", "DurationBucketSampler", "ManifestError",
+    "SpeechDataLoader", "SpeechDataset", "Utterance",
     "collate", "eval_loader", "filter_by_duration", "import_covost2", "import_hf",
     "import_mustc", "language_name", "load_manifest", "make_dataloader",
     "utterance_duration", "write_manifest",

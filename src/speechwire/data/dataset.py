@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from speechwire.audio import SAMPLE_RATE, AudioError, load_audio
-from speechwire.schema import DataConfig, ExperimentConfig
 from speechwire.data.batch import Batch, BatchTokenizer, Collator
 from speechwire.data.manifest import Utterance, utterance_duration
 from speechwire.data.sampler import DurationBucketSampler, by_duration, fill_batches
+from speechwire.schema import DataConfig, ExperimentConfig
 
 
 class SpeechDataset(Dataset):

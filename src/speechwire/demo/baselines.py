@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..audio import SAMPLE_RATE, load_audio
-from ..data import Utterance, utterance_duration
-from ..llm import language_name
+from speechwire.audio import SAMPLE_RATE, load_audio
+from speechwire.data import Utterance, utterance_duration
+from speechwire.llm import language_name
 
 CASCADE_PROMPT = "Translate the following English text into {tgt}. Reply with the translation only.\n\n{text}"
 

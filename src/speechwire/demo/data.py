@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE
+from speechwire.audio import SAMPLE_RATE
 
 NUM_TRAIN = 3000  # synthetic train sentences for --train, each read by espeak-ng and once more by another voice
 DEV_SYNTH, DEV_REAL, DEV_UNSEEN = 60, 40, 60  # dev items scored during training (cheap on CPU)
@@ -83,7 +83,7 @@ def ensure_demo_data(data_dir: Path, task: str, train: bool, progress: bool = Tr
         speechwire.data.synth.MissingSystemDepsError: espeak-ng, trans-de-en or the asterisk sounds
             are not installed (the message names the apt-get command).
     """
-    from ..data.synth import build_corpus
+    from speechwire.data.synth import build_corpus
 
     data_dir = Path(data_dir).expanduser()
     tests = {k: data_dir / v for k, v in _test_names(task).items()}

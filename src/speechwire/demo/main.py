@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import ExperimentConfig, load_config
-from ..data import load_manifest, utterance_duration
-from ..data.synth import demo_data_dir
-from ..model import CONFIG_NAME, WEIGHTS_NAME
-from .data import DemoSets, build_tiny_corpus, ensure_demo_data
-from .report import decode_timing, metrics_table, side_by_side, system_metrics, write_outputs
-
+from speechwire.config import ExperimentConfig, load_config
+from speechwire.data import load_manifest, utterance_duration
+from speechwire.data.synth import demo_data_dir
+from speechwire.demo.data import DemoSets, build_tiny_corpus, ensure_demo_data
+from speechwire.demo.report import decode_timing, metrics_table, side_by_side, system_metrics, write_outputs
+from speechwire.model import CONFIG_NAME, WEIGHTS_NAME
 
 # Utterances per test set when `speechwire demo` gets no --limit (--limit 0: all). ASR: all 200 synthetic + 101
 # real + 120 unseen-voice clips (~8 min on 2 cores); ST: the first 50 of each set (Qwen runs twice per clip).
@@ -69,7 +68,7 @@ def install_checkpoint(src: Path, out_dir: Path) -> None:
 
 def tiny_setup(out_dir: Path, task: str) -> tuple[DemoSets, ExperimentConfig, dict]:
     """Tiny random Whisper + LLM and the 5-tone corpus under out_dir; config trains a few steps."""
-    from ..testing import save_tiny_llm, save_tiny_whisper, tiny_experiment_overrides
+    from speechwire.testing import save_tiny_llm, save_tiny_whisper, tiny_experiment_overrides
 
     sets = build_tiny_corpus(out_dir / "data", task)
     enc = save_tiny_whisper(out_dir / "tiny_models" / "whisper", full=True)
@@ -85,7 +84,7 @@ def tiny_setup(out_dir: Path, task: str) -> tuple[DemoSets, ExperimentConfig, di
 def train_adapter(cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Train from scratch (no resume): the alignment stage when the recipe has one (align.steps),
     then the LM stage; returns the checkpoint to use: best on dev, else final."""
-    from ..train import train
+    from speechwire.train import train
 
     shutil.rmtree(cfg.train.output_dir, ignore_errors=True)
     summary = train(cfg, resume=False, progress=progress)
@@ -100,7 +99,7 @@ def train_adapter(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
 def _load_model(ckpt: Path):
     """SpeechLLM from a checkpoint; fetch/convert failures become one-line DemoErrors."""
-    from ..model import SpeechLLM
+    from speechwire.model import SpeechLLM
 
     try:
         return SpeechLLM.from_pretrained(ckpt)
@@ -116,9 +115,9 @@ def _load_model(ckpt: Path):
 def evaluate_sets(model, sets: DemoSets, task: str, limit: int | None, whisper_kwargs: dict,
                   progress: bool = True) -> tuple[list[dict], dict]:
     """Score speechwire and the baseline on every test set; returns (records, metrics["sets"])."""
-    from ..evaluate import generate_predictions
-    from ..weights.resolve import resolve_model
-    from .baselines import PlainWhisper, llm_translate
+    from speechwire.demo.baselines import PlainWhisper, llm_translate
+    from speechwire.evaluate import generate_predictions
+    from speechwire.weights.resolve import resolve_model
 
     folder, _ = resolve_model(model.cfg.encoder.model)
     decode = (lambda ids: " ".join(f"<{i}>" for i in ids)) if whisper_kwargs.get("tiny") else None  # noqa: E731
@@ -224,7 +223,7 @@ def run_demo(task: str, out_dir: Path, train: bool = False, tiny: bool = False, 
 def _with_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> ExperimentConfig:
     if not overrides:
         return cfg
-    from ..config import apply_overrides, from_dict, to_dict
+    from speechwire.config import apply_overrides, from_dict, to_dict
 
     return from_dict(ExperimentConfig, apply_overrides(to_dict(cfg), overrides))
 

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..evaluate import compute_metrics
-from ..metrics import chrf, real_time_factor, wer, wer_per_utterance
+from speechwire.evaluate import compute_metrics
+from speechwire.metrics import chrf, real_time_factor, wer, wer_per_utterance
 
 
 def side_by_side(records: list[dict], task: str, n: int = 3) -> str:

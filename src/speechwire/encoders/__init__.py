@@ -3,15 +3,15 @@
 Importing this package registers "whisper", "seamless" and "hf" (wav2vec2 / HuBERT / WavLM / data2vec-audio).
 """
 
-from ..schema import EncoderConfig
-from ..registry import ENCODERS
-from . import seamless, ssl, whisper  # noqa: F401  (registers the encoder families)
-from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
+from speechwire.encoders import seamless, ssl, whisper  # noqa: F401  (registers the encoder families)
+from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
+from speechwire.registry import ENCODERS
+from speechwire.schema import EncoderConfig
 
 
 def build_encoder(cfg: EncoderConfig) -> SpeechEncoder:
     """The frozen encoder named `cfg.name`, loaded from `cfg.model`; an unknown name lists the known ones."""
-    from ..errors import loading
+    from speechwire.errors import loading
 
     cls = ENCODERS.get(cfg.name)
     with loading("encoder.model", cfg.model):

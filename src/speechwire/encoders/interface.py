@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..audio import SAMPLE_RATE
+from speechwire.audio import SAMPLE_RATE
 
 
 @dataclass

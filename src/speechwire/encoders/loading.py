@@ -29,7 +29,7 @@ def resolve_folder(model: str) -> Path:
         The folder holding `config.json` and the weight files.
     """
     if model.startswith("weights:"):  # pinned real weights (speechwire.weights), fetched + converted once
-        from ..weights.resolve import resolve_model
+        from speechwire.weights.resolve import resolve_model
 
         return Path(resolve_model(model)[0])
     path = Path(model).expanduser()

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..schema import EncoderConfig, torch_dtype
-from ..registry import ENCODERS
-from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
-from .loading import load_submodule, resolve_folder
+from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
+from speechwire.encoders.loading import load_submodule, resolve_folder
+from speechwire.registry import ENCODERS
+from speechwire.schema import EncoderConfig, torch_dtype
 
 FRAME_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms: 100 fbank frames/s

@@ -22,9 +22,9 @@ import math
 
 import torch
 
-from ..schema import EncoderConfig, torch_dtype
-from ..registry import ENCODERS
-from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
+from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
+from speechwire.registry import ENCODERS
+from speechwire.schema import EncoderConfig, torch_dtype
 
 
 def normalize_waveforms(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..schema import WHISPER_MODES, EncoderConfig, torch_dtype
-from ..registry import ENCODERS
-from .interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
-from .loading import load_submodule, resolve_folder
+from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
+from speechwire.encoders.loading import load_submodule, resolve_folder
+from speechwire.registry import ENCODERS
+from speechwire.schema import WHISPER_MODES, EncoderConfig, torch_dtype
 
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop: 100 mel frames/s
@@ -145,7 +145,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         folder = resolve_folder(cfg.model)
         if _is_ctranslate2(folder):
             try:
-                from ..weights.ct2_whisper import ensure_hf_whisper
+                from speechwire.weights.ct2_whisper import ensure_hf_whisper
             except ImportError as e:
                 raise ImportError(
                     f"encoder.model={cfg.model!r} is a CTranslate2 Whisper folder (model.bin); converting it needs "

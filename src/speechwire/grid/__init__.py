@@ -14,9 +14,9 @@
     write_report("runs/small_real_grid")  # speechwire report runs/small_real_grid
 """
 
-from .estimate import dry_run
-from .report import write_report
-from .run import run_grid
-from .spec import GridSpec, Run, load_grid, plan
+from speechwire.grid.estimate import dry_run
+from speechwire.grid.report import write_report
+from speechwire.grid.run import run_grid
+from speechwire.grid.spec import GridSpec, Run, load_grid, plan
 
 __all__ = ["GridSpec", "Run", "dry_run", "load_grid", "plan", "run_grid", "write_report"]

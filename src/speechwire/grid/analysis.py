@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .spec import label
+from speechwire.grid.spec import label
 
 LOWER_IS_BETTER = ("wer", "cer")
 

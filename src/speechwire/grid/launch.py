@@ -34,10 +34,10 @@ from typing import Any, Sequence
 
 from submitit.helpers import Checkpointable
 
-from ..files import append_line
-from .layout import JOBS, RUN_FILE, log_event, output_root, read_result, run_status
-from .spec import GridSpec, Run, shard_plan
-from .worker import cpu_cores, pin_cpus, placement
+from speechwire.files import append_line
+from speechwire.grid.layout import JOBS, RUN_FILE, log_event, output_root, read_result, run_status
+from speechwire.grid.spec import GridSpec, Run, shard_plan
+from speechwire.grid.worker import cpu_cores, pin_cpus, placement
 
 LAUNCHERS = ("local", "slurm")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's local jobs are killed after timeout_min; a run has no such limit
@@ -159,8 +159,8 @@ class GridTask(Checkpointable):
         self.since = time.time()  # failures logged after this are this launch's
 
     def __call__(self) -> dict[str, dict]:
-        from .run import run_grid
-        from .status import failed_since
+        from speechwire.grid.run import run_grid
+        from speechwire.grid.status import failed_since
 
         os.chdir(self.cwd)
         if self.cpus:
@@ -287,7 +287,7 @@ def launch_local(spec: GridSpec, out: str | Path | None, max_parallel: int = 1, 
     """
     from submitit import LocalExecutor
 
-    from .status import failure_reason
+    from speechwire.grid.status import failure_reason
 
     if max_parallel < 1:
         raise LaunchError(f"--max-parallel {max_parallel} must be >= 1")

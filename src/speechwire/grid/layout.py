@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..files import append_line, read_text
-from .spec import GridSpec, Run, role
+from speechwire.files import append_line, read_text
+from speechwire.grid.spec import GridSpec, Run, role
 
 RUN_FILE = "grid_run.json"
 EVENTS = "grid_events.jsonl"  # one line per run start/finish and cache build, from every worker

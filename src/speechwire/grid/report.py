@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..files import read_jsonl
-from ..tables import markdown_table
-from .analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
-from .layout import EVENTS, RUN_FILE
-from .spec import label, load_grid, matches, plan, role
+from speechwire.files import read_jsonl
+from speechwire.grid.analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
+from speechwire.grid.layout import EVENTS, RUN_FILE
+from speechwire.grid.spec import label, load_grid, matches, plan, role
+from speechwire.tables import markdown_table
 
 METRICS = ("wer", "bleu", "chrf", "comet")
 COST = ("trainable_params", "train_seconds", "peak_memory_gib", "steps")
@@ -287,8 +287,8 @@ def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], ana
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.ticker  # noqa: F401
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (ConfigError, ExperimentConfig, apply_presets, check_names, flatten, from_dict, parse_yaml,
-                      read_yaml)
-from ..errors import unknown_name
+from speechwire.config import ConfigError, ExperimentConfig, apply_presets, check_names, flatten, from_dict, parse_yaml, read_yaml
+from speechwire.errors import unknown_name
+
 
 @dataclass(frozen=True)
 class Role:
@@ -119,7 +119,7 @@ def _task_ok(level: str) -> bool:
 
 
 def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[str, dict[str, Any]]:
-    from ..adapters import ADAPTERS
+    from speechwire.adapters import ADAPTERS
 
     where = f"{spec_path.name}: factor {factor!r}"
     if isinstance(values, dict):
@@ -160,7 +160,7 @@ def load_grid(path: str | Path) -> GridSpec:
         raise ConfigError(f"{path}: top level must be a mapping with factors: (and base:, test_sets:, ...)")
     unknown = sorted(str(k) for k in set(raw) - GRID_KEYS)
     if unknown:
-        from ..errors import did_you_mean
+        from speechwire.errors import did_you_mean
 
         sections = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"preset"}
         if set(unknown) <= sections:
@@ -358,7 +358,7 @@ def keep_task(u: Any, task: str) -> bool:
 
 def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
     """Per task level: the base manifests' items of that task, written once under <out>/manifests/."""
-    from ..data import load_manifest, write_manifest
+    from speechwire.data import load_manifest, write_manifest
 
     base_data = spec.base.get("data", {})
     sources = {k: spec.overrides.get(f"data.{k}", base_data.get(k)) for k in ("train_manifest", "dev_manifest")}

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..files import read_jsonl
-from ..tables import markdown_table
-from .layout import EVENTS, JOBS, output_root, run_status
-from .spec import GridSpec, shard_plan
+from speechwire.files import read_jsonl
+from speechwire.grid.layout import EVENTS, JOBS, output_root, run_status
+from speechwire.grid.spec import GridSpec, shard_plan
+from speechwire.tables import markdown_table
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 LIVE = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}

@@ -3,7 +3,8 @@
     app = create_app(model, run_info, max_batch=16, max_wait_ms=10, max_upload_mb=25, api_key=None)
 
     POST /v1/audio/transcriptions   multipart: file, model, language, prompt, response_format, temperature, stream
-    POST /v1/audio/translations     multipart: file, model, target_language, language, prompt, response_format, temperature, stream
+    POST /v1/audio/translations     multipart: file, model, target_language, language, prompt, response_format,
+                                    temperature, stream
     GET  /v1/models, /v1/models/{id}, /health
     GET  /                          the page: record or drop a file, watch the text stream in (static/index.html)
 
@@ -31,16 +32,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from ..audio import SAMPLE_RATE
-from ..llm import language_name
-from ..longform import Segment, encoder_limit_seconds, piece_audio
-from .auth import RequireApiKey
-from .batcher import Batcher, QueueFull
-from .errors import APIError, BodyLimit, UploadTooLarge, clip, install_error_handlers, shown
-from .formats import FORMATS, Result, render
-from .run import RunInfo
-from .stream import SettledText, StreamedRequest
-from .upload import decode_upload
+from speechwire.audio import SAMPLE_RATE
+from speechwire.llm import language_name
+from speechwire.longform import Segment, encoder_limit_seconds, piece_audio
+from speechwire.serve.auth import RequireApiKey
+from speechwire.serve.batcher import Batcher, QueueFull
+from speechwire.serve.errors import APIError, BodyLimit, UploadTooLarge, clip, install_error_handlers, shown
+from speechwire.serve.formats import FORMATS, Result, render
+from speechwire.serve.run import RunInfo
+from speechwire.serve.stream import SettledText, StreamedRequest
+from speechwire.serve.upload import decode_upload
 
 log = logging.getLogger(__name__)
 

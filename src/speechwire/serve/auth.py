@@ -15,7 +15,7 @@ import json
 import stat
 from pathlib import Path
 
-from .errors import drain_body, error_body
+from speechwire.serve.errors import drain_body, error_body
 
 OPEN_PATHS = frozenset({"/", "/favicon.ico"})  # the page; everything else needs the key
 DRAIN_BYTES = 64 * 2**20  # a refused upload is read (and dropped) up to this size, so the client reads the 401

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.batch import Batch
+from speechwire.data.batch import Batch
 
 log = logging.getLogger(__name__)
 

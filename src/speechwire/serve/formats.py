@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..longform import Segment, join_text
+from speechwire.longform import Segment, join_text
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..schema import TASKS, ExperimentConfig
+from speechwire.schema import TASKS, ExperimentConfig
 
 log = logging.getLogger(__name__)
 

@@ -105,12 +105,12 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     import torch
     import uvicorn
 
-    from ..schema import resolve_device
-    from ..longform import load_vad
-    from ..model import SpeechLLM
-    from .app import create_app
-    from .auth import read_api_key, readable_by_others
-    from .run import describe_run
+    from speechwire.longform import load_vad
+    from speechwire.model import SpeechLLM
+    from speechwire.schema import resolve_device
+    from speechwire.serve.app import create_app
+    from speechwire.serve.auth import read_api_key, readable_by_others
+    from speechwire.serve.run import describe_run
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     api_key = read_api_key(api_key_file) if api_key_file else None  # before the slow model load: fail fast

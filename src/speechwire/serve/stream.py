@@ -26,8 +26,8 @@ import re
 from collections.abc import AsyncIterator
 from functools import partial
 
-from ..decoding import MAX_LOOP_PERIOD
-from ..longform import join_texts
+from speechwire.decoding import MAX_LOOP_PERIOD
+from speechwire.longform import join_texts
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioError, load_audio
-from ..longform import Piece, split_recording
-from .errors import APIError, clip
+from speechwire.audio import SAMPLE_RATE, AudioError, load_audio
+from speechwire.longform import Piece, split_recording
+from speechwire.serve.errors import APIError, clip
 
 STREAMING_SIZES = (0, 0xFFFFFFFF)  # data-chunk sizes written by streaming encoders: length unknown
 

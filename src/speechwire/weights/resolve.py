@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .ct2_whisper import publish_folder
+from speechwire.weights.ct2_whisper import publish_folder
 
 PREFIX = "weights:"
 LLM_CONVERTER_VERSION = 1  # part of the cache key: bump when the written checkpoint changes
@@ -35,7 +35,7 @@ def is_weights_ref(ref: str | None) -> bool:
 
 def _gguf_key(gguf: Path) -> str:
     """Cache key of a GGUF file: its pinned sha256 when it is a known artifact, else hashed."""
-    from .fetch import ARTIFACTS
+    from speechwire.weights.fetch import ARTIFACTS
 
     for art in ARTIFACTS.values():
         for pinned in art.files:
@@ -87,7 +87,7 @@ def ensure_hf_llm(gguf: str | Path, cache_dir: str | Path | None = None) -> Path
     Written to a temp folder and renamed into place, so a crash never leaves half a checkpoint.
     Default cache: `<weights cache>/hf-llm/<sha[:16]>-v<N>`.
     """
-    from .fetch import cache_root
+    from speechwire.weights.fetch import cache_root
 
     gguf = Path(gguf)
     if not gguf.is_file():
@@ -125,8 +125,8 @@ def resolve_model(ref: str, convert_gguf: bool = True) -> tuple[str, str | None]
     """
     if not is_weights_ref(ref):
         return ref, None
-    from .ct2_whisper import ensure_hf_whisper
-    from .fetch import ALIASES, ARTIFACTS, available_artifacts, fetch_artifact
+    from speechwire.weights.ct2_whisper import ensure_hf_whisper
+    from speechwire.weights.fetch import ALIASES, ARTIFACTS, available_artifacts, fetch_artifact
 
     name = ref[len(PREFIX):].strip()
     full = ALIASES.get(name, name)

@@ -4,8 +4,8 @@ Synthetic English speech (espeak-ng) of the `trans-de-en` sentence pairs, for AS
 English->German ST, plus real prompts from `asterisk-core-sounds-en` for ASR. See docs/data.md.
 """
 
-from .build import DEFAULT_OUT, build_corpus, demo_data_dir, split_pairs
-from .sources import MissingSystemDepsError, check_system_deps
+from speechwire.data.synth.build import DEFAULT_OUT, build_corpus, demo_data_dir, split_pairs
+from speechwire.data.synth.sources import MissingSystemDepsError, check_system_deps
 
 __all__ = [
     "DEFAULT_OUT",

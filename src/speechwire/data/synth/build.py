@@ -40,11 +40,10 @@ import soxr
 from tqdm import tqdm
 
 from speechwire.audio import SAMPLE_RATE
-
-from . import engines, extra, sources
-from .extra import wav_seconds, write_wav_atomic
-from .sources import MissingSystemDepsError, Prompt, SentencePair
-from .voice import draw_params, list_variants, list_voices, render, utterance_rng
+from speechwire.data.synth import engines, extra, sources
+from speechwire.data.synth.extra import wav_seconds, write_wav_atomic
+from speechwire.data.synth.sources import MissingSystemDepsError, Prompt, SentencePair
+from speechwire.data.synth.voice import draw_params, list_variants, list_voices, render, utterance_rng
 
 CORPUS_VERSION = 1  # bump when the audio pipeline changes: stale partial builds are wiped
 DEFAULT_OUT = Path("~/.cache/speechwire/demo_data")  # the demo corpus; demo_data_dir() also honours $SPEECHWIRE_CACHE

@@ -23,9 +23,8 @@ import numpy as np
 import soundfile as sf
 
 from speechwire.audio import SAMPLE_RATE
-
-from . import engines
-from .augment import CLEAN, AugParams, augment, draw_aug, to_int16
+from speechwire.data.synth import engines
+from speechwire.data.synth.augment import CLEAN, AugParams, augment, draw_aug, to_int16
 
 RENDITION_STREAM, UNSEEN_STREAM, REAL_STREAM = 1000, 2000, 3000
 # Perturbations of each real train prompt, one copy each (ASR recipes' speed 0.9/1.1, pitch -/+300

@@ -23,8 +23,7 @@ import soundfile as sf
 import soxr
 
 from speechwire.audio import SAMPLE_RATE
-
-from .augment import add_noise, add_reverb, to_int16
+from speechwire.data.synth.augment import add_noise, add_reverb, to_int16
 
 SPEED_WPM = (130, 190)  # espeak-ng -s, words per minute
 PITCH = (30, 70)  # espeak-ng -p, 0-99
