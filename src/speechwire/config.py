@@ -43,40 +43,12 @@ from speechwire.schema import (
 )
 
 __all__ = [  # the schema's names (re-exported) and this module's own
-    "ConfigError",
-    "AdapterFieldWarning",
-    "EncoderConfig",
-    "AdapterConfig",
-    "LLMConfig",
-    "DataConfig",
-    "TrainConfig",
-    "AlignConfig",
-    "EvalConfig",
-    "ExperimentConfig",
-    "TASKS",
-    "DEVICE_PATTERN",
-    "DTYPES",
-    "QUANTIZE",
-    "WHISPER_MODES",
-    "instructions",
-    "resolve_device",
-    "torch_dtype",
-    "from_dict",
-    "to_dict",
-    "flatten",
-    "apply_overrides",
-    "load_config",
-    "save_config",
-    "parse_yaml",
-    "read_yaml",
-    "check_names",
-    "unread_adapter_fields",
-    "warn_unread_adapter_fields",
-    "available_presets",
-    "apply_presets",
-    "PRESETS_DIR",
+    "ConfigError", "AdapterFieldWarning", "EncoderConfig", "AdapterConfig", "LLMConfig", "DataConfig",
+    "TrainConfig", "AlignConfig", "EvalConfig", "ExperimentConfig", "TASKS", "DEVICE_PATTERN", "DTYPES",
+    "QUANTIZE", "WHISPER_MODES", "instructions", "resolve_device", "torch_dtype", "from_dict", "to_dict",
+    "flatten", "apply_overrides", "load_config", "save_config", "parse_yaml", "read_yaml", "check_names",
+    "unread_adapter_fields", "warn_unread_adapter_fields", "available_presets", "apply_presets", "PRESETS_DIR",
 ]
-
 
 
 # --- dict <-> dataclass -----------------------------------------------------------------------
