@@ -32,7 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from speechwire.data import eval_loader
 from speechwire.data.batch import pad_right
+from speechwire.metrics import score
 from speechwire.ngram import TokenNgramLM
 
 BLANK = 0  # index of the blank in the head's logits; token v_k is index k + 1
@@ -346,8 +348,6 @@ def evaluate_alignment(model, utts, cfg, progress: bool = False, feature_cache=N
     """
     from tqdm.auto import tqdm
 
-    from speechwire.data import eval_loader
-    from speechwire.metrics import score
 
     loader, batches = eval_loader(utts, cfg, feature_cache, model.batch_tokenizer(training=False))
     was_training = model.training

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from speechwire.data import load_manifest
+from speechwire.features import CachedEncoder
 from speechwire.metrics import score
+from speechwire.model import SpeechLLM
 from speechwire.schema import ExperimentConfig, resolve_device
 
 
@@ -31,8 +33,6 @@ def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = N
     """
     from tqdm.auto import tqdm
 
-    from speechwire.features import CachedEncoder
-    from speechwire.model import SpeechLLM
 
     utts = [u for u in load_manifest(manifest) if u.transcript][: limit or None]
     if not utts:

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from speechwire.data import Utterance, eval_loader, load_manifest
+from speechwire.files import write_atomic
 from speechwire.metrics import score
 from speechwire.model import SpeechLLM
 from speechwire.schema import ExperimentConfig, resolve_device
@@ -89,7 +90,6 @@ def evaluate_utterances(model: SpeechLLM, utts: list[Utterance], cfg: Experiment
     records, timing = generate_predictions(model, utts, cfg, progress=progress, feature_cache=feature_cache)
     metrics = {**compute_metrics(records, cfg.eval.comet_model), "timing": timing, "num_utterances": len(records)}
     if out_dir is not None:
-        from speechwire.files import write_atomic
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)  # each file whole or absent, even on a full disk

@@ -45,7 +45,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from speechwire.data import SpeechDataset, collate
 from speechwire.data.manifest import Utterance, utterance_duration
+from speechwire.data.sampler import by_duration, fill_batches
+from speechwire.encoders import build_encoder
 from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder
 from speechwire.errors import DamagedFileError
 from speechwire.files import fault_point, read_safetensors, read_text, safetensors_bytes, try_lock, write_atomic
@@ -183,7 +186,6 @@ class FeatureCache:
         if got is not None:
             return got
         if self._rebuild_encoder is None:
-            from speechwire.encoders import build_encoder
 
             self._rebuild_encoder = build_encoder(self.encoder_cfg)
         self.build(self._rebuild_encoder, [u], progress=False)
@@ -261,8 +263,6 @@ class FeatureCache:
         Returns:
             the cache's running stats (misses/writes/encoder_batches updated).
         """
-        from speechwire.data import SpeechDataset, collate
-        from speechwire.data.sampler import by_duration, fill_batches
 
         if store:
             self.write_meta(encoder)
@@ -298,7 +298,6 @@ class FeatureCache:
             self.stats.hits += unique - len(todo)
             if todo or self.read_meta() is None:
                 if encoder is None:
-                    from speechwire.encoders import build_encoder
 
                     encoder = build_encoder(self.encoder_cfg).to(device)
                 self.build(encoder, todo, progress=progress, **build_kw)

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from speechwire.data.manifest import language_name as manifest_language_name
+from speechwire.errors import OFFLINE_SIGNS, loading
 from speechwire.schema import LLMConfig, instructions, torch_dtype
+from speechwire.weights.resolve import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,10 @@ def language_name(code: str | None) -> str:
 def load_tokenizer(cfg: LLMConfig):
     from transformers import AutoTokenizer
 
-    from speechwire.weights.resolve import resolve_model
 
     model_path, gguf = resolve_model(cfg.model)  # `weights:NAME` -> cached local folder
     gguf = gguf or cfg.gguf_file
     kwargs = {"gguf_file": gguf} if gguf else {}
-    from speechwire.errors import OFFLINE_SIGNS, loading
 
     try:
         tok = AutoTokenizer.from_pretrained(model_path, **kwargs)
@@ -81,12 +81,10 @@ def load_llm(cfg: LLMConfig) -> nn.Module:
     """Load the causal LM frozen (eval mode, no grads); wrap it with LoRA when cfg.lora."""
     from transformers import AutoModelForCausalLM
 
-    from speechwire.weights.resolve import resolve_model
 
     model_path, gguf = resolve_model(cfg.model)  # `weights:NAME` -> cached local folder
     gguf = gguf or cfg.gguf_file
     kwargs = {"gguf_file": gguf} if gguf else {}
-    from speechwire.errors import loading
 
     with loading("llm.model", cfg.model):
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(cfg.dtype), **kwargs)

@@ -29,10 +29,11 @@ from torch.nn import functional as F
 
 from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
 from speechwire.align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
-from speechwire.config import ExperimentConfig, load_config, resolve_device
+from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
 from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
 from speechwire.encoders import SAMPLE_RATE, build_encoder
+from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.llm import ChatPrompter, load_llm, load_tokenizer
 from speechwire.prefix_cache import PrefixCache, common_prefix
 from speechwire.quantize import quantize_for_inference
@@ -519,15 +520,12 @@ class SpeechLLM(nn.Module):
         """The trainable weights (safetensors with a sha256 of their bytes) and the config, in memory."""
         import yaml
 
-        from speechwire.config import to_dict
-        from speechwire.files import safetensors_bytes
 
         weights = safetensors_bytes(self.trainable_state_dict(), {"format": "pt", "speechwire": "trainable-only"})
         return {WEIGHTS_NAME: weights, CONFIG_NAME: yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode()}
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write only the trainable weights (adapter, marker rows, LoRA) + the config, each atomically."""
-        from speechwire.files import write_atomic
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -547,7 +545,6 @@ class SpeechLLM(nn.Module):
         Returns:
             the names that were not loaded (partial only).
         """
-        from speechwire.files import read_safetensors
 
         file = Path(path) / WEIGHTS_NAME if Path(path).is_dir() else Path(path)
         if not file.is_file():
@@ -583,7 +580,6 @@ class SpeechLLM(nn.Module):
         """Rebuild from a checkpoint folder for inference: frozen parts load by name, trainable
         weights from file; on the CPU the LLM's Linear layers become int8 (llm.quantize=auto;
         `overrides=["llm.quantize=none"]` keeps them float)."""
-        from speechwire.files import read_safetensors
 
         path = Path(path)
         if path.is_file():

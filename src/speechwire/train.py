@@ -31,12 +31,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from speechwire.align import alignment_vocab, build_head_lm, evaluate_alignment, read_lm_text
 from speechwire.config import AdapterFieldWarning, ExperimentConfig, flatten, load_config, resolve_device, save_config, to_dict
 from speechwire.data import Batch, load_manifest, make_dataloader
 from speechwire.errors import DamagedFileError
+from speechwire.evaluate import evaluate_utterances, primary_metric
+from speechwire.features import prepare_feature_cache
 from speechwire.files import append_line, fault_point, write_atomic
 from speechwire.memory import peak_memory_gib
-from speechwire.model import SpeechLLM
+from speechwire.model import SpeechLLM, rescale_output
 from speechwire.resume import STATE_NAME, read_checkpoint, resume_files, rng_state, set_rng_state, write_checkpoint
 
 CKPT_DIR = "checkpoints"
@@ -140,7 +143,6 @@ class Trainer:
             if cfg.data.dev_manifest else None
         self.feature_cache, encoder = None, None
         if cfg.data.feature_cache:  # frozen SFM outputs from disk: the SFM runs only for cache misses
-            from speechwire.features import prepare_feature_cache
 
             self.feature_cache, encoder = prepare_feature_cache(
                 cfg, utts + (self.dev or []), device=self.acc.device, is_main=self.acc.is_main_process,
@@ -153,12 +155,10 @@ class Trainer:
         cfg = self.cfg
         self.model = SpeechLLM(cfg, encoder=encoder)
         if cfg.train.stage == "align":
-            from speechwire.align import alignment_vocab
 
             transcripts = [u.transcript for u in utts]
             self.model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, transcripts, self.model.prompter))
             if cfg.align.lm_order > 0:
-                from speechwire.align import build_head_lm, read_lm_text
 
                 self.model.align_head.set_lm(build_head_lm(self.model.align_head, transcripts + read_lm_text(cfg.align.lm_text),
                                                            self.model.prompter.text_ids, cfg.align.lm_order))
@@ -168,7 +168,6 @@ class Trainer:
                 warnings.simplefilter("ignore", AdapterFieldWarning)
                 started_in_align = load_config(Path(cfg.train.init_from) / "config.yaml").train.stage == "align"
             if cfg.train.stage == "lm" and started_in_align and cfg.adapter.match_output_scale:
-                from speechwire.model import rescale_output
 
                 rescale_output(self.model.adapter, self.model.audio_markers.shape[1], self.model.token_rms)
             if self.acc.is_main_process:
@@ -286,8 +285,6 @@ class Trainer:
 
     def _validate(self) -> dict | None:
         """Dev metric on the main process; keeps the best checkpoint in run_dir/best."""
-        from speechwire.align import evaluate_alignment
-        from speechwire.evaluate import evaluate_utterances, primary_metric
 
         result = None
         if self.acc.is_main_process:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from speechwire.audio import AudioError, AudioInfo, audio_info
+from speechwire.files import write_atomic
 from speechwire.schema import TASKS
 
 
@@ -260,7 +261,6 @@ def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> Path:
     Returns:
         the path written.
     """
-    from speechwire.files import write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,19 @@ from typing import Any, Collection
 
 from tqdm.auto import tqdm
 
+from speechwire.data import load_manifest
+from speechwire.encoders import build_encoder
 from speechwire.errors import one_line
+from speechwire.evaluate import evaluate_utterances
+from speechwire.features import FeatureCache
 from speechwire.files import fault_point, read_text, try_lock, write_atomic
 from speechwire.grid.layout import RUN_FILE, cache_root, encoder_level, log_event, output_root, read_result, run_status
 from speechwire.grid.spec import GridSpec, Run, run_config, shard_plan, test_manifests, write_task_manifests
 from speechwire.grid.worker import placement
 from speechwire.memory import peak_memory_gib, reset_peak_memory
+from speechwire.model import SpeechLLM
 from speechwire.schema import resolve_device
+from speechwire.train import train
 
 # --- caches -------------------------------------------------------------------------------------
 
@@ -43,9 +49,6 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
         encoder level -> SFM real-time factor (seconds of encoding per second of audio); with the
         cache off it is 0 (evaluation from audio already includes the SFM).
     """
-    from speechwire.data import load_manifest
-    from speechwire.encoders import build_encoder
-    from speechwire.features import FeatureCache
 
     rtf: dict[str, float] = {}
     by_encoder: dict[str, list[Run]] = {}
@@ -111,11 +114,6 @@ class _LengthMeter:
 
 def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: float, progress: bool = False) -> dict:
     """Train (resuming) then evaluate one combination; returns what grid_run.json holds."""
-    from speechwire.data import load_manifest
-    from speechwire.evaluate import evaluate_utterances
-    from speechwire.features import FeatureCache
-    from speechwire.model import SpeechLLM
-    from speechwire.train import train
 
     cfg = run_config(spec, run, out, cache)
     run_dir = Path(cfg.train.output_dir)
