@@ -189,5 +189,7 @@ def test_batch_from_waveforms_takes_lists_arrays_and_tensors_and_names_the_bad_i
         Batch.from_waveforms([np.ones(2), np.zeros(0)], ["asr"] * 2, ["en"] * 2, [None] * 2)
     with pytest.raises(ValueError, match="audio item 0: expected a 1-D mono waveform, got shape \\(2, 5\\)"):
         Batch.from_waveforms([np.ones((2, 5))], ["asr"], ["en"], [None])
+    with pytest.raises(ValueError, match="no audio: give at least one waveform"):
+        Batch.from_waveforms([], [], [], [])
     with pytest.raises(ValueError, match="got sample_rate=8000"):
         Batch.from_waveforms([np.ones(2)], ["asr"], ["en"], [None], sample_rate=8000)

@@ -71,7 +71,7 @@ class Batch:
         `SpeechLLM.generate` and the server's batcher build. Errors name the item at fault.
 
         Raises:
-            ValueError: another sample rate, a waveform that is not 1-D, or an empty one.
+            ValueError: no waveform, another sample rate, a waveform that is not 1-D, or an empty one.
         """
         if sample_rate != 16_000:
             raise ValueError(f"audio must be 16 kHz mono; got sample_rate={sample_rate}. "
@@ -85,6 +85,8 @@ class Batch:
             if w.numel() == 0:
                 raise ValueError(f"audio item {i} is empty")
             tensors.append(w)
+        if not tensors:
+            raise ValueError("no audio: give at least one waveform")
         audio, lengths = pad_right(tensors)
         return cls(audio=audio, audio_lengths=lengths, tasks=list(tasks), src_langs=list(src_langs),
                    tgt_langs=list(tgt_langs))
