@@ -51,7 +51,7 @@ def zero_residual_branches_(layers: nn.TransformerEncoder) -> None:
     """Zero the last Linear of every layer's attention and FFN branch, in place: each layer then
     starts as x -> LayerNorm(x), so the whole stack starts frame-local (like the mlp adapter) and
     learns to mix frames from there (ReZero/Fixup-style). Measured: it does not by itself take the
-    conv adapter off the alignment stage's blank plateau (docs/demo.md, "Not done: a context adapter")."""
+    conv adapter off the alignment stage's blank plateau (docs/demo.md, "A context adapter: measured, not adopted")."""
     with torch.no_grad():
         for layer in layers.layers:
             layer.self_attn.out_proj.weight.zero_()
