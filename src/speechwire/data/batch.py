@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from speechwire.audio import SAMPLE_RATE
+
 if TYPE_CHECKING:
     from speechwire.llm import ChatPrompter
 
@@ -66,14 +68,14 @@ class Batch:
 
     @classmethod
     def from_waveforms(cls, waves: Sequence[Any], tasks: Sequence[str], src_langs: Sequence[str | None],
-                       tgt_langs: Sequence[str | None], sample_rate: int = 16_000) -> "Batch":
+                       tgt_langs: Sequence[str | None], sample_rate: int = SAMPLE_RATE) -> "Batch":
         """An inference batch from 16 kHz mono waveforms (numpy arrays, lists or tensors): what
         `SpeechLLM.generate` and the server's batcher build. Errors name the item at fault.
 
         Raises:
             ValueError: no waveform, another sample rate, a waveform that is not 1-D, or an empty one.
         """
-        if sample_rate != 16_000:
+        if sample_rate != SAMPLE_RATE:
             raise ValueError(f"audio must be 16 kHz mono; got sample_rate={sample_rate}. "
                              "Load files with speechwire.audio.load_audio, which resamples.")
         tensors = []
