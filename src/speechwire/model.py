@@ -20,10 +20,12 @@ import inspect
 import json
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.nn import functional as F
 
@@ -78,6 +80,20 @@ def _pad_sequences(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
     return out
 
 
+def _output_layer(adapter: nn.Module, d_llm: int) -> tuple[nn.Module | None, float]:
+    """The layer that sets the adapter's output scale (its last LayerNorm of width d_llm, else its
+    last Linear into d_llm; None without either) and the per-element RMS of what it outputs."""
+    norms = [m for m in adapter.modules() if isinstance(m, nn.LayerNorm) and m.normalized_shape == (d_llm,)]
+    if norms:
+        w, b = norms[-1].weight, norms[-1].bias
+        return norms[-1], float((w.pow(2).mean() + (b.pow(2).mean() if b is not None else 0)).sqrt())
+    linears = [m for m in adapter.modules() if isinstance(m, nn.Linear) and m.out_features == d_llm]
+    if not linears:
+        return None, 1.0
+    # inputs ~unit RMS (normed): output RMS ~ weight std * sqrt(fan_in)
+    return linears[-1], float(linears[-1].weight.std()) * linears[-1].in_features ** 0.5
+
+
 def match_output_scale(adapter: nn.Module, d_llm: int, token_rms: float) -> None:
     """Start the adapter's outputs at the scale of the LLM's token embeddings.
 
@@ -88,17 +104,13 @@ def match_output_scale(adapter: nn.Module, d_llm: int, token_rms: float) -> None
     with its `norm_init`.
     """
     with torch.no_grad():
-        norms = [m for m in adapter.modules() if isinstance(m, nn.LayerNorm) and m.normalized_shape == (d_llm,)]
-        if norms:
-            norms[-1].weight.fill_(token_rms)
-            norms[-1].bias.zero_()
-            return
-        linears = [m for m in adapter.modules() if isinstance(m, nn.Linear) and m.out_features == d_llm]
-        if linears:  # inputs ~unit RMS (normed): output RMS ~ weight std * sqrt(fan_in)
-            lin = linears[-1]
-            lin.weight.mul_(token_rms / (float(lin.weight.std()) * lin.in_features ** 0.5 + 1e-12))
-            if lin.bias is not None:
-                lin.bias.zero_()
+        layer, rms = _output_layer(adapter, d_llm)
+        if isinstance(layer, nn.LayerNorm):
+            layer.weight.fill_(token_rms)
+        elif layer is not None:
+            layer.weight.mul_(token_rms / (rms + 1e-12))
+        if layer is not None and layer.bias is not None:
+            layer.bias.zero_()
 
 
 def rescale_output(adapter: nn.Module, d_llm: int, token_rms: float) -> float:
@@ -106,16 +118,9 @@ def rescale_output(adapter: nn.Module, d_llm: int, token_rms: float) -> float:
     (what the alignment stage learned): the last LayerNorm's gain and bias are multiplied by one
     factor (or the last Linear's weight and bias). Returns the factor."""
     with torch.no_grad():
-        norms = [m for m in adapter.modules() if isinstance(m, nn.LayerNorm) and m.normalized_shape == (d_llm,)]
-        if norms:
-            last = norms[-1]
-            rms = float((last.weight.pow(2).mean() + (last.bias.pow(2).mean() if last.bias is not None else 0)).sqrt())
-        else:
-            linears = [m for m in adapter.modules() if isinstance(m, nn.Linear) and m.out_features == d_llm]
-            if not linears:
-                return 1.0
-            last = linears[-1]  # inputs ~unit RMS (normed): output RMS ~ weight std * sqrt(fan_in)
-            rms = float(last.weight.std()) * last.in_features ** 0.5
+        last, rms = _output_layer(adapter, d_llm)
+        if last is None:
+            return 1.0
         factor = token_rms / max(rms, 1e-12)
         last.weight.mul_(factor)
         if last.bias is not None:
@@ -240,16 +245,13 @@ class SpeechLLM(nn.Module):
             warnings.warn(f"cif adapter: ST items {ids} have no transcript; their CIF target length is the token "
                           "count of their translation instead (further items are not reported)", stacklevel=3)
             self._warned_no_transcript = True
-        counted = tokens.sources
-        tgt_len = torch.tensor([len(c) for c in counted], device=self.device)
+        tgt_len = torch.tensor([len(c) for c in tokens.sources], device=self.device)
         if missing:
             return AdapterTargets(target_lengths=tgt_len)
-        ctc = counted
-        ctc_lengths = tgt_len
-        labels = torch.full((len(ctc), max(1, int(ctc_lengths.max()))), IGNORE, dtype=torch.long, device=self.device)
-        for i, c in enumerate(ctc):
+        labels = torch.full((len(tgt_len), max(1, int(tgt_len.max()))), IGNORE, dtype=torch.long, device=self.device)
+        for i, c in enumerate(tokens.sources):
             labels[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=ctc_lengths)
+        return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=tgt_len)
 
     def _sequences(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool,
                    skip_prefix: int = 0):
@@ -391,30 +393,19 @@ class SpeechLLM(nn.Module):
 
     # --- inference --------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def generate(
-        self,
-        audio: Batch | Mapping | list,
-        task: str = "asr",
-        src_lang: str = "en",
-        tgt_lang: str | None = None,
-        max_new_tokens: int | None = None,
-        sample_rate: int = SAMPLE_RATE,
-        on_step: StepCallback | None = None,
-    ) -> list[str]:
-        """Greedy decoding with a KV cache, batched; same text as decoding items one by one.
+    def generate(self, *args, **kwargs) -> list[str]:
+        """One string per item: `generate_output(...).texts`."""
+        return self.generate_output(*args, **kwargs).texts
 
-        Args:
-            audio: a Batch (data.collate; a dict in the earlier format is converted) or a list of
-                1-D 16 kHz mono waveforms.
-            task, src_lang, tgt_lang: used for a list input ("st" needs tgt_lang).
-            on_step: called after every decoding step with each item's generated ids so far (live
-                lists: copy what you keep); it returns the indices of items to stop decoding now
-                (their answer is what they have), or None. Streaming servers use it (serve/stream.py).
-        Returns:
-            one string per item (generate_output also returns the token ids).
-        """
-        return self.generate_output(audio, task, src_lang, tgt_lang, max_new_tokens, sample_rate, on_step).texts
+    @contextmanager
+    def _evaluating(self):
+        """Eval mode inside the block, the caller's mode after it."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def generate_output(
@@ -427,19 +418,25 @@ class SpeechLLM(nn.Module):
         sample_rate: int = SAMPLE_RATE,
         on_step: StepCallback | None = None,
     ) -> GenerationOutput:
-        """`generate`, returning the texts with the generated token ids (and their count)."""
+        """Greedy decoding with a KV cache, batched; same text as decoding items one by one.
+
+        Args:
+            audio: a Batch (data.collate; a dict in the earlier format is converted) or a list of
+                1-D 16 kHz mono waveforms.
+            task, src_lang, tgt_lang: used for a list input ("st" needs tgt_lang).
+            on_step: called after every decoding step with each item's generated ids so far (live
+                lists: copy what you keep); it returns the indices of items to stop decoding now
+                (their answer is what they have), or None. Streaming servers use it (serve/stream.py).
+        Returns:
+            the texts, one per item, and the generated token ids (`generate` returns the texts).
+        """
         if isinstance(audio, (Batch, Mapping)):
             batch = audio if isinstance(audio, Batch) else Batch.from_dict(audio)
         else:
             batch = Batch.from_waveforms(audio, [task] * len(audio), [src_lang] * len(audio), [tgt_lang] * len(audio),
                                          sample_rate)
-        max_new = max_new_tokens or self.cfg.eval.max_new_tokens
-        was_training = self.training
-        self.eval()
-        try:
-            ids = self._greedy(batch, max_new, on_step)
-        finally:
-            self.train(was_training)
+        with self._evaluating():
+            ids = self._greedy(batch, max_new_tokens or self.cfg.eval.max_new_tokens, on_step)
         return GenerationOutput([self.answer_text(x) for x in ids], ids)
 
     @torch.no_grad()
@@ -456,12 +453,8 @@ class SpeechLLM(nn.Module):
                 embeds[i, : len(x)] = self.embed_text(x).float()
         B = len(texts)
         batch = Batch(tasks=[task] * B, src_langs=[src_lang] * B, tgt_langs=[tgt_lang] * B)
-        was_training = self.training
-        self.eval()
-        try:
+        with self._evaluating():
             out = self._decode(batch, embeds, lengths, max_new_tokens or self.cfg.eval.max_new_tokens)
-        finally:
-            self.train(was_training)
         return [self.answer_text(x) for x in out]
 
     def answer_text(self, ids: list[int]) -> str:
@@ -518,15 +511,11 @@ class SpeechLLM(nn.Module):
 
     def checkpoint_files(self) -> dict[str, bytes]:
         """The trainable weights (safetensors with a sha256 of their bytes) and the config, in memory."""
-        import yaml
-
-
         weights = safetensors_bytes(self.trainable_state_dict(), {"format": "pt", "speechwire": "trainable-only"})
         return {WEIGHTS_NAME: weights, CONFIG_NAME: yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode()}
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write only the trainable weights (adapter, marker rows, LoRA) + the config, each atomically."""
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         files = self.checkpoint_files()
@@ -545,7 +534,6 @@ class SpeechLLM(nn.Module):
         Returns:
             the names that were not loaded (partial only).
         """
-
         file = Path(path) / WEIGHTS_NAME if Path(path).is_dir() else Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no speechwire checkpoint here (expected {WEIGHTS_NAME})")
@@ -580,7 +568,6 @@ class SpeechLLM(nn.Module):
         """Rebuild from a checkpoint folder for inference: frozen parts load by name, trainable
         weights from file; on the CPU the LLM's Linear layers become int8 (llm.quantize=auto;
         `overrides=["llm.quantize=none"]` keeps them float)."""
-
         path = Path(path)
         if path.is_file():
             raise NotADirectoryError(f"{path}: is a file; pass the run folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
