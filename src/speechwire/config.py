@@ -24,7 +24,6 @@ import yaml
 from speechwire.schema import (
     DEVICE_PATTERN,
     DTYPES,
-    QUANTIZE,
     TASKS,
     WHISPER_MODES,
     AdapterConfig,
@@ -45,7 +44,7 @@ from speechwire.schema import (
 __all__ = [  # the schema's names (re-exported) and this module's own
     "ConfigError", "AdapterFieldWarning", "EncoderConfig", "AdapterConfig", "LLMConfig", "DataConfig",
     "TrainConfig", "AlignConfig", "EvalConfig", "ExperimentConfig", "TASKS", "DEVICE_PATTERN", "DTYPES",
-    "QUANTIZE", "WHISPER_MODES", "instructions", "resolve_device", "torch_dtype", "from_dict", "to_dict",
+    "WHISPER_MODES", "instructions", "resolve_device", "torch_dtype", "from_dict", "to_dict",
     "flatten", "apply_overrides", "load_config", "save_config", "parse_yaml", "read_yaml", "check_names",
     "unread_adapter_fields", "warn_unread_adapter_fields", "available_presets", "apply_presets", "PRESETS_DIR",
 ]
@@ -57,7 +56,7 @@ __all__ = [  # the schema's names (re-exported) and this module's own
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted for floats. Raises ConfigError."""
     origin = typing.get_origin(tp)
-    if tp is Any:
+    if tp is Any or origin is typing.Literal:  # a Literal's choices are checked by the section (schema._check)
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

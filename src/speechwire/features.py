@@ -127,7 +127,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, encoder: EncoderConfig, cache_dtype: str = "float16") -> None:
         if cache_dtype not in DTYPES:
-            raise ValueError(f"data.feature_cache_dtype={cache_dtype!r} must be one of {sorted(DTYPES)}")
+            raise ValueError(f"data.feature_cache_dtype={cache_dtype!r} must be one of {', '.join(DTYPES)}")
         self.identity = sfm_identity(encoder, cache_dtype)
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root).expanduser() / f"{encoder.name}-{digest}"

@@ -11,9 +11,11 @@ can depend on it; reading, merging and checking configs against the registries i
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -24,7 +26,17 @@ class AdapterFieldWarning(UserWarning):
     """A config sets adapter fields that its adapter does not read: they have no effect."""
 
 
-def _check(problems: list[str], section: str) -> None:
+Dtype = Literal["float32", "bfloat16", "float16"]  # the dtype names configs accept; torch_dtype() maps them
+
+
+def _check(problems: list[str], section: str, cfg: Any = None) -> None:
+    """Raise one ConfigError listing `problems` and, for a section `cfg`, each field annotated
+    Literal[...] whose value is not one of its choices."""
+    hints = typing.get_type_hints(type(cfg)) if cfg is not None else {}
+    for f in dataclasses.fields(cfg) if cfg is not None else ():
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
+        if choices and getattr(cfg, f.name) not in choices:
+            problems.insert(0, f"{f.name}={getattr(cfg, f.name)!r} must be one of {', '.join(choices)}")
     if problems:
         raise ConfigError("; ".join(f"{section}.{p}" for p in problems))
 
@@ -37,19 +49,12 @@ class EncoderConfig:
     model: str = "openai/whisper-large-v3"  # hub id, local HF folder, or CTranslate2 Whisper folder
     # whisper: trimmed (real length only, paper's "unrestricted") | padded (30 s input, real frames out)
     # | padded_full (30 s input, all 1500 frames out: the authors' standard Whisper, `paper` preset)
-    mode: str = "trimmed"
-    dtype: str = "float32"  # float32 | bfloat16 | float16 for the frozen weights
+    mode: Literal["trimmed", "padded", "padded_full"] = "trimmed"
+    dtype: Dtype = "float32"  # for the frozen weights
     max_seconds: float = 30.0  # longer inputs are an error (Whisper's positional table is 30 s)
 
     def __post_init__(self) -> None:
-        p = []
-        if self.mode not in WHISPER_MODES:
-            p.append(f"mode={self.mode!r} must be one of {', '.join(WHISPER_MODES)}")
-        if self.dtype not in DTYPES:
-            p.append(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
-        if self.max_seconds <= 0:
-            p.append(f"max_seconds={self.max_seconds} must be > 0")
-        _check(p, "encoder")
+        _check([f"max_seconds={self.max_seconds} must be > 0"] if self.max_seconds <= 0 else [], "encoder", self)
 
 
 @dataclass
@@ -90,7 +95,7 @@ class AdapterConfig:
     layer_norm_eps: float = 1e-5  # in the transformer/Q-Former layers (BERT, authors: 1e-12)
     bert_dropout: bool = False  # dropout where BERT has it (none inside the FFN; on the Q-Former queries)
     # transformer layers: default | zero (residual branches' output weights start at 0) | rezero (gated, no LayerNorm)
-    residual_init: str = "default"
+    residual_init: Literal["default", "zero", "rezero"] = "default"
 
     def __post_init__(self) -> None:
         p = []
@@ -110,9 +115,7 @@ class AdapterConfig:
             p.append(f"init_std={self.init_std} must be > 0 (or null for PyTorch's init); the authors use 0.02")
         if self.layer_norm_eps <= 0:
             p.append(f"layer_norm_eps={self.layer_norm_eps} must be > 0; the authors use 1e-12")
-        if self.residual_init not in ("default", "zero", "rezero"):
-            p.append(f"residual_init={self.residual_init!r} must be default, zero or rezero")
-        _check(p, "adapter")
+        _check(p, "adapter", self)
 
 
 @dataclass
@@ -121,11 +124,11 @@ class LLMConfig:
 
     model: str = "meta-llama/Llama-3.1-8B-Instruct"  # hub id or local folder
     gguf_file: str | None = None  # load a GGUF file inside `model` (dequantised by transformers)
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     # inference only (evaluate, transcribe, serve, demo; training keeps full weights): auto = int8
     # on the CPU for a float32 LLM of >= 50M params without LoRA, else none | none | int8 (dynamic
     # int8 Linear layers but lm_head, CPU only; quantize.py)
-    quantize: str = "auto"
+    quantize: Literal["auto", "none", "int8"] = "auto"
     # instructions: one string, or a list of paraphrases (training: one drawn per item, seeded by
     # train.seed and the item id; evaluation and generation: always the first)
     asr_prompt: str | list[str] = "Can you transcribe this audio?"
@@ -141,13 +144,9 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         p = []
-        if self.dtype not in DTYPES:
-            p.append(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
         if self.lora and self.lora_rank < 1:
             p.append(f"lora_rank={self.lora_rank} must be >= 1")
-        if self.quantize not in QUANTIZE:
-            p.append(f"quantize={self.quantize!r} must be one of {list(QUANTIZE)}")
-        elif self.quantize == "int8" and self.lora:
+        if self.quantize == "int8" and self.lora:
             p.append("quantize='int8' with lora=true: quantising would freeze the LoRA weights into int8; "
                      "use quantize=none (or auto, which skips LoRA runs)")
         for name in ("asr_prompt", "st_prompt"):
@@ -155,7 +154,7 @@ class LLMConfig:
                 p.append(f"{name} must be a string or a non-empty list of strings")
         if any("{tgt}" not in s for s in instructions(self.st_prompt)):
             p.append("st_prompt must contain '{tgt}' (the target language name), in every paraphrase")
-        _check(p, "llm")
+        _check(p, "llm", self)
 
 
 @dataclass
@@ -173,12 +172,10 @@ class DataConfig:
     skip_invalid: bool = False  # skip (and count) bad manifest lines instead of failing
     num_workers: int = 0
     feature_cache: str | None = None  # folder of frozen-SFM outputs (see features.py); None: encode audio
-    feature_cache_dtype: str = "float16"  # float32 (exact) | float16 | bfloat16 on disk
+    feature_cache_dtype: Dtype = "float16"  # on disk; float32 is exact
 
     def __post_init__(self) -> None:
         p = []
-        if self.feature_cache_dtype not in DTYPES:
-            p.append(f"feature_cache_dtype={self.feature_cache_dtype!r} must be one of {sorted(DTYPES)}")
         if self.sample_rate != 16000:
             p.append(f"sample_rate={self.sample_rate}: every supported encoder expects 16000")
         if not 0 <= self.min_seconds < self.max_seconds:
@@ -188,7 +185,7 @@ class DataConfig:
         for task, w in self.task_weights.items():
             if task not in TASKS or w < 0:
                 p.append(f"task_weights[{task!r}]={w}: tasks are {TASKS}, weights >= 0")
-        _check(p, "data")
+        _check(p, "data", self)
 
 
 @dataclass
@@ -201,7 +198,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     grad_clip: float = 1.0
     grad_accum: int = 1
-    mixed_precision: str = "no"  # no | bf16 | fp16 (GPU)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # GPU
     # where training and every command that loads this run (evaluate, transcribe, serve) computes:
     # auto (a CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N (resolve_device)
     device: str = "auto"
@@ -211,31 +208,25 @@ class TrainConfig:
     keep_last: int = 2
     eval_every: int = 0  # 0: only at the end
     eval_max_items: int = 200  # dev utterances scored at each validation
-    report_to: str = "none"  # none | tensorboard | wandb (install the [tracking] extra)
-    stage: str = "lm"  # lm: LLM in the loop | align: LLM-free alignment of the adapter (align.py)
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"  # tensorboard, wandb: install the [tracking] extra
+    stage: Literal["lm", "align"] = "lm"  # lm: LLM in the loop | align: LLM-free alignment of the adapter (align.py)
     init_from: str | None = None  # run folder whose trainable weights start this run (e.g. an align run)
 
     def __post_init__(self) -> None:
         p = []
-        if self.stage not in ("lm", "align"):
-            p.append(f"stage={self.stage!r} must be 'lm' or 'align'")
         if self.lr <= 0:
             p.append(f"lr={self.lr} must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             p.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.grad_accum < 1:
             p.append(f"grad_accum={self.grad_accum} must be >= 1")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            p.append(f"mixed_precision={self.mixed_precision!r} must be no, bf16 or fp16")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
             p.append(f"device={self.device!r} must be auto, cpu, cuda or cuda:N (e.g. cuda:1)")
-        if self.report_to not in ("none", "tensorboard", "wandb"):
-            p.append(f"report_to={self.report_to!r} must be none, tensorboard or wandb")
         if self.keep_last < 1:
             p.append(f"keep_last={self.keep_last} must be >= 1")
         if self.epochs <= 0 and self.max_steps < 0:
             p.append("set epochs > 0 or max_steps >= 0")
-        _check(p, "train")
+        _check(p, "train", self)
 
 
 @dataclass
@@ -252,9 +243,9 @@ class AlignConfig:
     negatives: int = 2048  # training scores the batch's tokens + this many random others (0: all)
     collapse: bool = False  # LM stage: drop outputs nearest the blank, mean-pool runs of one token
     ctc_weight: float = 0.0  # LM stage: keep the alignment CTC loss as an auxiliary loss
-    readout: str = "adapter"  # what the LLM reads: adapter (its outputs) | posterior (posterior-weighted token embeddings)
-    vocab: str = "transcripts"  # tokens the head can write: transcripts (training's) | words (+ every word piece) | full
-    decode: str = "greedy"  # how the head's outputs become the tokens the LLM reads: greedy (best path) | beam
+    readout: Literal["adapter", "posterior"] = "adapter"  # LLM reads: adapter outputs | posterior-weighted embeddings
+    vocab: Literal["transcripts", "words", "full"] = "transcripts"  # head's tokens: training's | + word pieces | all
+    decode: Literal["greedy", "beam"] = "greedy"  # how the head's outputs become the tokens the LLM reads (greedy: best path)
     beam_size: int = 8
     lm_order: int = 0  # > 0: an n-gram LM over the head's tokens (ngram.py), fused into the beam search
     lm_weight: float = 0.5  # fusion weight of the LM's log-probabilities
@@ -272,17 +263,11 @@ class AlignConfig:
             p.append(f"time_mask={self.time_mask} must be in [0, 1)")
         if self.ctc_weight < 0:
             p.append(f"ctc_weight={self.ctc_weight} must be >= 0")
-        if self.readout not in ("adapter", "posterior"):
-            p.append(f"readout={self.readout!r} must be 'adapter' or 'posterior'")
-        if self.vocab not in ("transcripts", "words", "full"):
-            p.append(f"vocab={self.vocab!r} must be transcripts, words or full")
-        if self.decode not in ("greedy", "beam"):
-            p.append(f"decode={self.decode!r} must be greedy or beam")
         if self.decode == "beam" and not (self.collapse and self.readout == "posterior"):
             p.append("decode=beam needs collapse: true and readout: posterior (the LLM reads the beam's tokens)")
         if self.beam_size < 1 or self.lm_order < 0 or self.lm_weight < 0:
             p.append("beam_size must be >= 1, lm_order and lm_weight >= 0")
-        _check(p, "align")
+        _check(p, "align", self)
 
 
 @dataclass
@@ -316,9 +301,8 @@ class ExperimentConfig:
 
 TASKS = ("asr", "st")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # train.device
-DTYPES = ("float32", "bfloat16", "float16")  # the dtype names configs accept; torch_dtype() maps them
-QUANTIZE = ("auto", "none", "int8")  # llm.quantize choices (quantize.py)
-WHISPER_MODES = ("trimmed", "padded", "padded_full")
+DTYPES = typing.get_args(Dtype)
+WHISPER_MODES = typing.get_args(typing.get_type_hints(EncoderConfig)["mode"])
 
 
 def instructions(prompt: str | list[str]) -> list[str]:
@@ -348,7 +332,7 @@ def resolve_device(device: str, key: str = "train.device") -> Any:
 def torch_dtype(name: str) -> Any:
     """A config's dtype name ("float32", "bfloat16", "float16") as the torch.dtype."""
     if name not in DTYPES:
-        raise ConfigError(f"dtype={name!r} must be one of {sorted(DTYPES)}")
+        raise ConfigError(f"dtype={name!r} must be one of {', '.join(DTYPES)}")
     import torch
 
     return getattr(torch, name)

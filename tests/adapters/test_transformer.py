@@ -126,5 +126,5 @@ def test_rezero_layers_start_as_identity_and_their_gates_learn_to_mix(name):
 
 
 def test_residual_init_names_are_checked():
-    with pytest.raises(ConfigError, match="residual_init='fixup' must be default, zero or rezero"):
+    with pytest.raises(ConfigError, match="residual_init='fixup' must be one of default, zero, rezero"):
         AdapterConfig(residual_init="fixup")
