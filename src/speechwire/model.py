@@ -240,9 +240,9 @@ class SpeechLLM(nn.Module):
         if tokens.sources is None:
             raise ValueError("training needs the batch's targets (Batch.targets: the text the LLM must produce)")
         missing = tokens.missing_sources
-        if missing and self.cfg.adapter.name == "cif" and not getattr(self, "_warned_no_transcript", False):
+        if missing and self.adapter.one_output_per_token and not getattr(self, "_warned_no_transcript", False):
             ids = [(batch.ids or list(range(len(batch))))[i] for i in missing]
-            warnings.warn(f"cif adapter: ST items {ids} have no transcript; their CIF target length is the token "
+            warnings.warn(f"{self.cfg.adapter.name} adapter: ST items {ids} have no transcript; their target length is the token "
                           "count of their translation instead (further items are not reported)", stacklevel=3)
             self._warned_no_transcript = True
         tgt_len = torch.tensor([len(c) for c in tokens.sources], device=self.device)
@@ -341,7 +341,7 @@ class SpeechLLM(nn.Module):
             candidates = self.align_head.sample_candidates(labels, label_lengths, self.cfg.align.negatives) \
                 if self.training else None
             logits, labels = self.align_head(embeds, candidates), restrict_labels(labels, candidates)
-        loss = alignment_loss(logits, lengths, labels, label_lengths, one_per_token=self.cfg.adapter.name == "cif")
+        loss = alignment_loss(logits, lengths, labels, label_lengths, one_per_token=self.adapter.one_output_per_token)
         return loss, int(label_lengths.sum())
 
     def _align_forward(self, batch: Batch) -> SpeechLLMOutput:

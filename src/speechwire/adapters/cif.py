@@ -139,6 +139,7 @@ class CIFAdapter(Adapter):
     """
 
     deterministic_length = False
+    one_output_per_token = True
     config_fields = ("cif_threshold", "cif_tail_threshold", "cif_tail_rescale", "quantity_loss_weight",
                      "targets_add_special_tokens", *STACK_FIELDS)  # model.py counts the targets
 

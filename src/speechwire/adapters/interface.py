@@ -67,6 +67,9 @@ class Adapter(nn.Module):
     """Base class. Subclasses set `deterministic_length` and `config_fields` and implement forward/output_length."""
 
     deterministic_length: bool = True
+    # training emits one output per target token (CIF): the alignment stage scores them position by
+    # position, and the model warns when an ST item's target count falls back to its translation
+    one_output_per_token: bool = False
     # the AdapterConfig fields this adapter reads besides COMMON_CONFIG_FIELDS; a config that sets
     # another one gets an AdapterFieldWarning (config.warn_unread_adapter_fields)
     config_fields: tuple[str, ...] = ()
