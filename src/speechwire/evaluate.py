@@ -90,7 +90,6 @@ def evaluate_utterances(model: SpeechLLM, utts: list[Utterance], cfg: Experiment
     records, timing = generate_predictions(model, utts, cfg, progress=progress, feature_cache=feature_cache)
     metrics = {**compute_metrics(records, cfg.eval.comet_model), "timing": timing, "num_utterances": len(records)}
     if out_dir is not None:
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)  # each file whole or absent, even on a full disk
         write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),

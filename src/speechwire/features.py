@@ -186,7 +186,6 @@ class FeatureCache:
         if got is not None:
             return got
         if self._rebuild_encoder is None:
-
             self._rebuild_encoder = build_encoder(self.encoder_cfg)
         self.build(self._rebuild_encoder, [u], progress=False)
         got = self.get(u)
@@ -263,7 +262,6 @@ class FeatureCache:
         Returns:
             the cache's running stats (misses/writes/encoder_batches updated).
         """
-
         if store:
             self.write_meta(encoder)
         utts = list(utts)
@@ -298,7 +296,6 @@ class FeatureCache:
             self.stats.hits += unique - len(todo)
             if todo or self.read_meta() is None:
                 if encoder is None:
-
                     encoder = build_encoder(self.encoder_cfg).to(device)
                 self.build(encoder, todo, progress=progress, **build_kw)
         return self.stats

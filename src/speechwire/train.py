@@ -155,11 +155,9 @@ class Trainer:
         cfg = self.cfg
         self.model = SpeechLLM(cfg, encoder=encoder)
         if cfg.train.stage == "align":
-
             transcripts = [u.transcript for u in utts]
             self.model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, transcripts, self.model.prompter))
             if cfg.align.lm_order > 0:
-
                 self.model.align_head.set_lm(build_head_lm(self.model.align_head, transcripts + read_lm_text(cfg.align.lm_text),
                                                            self.model.prompter.text_ids, cfg.align.lm_order))
         if cfg.train.init_from:
@@ -168,7 +166,6 @@ class Trainer:
                 warnings.simplefilter("ignore", AdapterFieldWarning)
                 started_in_align = load_config(Path(cfg.train.init_from) / "config.yaml").train.stage == "align"
             if cfg.train.stage == "lm" and started_in_align and cfg.adapter.match_output_scale:
-
                 rescale_output(self.model.adapter, self.model.audio_markers.shape[1], self.model.token_rms)
             if self.acc.is_main_process:
                 print(f"started from {cfg.train.init_from}" + (f" (not used: {', '.join(skipped)})" if skipped else ""))
@@ -285,7 +282,6 @@ class Trainer:
 
     def _validate(self) -> dict | None:
         """Dev metric on the main process; keeps the best checkpoint in run_dir/best."""
-
         result = None
         if self.acc.is_main_process:
             model = self.unwrapped
