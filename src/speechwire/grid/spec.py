@@ -112,10 +112,6 @@ def _dotted(value: Any, where: str) -> dict[str, Any]:
     return flatten(value)
 
 
-def _task_ok(level: str) -> bool:
-    return bool(re.fullmatch(r"asr|st|st-[a-z]{2,3}(-[a-z]{2,3})?", level))
-
-
 def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[str, dict[str, Any]]:
     from speechwire.adapters import ADAPTERS
 
@@ -131,12 +127,11 @@ def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[st
     for name, value in items:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             raise ConfigError(f"{where} level {name!r}: use letters, digits and _.+- only (it names run folders)")
-        if value is None and name in presets:
-            value = presets[name]
+        value = presets.get(name) if value is None else value
         if value is not None:
             out[name] = _dotted(value, f"{where} level {name!r}")
         elif r == "task":
-            if not _task_ok(name):
+            if not re.fullmatch(r"asr|st|st-[a-z]{2,3}(-[a-z]{2,3})?", name):
                 raise ConfigError(f"{where} value {name!r} is not a task; use asr, st, st-TGT or st-SRC-TGT "
                                   "(e.g. st-en-de), or define it under presets:")
             out[name] = {}
@@ -272,17 +267,13 @@ def plan(spec: GridSpec) -> list[Run]:
     names = list(spec.factors)
     combos = list(itertools.product(*(spec.factors[f].items() for f in names)))
     extra = [s for s in spec.extra_seeds if s not in spec.seeds]
-    for seeds, main in ((spec.seeds, True), (extra, False)):
+    for seeds, where in ((spec.seeds, {}), (extra, spec.extra_where)):  # {}: every combination matches
         for combo in combos:
             levels = {f: lvl for f, (lvl, _) in zip(names, combo)}
-            if not main and not matches(levels, spec.extra_where):
-                continue
-            if any(matches(levels, w) for w in spec.exclude):
+            if not matches(levels, where) or any(matches(levels, w) for w in spec.exclude):
                 continue
             for seed in seeds:
-                settings: dict[str, Any] = {}
-                for _, s in combo:
-                    settings.update(s)
+                settings = {k: v for _, s in combo for k, v in s.items()}
                 task = next((lvl for f, lvl in levels.items() if role(f) == "task" and not spec.factors[f][lvl]),
                             None)
                 name = "__".join(f"{f}={lvl}" for f, lvl in levels.items()) + f"__seed={seed}"
@@ -292,8 +283,7 @@ def plan(spec: GridSpec) -> list[Run]:
 
 def shard_plan(spec: GridSpec, shard: tuple[int, int] = (0, 1)) -> list[Run]:
     """Shard (i, n)'s runs: every n-th run of `plan`, starting at the i-th."""
-    i, n = shard
-    return plan(spec)[i::n]
+    return plan(spec)[shard[0]::shard[1]]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -327,11 +317,9 @@ def run_config(spec: GridSpec, run: Run, out: Path, cache: str | None) -> Experi
     for key in ("train_manifest", "dev_manifest", "test_manifest"):
         if isinstance(data["data"].get(key), str):
             data["data"][key] = os.path.expanduser(data["data"][key])
-    if run.task:
-        for key in ("train_manifest", "dev_manifest"):
-            src = data["data"].get(key)
-            if src:
-                _set(data, f"data.{key}", str(out / "manifests" / run.task / f"{key.split('_')[0]}.jsonl"))
+    for key in ("train_manifest", "dev_manifest") if run.task else ():
+        if data["data"].get(key):
+            data["data"][key] = str(out / "manifests" / run.task / f"{key.split('_')[0]}.jsonl")
     check_names(data)
     return from_dict(ExperimentConfig, data)
 
@@ -347,12 +335,8 @@ def test_manifests(spec: GridSpec, run: Run, out: Path) -> dict[str, str]:
 
 
 def keep_task(u: Any, task: str) -> bool:
-    parts = task.split("-")
-    if u.task != parts[0]:
-        return False
-    if len(parts) == 2:
-        return u.tgt_lang == parts[1]
-    return len(parts) == 1 or (u.src_lang == parts[1] and u.tgt_lang == parts[2])
+    kind, *langs = task.split("-")  # asr, st (any languages), st-TGT, st-SRC-TGT
+    return u.task == kind and langs == [u.src_lang, u.tgt_lang][2 - len(langs):]
 
 
 def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
@@ -365,7 +349,7 @@ def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
         folder = out / "manifests" / task
         folder.mkdir(parents=True, exist_ok=True)
         files = {f"{k.split('_')[0]}.jsonl": v for k, v in sources.items() if v}
-        files.update({f"test-{k}.jsonl": v for k, v in (spec.test_sets or {}).items()})
+        files.update({f"test-{k}.jsonl": v for k, v in spec.test_sets.items()})
         for name, src in files.items():
             kept = [u for u in load_manifest(os.path.expanduser(src)) if keep_task(u, task)]
             if not kept:
