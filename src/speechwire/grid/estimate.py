@@ -38,7 +38,6 @@ from speechwire.train import Trainer, stage_config
 
 def _with_cache(cfg: ExperimentConfig, cache: str) -> Any:
     """The feature cache `cache` as cfg's SFM would use it (the probes' view of the grid's cache)."""
-
     return FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
 
 
@@ -49,7 +48,6 @@ def count_steps(cfg: ExperimentConfig) -> int | None:
         return cfg.train.max_steps
     if not cfg.data.train_manifest:
         return None
-
     batches = len(make_dataloader(load_manifest(cfg.data.train_manifest), cfg.data, seed=cfg.train.seed))
     return max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
 
@@ -65,7 +63,6 @@ def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | N
     without a cache at all (the grid's cache switched off) are the steps timed from audio, the
     SFM's share included, as such a run pays it.
     """
-
     stage = stage_config(cfg)
     train_manifest = cfg.data.train_manifest
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +112,6 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     """Time the greedy decoding of the first eval.batch_size clips of `manifest` (one batch, an
     untrained adapter) for 1 and for `steps` steps, with the stop tokens and the loop guard off so
     that both run their full length; their difference is the cost of `steps - 1` steps."""
-
     utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[: cfg.eval.batch_size]
     fc = _with_cache(cfg, cache) if cache is not None else None
     fc = None if fc is None or fc.missing(utts) else fc
@@ -123,7 +119,6 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     probe_cfg.eval.max_repeats = 0
     model = SpeechLLM(probe_cfg, encoder=fc.stub_encoder() if fc else None)
     if getattr(model, "align_head", None) is not None:  # a posterior readout needs its vocabulary, as in training
-
         model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, [u.transcript for u in utts if u.transcript],
                                                    model.prompter))
     stop_ids, model.prompter.stop_ids = model.prompter.stop_ids, set()
@@ -148,7 +143,6 @@ def decoding_seconds(utts: list, cfg: ExperimentConfig, cost: DecodeCost) -> tup
     """(expected, upper bound) seconds to decode `utts` as evaluation does: batches of
     eval.batch_size sorted by duration; each batch runs as many steps as its longest reference has
     tokens, plus the stop token (expected), or eval.max_new_tokens (upper bound)."""
-
     order = sorted(utts, key=utterance_duration)
     size, cap = cfg.eval.batch_size, cfg.eval.max_new_tokens
     expected = upper = 0.0
@@ -163,7 +157,6 @@ def decoding_seconds(utts: list, cfg: ExperimentConfig, cost: DecodeCost) -> tup
 
 def _eval_utterances(spec: GridSpec, run: Run, out: Path, cfg: Any) -> list:
     """Utterances a run decodes with the LLM: every test set, plus the LM stage's final dev score."""
-
     utts = [u for m in test_manifests(spec, run, out).values() for u in load_manifest(m)[: spec.test_max_items]]
     if cfg.data.dev_manifest:
         utts += load_manifest(cfg.data.dev_manifest)[: cfg.train.eval_max_items]
@@ -177,7 +170,6 @@ def _level(run: Run, kind: str) -> str:
 def _cache_cost(spec: GridSpec, runs: list[Run], out: Path, cache: str) -> dict[str, dict[str, float]]:
     """Per SFM level: clips and audio seconds the feature cache still lacks, and the seconds to
     encode them (the SFM's real-time factor from the cache's timing file, else from 8 clips)."""
-
     costs: dict[str, dict[str, float]] = {}
     for level, (_, cfg, utts) in sfm_utterances(spec, runs, out, cache).items():
         fc = FeatureCache.for_config(cfg)
