@@ -179,10 +179,7 @@ def run_grid(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, in
     """
     out = output_root(spec, out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = shard_plan(spec, shard)
-    if names is not None:
-        wanted = set(names)
-        runs = [r for r in runs if r.name in wanted]
+    runs = [r for r in shard_plan(spec, shard) if names is None or r.name in names]
     write_atomic(out / "grid.yaml", spec.path.read_bytes(), "the grid file's copy")  # the grid as run, for the report
     write_task_manifests(spec, runs, out)
     todo = [r for r in runs if run_status(out / r.name) != "done"]
