@@ -293,9 +293,7 @@ def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], ana
                         bright = im.norm(grid[i, j]) > 0.6 if not a["lower_is_better"] else im.norm(grid[i, j]) < 0.4
                         ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=8,
                                 color="black" if bright else "white")
-            ax.set_xlabel(" / ".join(label(f) for f in cols_of))
-            ax.set_ylabel("adapter")
-            ax.set_title(a["name"])
+            ax.set(xlabel=" / ".join(label(f) for f in cols_of), ylabel="adapter", title=a["name"])
             fig.colorbar(im, ax=ax)
             out.append(_save(fig, folder / f"heatmap_{slug}.png"))
         test = col.split(":", 1)[0]
@@ -310,8 +308,7 @@ def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], ana
             if max(xs_c) / max(min(xs_c), 1e-9) > 10:  # paper-scale ratios (1:1 .. 25:1)
                 ax.set_xscale("log")
                 ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            ax.set_xlabel("compression (encoder frames / adapter outputs)")
-            ax.set_ylabel(a["name"])
+            ax.set(xlabel="compression (encoder frames / adapter outputs)", ylabel=a["name"])
             if adapter:
                 ax.legend(fontsize=7, title="adapter")
             out.append(_save(fig, folder / f"compression_{slug}.png"))
