@@ -37,6 +37,7 @@ from submitit.helpers import Checkpointable
 from speechwire.files import append_line
 from speechwire.grid.layout import JOBS, RUN_FILE, log_event, output_root, read_result, run_status
 from speechwire.grid.spec import GridSpec, Run, shard_plan
+from speechwire.grid.status import failed_since, failure_reason
 from speechwire.grid.worker import cpu_cores, pin_cpus, placement
 
 LAUNCHERS = ("local", "slurm")
@@ -148,7 +149,6 @@ class GridTask(Checkpointable):
 
     def __call__(self) -> dict[str, dict]:
         from speechwire.grid.run import run_grid
-        from speechwire.grid.status import failed_since
 
         os.chdir(self.cwd)
         if self.cpus:
@@ -270,8 +270,6 @@ def launch_local(spec: GridSpec, out: str | Path | None, max_parallel: int = 1, 
             worker's log (the other runs finished).
     """
     from submitit import LocalExecutor
-
-    from speechwire.grid.status import failure_reason
 
     if max_parallel < 1:
         raise LaunchError(f"--max-parallel {max_parallel} must be >= 1")
