@@ -72,8 +72,7 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
         with fc.locked():  # another worker building this SFM's cache finishes first; we then find its entries
             todo = fc.missing(utts)
             if todo or not timing.is_file() or fc.read_meta() is None:
-                device = resolve_device(cfg.train.device)
-                encoder = build_encoder(cfg.encoder).to(device)
+                encoder = build_encoder(cfg.encoder).to(resolve_device(cfg.train.device))
                 fc.build(encoder, todo, cfg.data.max_batch_seconds, cfg.data.max_batch_size, cfg.data.num_workers,
                          progress)
                 log_event(out, "cache", sfm=level, written=fc.stats.writes, dir=str(fc.dir))
@@ -84,8 +83,7 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
                 probe.build(encoder, sample, cfg.data.max_batch_seconds, cfg.eval.batch_size, progress=False,
                             store=False)
                 stats = probe.stats_dict()
-                write_atomic(timing, json.dumps({"encoder_rtf": stats["encoder_rtf"],
-                                                 "audio_seconds": stats["audio_seconds"]}), "SFM timing")
+                write_atomic(timing, json.dumps({k: stats[k] for k in ("encoder_rtf", "audio_seconds")}), "SFM timing")
         try:
             rtf[level] = float(json.loads(read_text(timing, "SFM timing"))["encoder_rtf"] or 0.0)
         except (ValueError, KeyError, TypeError):
