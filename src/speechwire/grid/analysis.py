@@ -129,8 +129,7 @@ def best_by_group(rows: Sequence[dict[str, Any]], group: Sequence[str], choose: 
     sign = 1.0 if lower_is_better(metric) else -1.0
     out = []
     for key in sorted(cells):
-        means = sorted(((sign * float(np.mean(v)), lvl) for lvl, v in cells[key].items()))
-        best = means[0]
-        out.append({**dict(zip(group, key)), choose: best[1], "value": sign * best[0],
-                    "runner_up": means[1][1] if len(means) > 1 else None})
+        (value, best), *others = sorted(((sign * float(np.mean(v)), lvl) for lvl, v in cells[key].items()))
+        out.append({**dict(zip(group, key)), choose: best, "value": sign * value,
+                    "runner_up": others[0][1] if others else None})
     return out

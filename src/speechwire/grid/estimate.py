@@ -28,6 +28,7 @@ from speechwire.encoders import build_encoder
 from speechwire.features import FeatureCache
 from speechwire.files import read_text
 from speechwire.grid.layout import cache_root, encoder_level, output_root, run_status
+from speechwire.grid.run import sfm_utterances
 from speechwire.grid.spec import GridSpec, Run, plan, role, run_config, shard_plan, test_manifests, write_task_manifests
 from speechwire.model import SpeechLLM
 from speechwire.schema import ExperimentConfig
@@ -37,7 +38,6 @@ from speechwire.train import Trainer, stage_config
 
 def _with_cache(cfg: ExperimentConfig, cache: str) -> Any:
     """The feature cache `cache` as cfg's SFM would use it (the probes' view of the grid's cache)."""
-
     return FeatureCache.for_config(replace(cfg, data=replace(cfg.data, feature_cache=cache)))
 
 
@@ -48,7 +48,6 @@ def count_steps(cfg: ExperimentConfig) -> int | None:
         return cfg.train.max_steps
     if not cfg.data.train_manifest:
         return None
-
     batches = len(make_dataloader(load_manifest(cfg.data.train_manifest), cfg.data, seed=cfg.train.seed))
     return max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
 
@@ -64,7 +63,6 @@ def probe_seconds_per_step(cfg: ExperimentConfig, steps: int = 2, cache: str | N
     without a cache at all (the grid's cache switched off) are the steps timed from audio, the
     SFM's share included, as such a run pays it.
     """
-
     stage = stage_config(cfg)
     train_manifest = cfg.data.train_manifest
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +112,6 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     """Time the greedy decoding of the first eval.batch_size clips of `manifest` (one batch, an
     untrained adapter) for 1 and for `steps` steps, with the stop tokens and the loop guard off so
     that both run their full length; their difference is the cost of `steps - 1` steps."""
-
     utts = load_manifest(manifest, skip_invalid=cfg.data.skip_invalid)[: cfg.eval.batch_size]
     fc = _with_cache(cfg, cache) if cache is not None else None
     fc = None if fc is None or fc.missing(utts) else fc
@@ -122,7 +119,6 @@ def probe_decoding(cfg: ExperimentConfig, manifest: str, cache: str | None = Non
     probe_cfg.eval.max_repeats = 0
     model = SpeechLLM(probe_cfg, encoder=fc.stub_encoder() if fc else None)
     if getattr(model, "align_head", None) is not None:  # a posterior readout needs its vocabulary, as in training
-
         model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, [u.transcript for u in utts if u.transcript],
                                                    model.prompter))
     stop_ids, model.prompter.stop_ids = model.prompter.stop_ids, set()
@@ -147,7 +143,6 @@ def decoding_seconds(utts: list, cfg: ExperimentConfig, cost: DecodeCost) -> tup
     """(expected, upper bound) seconds to decode `utts` as evaluation does: batches of
     eval.batch_size sorted by duration; each batch runs as many steps as its longest reference has
     tokens, plus the stop token (expected), or eval.max_new_tokens (upper bound)."""
-
     order = sorted(utts, key=utterance_duration)
     size, cap = cfg.eval.batch_size, cfg.eval.max_new_tokens
     expected = upper = 0.0
@@ -162,7 +157,6 @@ def decoding_seconds(utts: list, cfg: ExperimentConfig, cost: DecodeCost) -> tup
 
 def _eval_utterances(spec: GridSpec, run: Run, out: Path, cfg: Any) -> list:
     """Utterances a run decodes with the LLM: every test set, plus the LM stage's final dev score."""
-
     utts = [u for m in test_manifests(spec, run, out).values() for u in load_manifest(m)[: spec.test_max_items]]
     if cfg.data.dev_manifest:
         utts += load_manifest(cfg.data.dev_manifest)[: cfg.train.eval_max_items]
@@ -173,22 +167,13 @@ def _level(run: Run, kind: str) -> str:
     return next((lvl for f, lvl in run.levels.items() if role(f) == kind), "-")
 
 
-def _cache_cost(spec: GridSpec, runs: list[Run], out: Path, cache: str | None) -> dict[str, dict[str, float]]:
+def _cache_cost(spec: GridSpec, runs: list[Run], out: Path, cache: str) -> dict[str, dict[str, float]]:
     """Per SFM level: clips and audio seconds the feature cache still lacks, and the seconds to
     encode them (the SFM's real-time factor from the cache's timing file, else from 8 clips)."""
-
     costs: dict[str, dict[str, float]] = {}
-    for level in dict.fromkeys(encoder_level(r) for r in runs):
-        rs = [r for r in runs if encoder_level(r) == level]
-        cfg = run_config(spec, rs[0], out, cache)
-        utts = {}
-        for r in rs:
-            c = run_config(spec, r, out, cache)
-            for m in (c.data.train_manifest, c.data.dev_manifest, *test_manifests(spec, r, out).values()):
-                if m:
-                    utts.update({u.id: u for u in load_manifest(m, skip_invalid=c.data.skip_invalid)})
+    for level, (_, cfg, utts) in sfm_utterances(spec, runs, out, cache).items():
         fc = FeatureCache.for_config(cfg)
-        todo = fc.missing(list(utts.values()))
+        todo = fc.missing(utts)
         seconds = sum(utterance_duration(u) for u in todo)
         rtf = 0.0
         if todo:
@@ -218,8 +203,8 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
     cache = cache_root(spec, out)
     todo = [r for r in runs if run_status(out / r.name) != "done"]
     cache_cost = _cache_cost(spec, todo, out, cache) if probe and cache and todo else {}
-    align_probe: dict[tuple[str, str], float] = {}
-    lm_probe: dict[tuple[str, str], float] = {}
+    align_probe: dict[str, float] = {}  # SFM/adapter -> seconds per step
+    lm_probe: dict[str, float] = {}
     decode_probe: dict[str, DecodeCost] = {}
     rows, total = [], sum(c["est_seconds"] for c in cache_cost.values())
     upper_total = total
@@ -233,10 +218,10 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
             row: dict[str, Any] = {"run": r.name, "status": status, "align_steps": align_steps, "lm_steps": lm_steps,
                                    "est_seconds": None}
             if probe and status != "done":
-                key = (encoder_level(r), _level(r, "adapter"))
+                key = f"{encoder_level(r)}/{_level(r, 'adapter')}"
                 if align_steps and key not in align_probe:
-                    align_probe[key] = probe_seconds_per_step(replace_stage(cfg, "align"), steps=3, cache=cache,
-                                                              scratch=scratch)
+                    align_cfg = replace(cfg, train=replace(cfg.train, stage="align"))
+                    align_probe[key] = probe_seconds_per_step(align_cfg, steps=3, cache=cache, scratch=scratch)
                 if lm_steps and key not in lm_probe:
                     lm_probe[key] = probe_seconds_per_step(cfg, steps=2, cache=cache, scratch=scratch)
                 llm = _level(r, "llm")
@@ -263,9 +248,9 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
             print_fn(f"feature cache {level}: {c['clips']} clip(s) to encode ({c['audio_seconds'] / 3600:.2f} h of "
                      f"audio), ~{_fmt_seconds(c['est_seconds'])}")
         if align_probe:
-            print_fn("alignment step (3-step probe): " + ", ".join(f"{e}/{a}: {v:.2f} s" for (e, a), v in align_probe.items()))
+            print_fn("alignment step (3-step probe): " + ", ".join(f"{k}: {v:.2f} s" for k, v in align_probe.items()))
         if lm_probe:
-            print_fn("LM step (2-step probe): " + ", ".join(f"{e}/{a}: {v:.2f} s" for (e, a), v in lm_probe.items()))
+            print_fn("LM step (2-step probe): " + ", ".join(f"{k}: {v:.2f} s" for k, v in lm_probe.items()))
         if decode_probe:
             print_fn("decoding (one batch probed; est. eval = outputs as long as the references): " + ", ".join(
                 f"{k}: {c.seconds_per_step:.3f} s/step of {c.batch_size} clips + {c.prefill_per_audio_second:.4f} s "
@@ -273,18 +258,10 @@ def dry_run(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int
         print_fn(f"estimated time of the runs still to do on this machine: {_fmt_seconds(total)} "
                  f"({len(todo)} run(s){', cache build included' if cache_cost else ''}); "
                  f"{_fmt_seconds(upper_total)} if every answer ran to eval.max_new_tokens")
-    return {"runs": rows, "cache": cache_cost, "align_seconds_per_step": {f"{e}/{a}": v for (e, a), v in align_probe.items()},
-            "lm_seconds_per_step": {f"{e}/{a}": v for (e, a), v in lm_probe.items()},
+    return {"runs": rows, "cache": cache_cost, "align_seconds_per_step": align_probe, "lm_seconds_per_step": lm_probe,
             "decoding": {k: {"seconds_per_step": c.seconds_per_step, "prefill_per_audio_second": c.prefill_per_audio_second,
                              "batch_size": c.batch_size} for k, c in decode_probe.items()},
             "total_seconds": total, "upper_bound_seconds": upper_total}
-
-
-def replace_stage(cfg: Any, stage: str) -> Any:
-    """cfg with train.stage set (its other fields untouched)."""
-    out = copy.deepcopy(cfg)
-    out.train.stage = stage
-    return out
 
 
 def _fmt_seconds(s: float) -> str:

@@ -37,6 +37,7 @@ from submitit.helpers import Checkpointable
 from speechwire.files import append_line
 from speechwire.grid.layout import JOBS, RUN_FILE, log_event, output_root, read_result, run_status
 from speechwire.grid.spec import GridSpec, Run, shard_plan
+from speechwire.grid.status import failed_since, failure_reason
 from speechwire.grid.worker import cpu_cores, pin_cpus, placement
 
 LAUNCHERS = ("local", "slurm")
@@ -63,17 +64,12 @@ def parse_time(text: str) -> int:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
     if not m:
         raise LaunchError(f"--time {text!r} is not a Slurm time; use minutes, H:M:S or D-H:M:S, e.g. --time 24:00:00")
-    days, a, b, c = m.groups()
-    parts = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        h, mi, s = (parts + [0, 0])[:3]
-        seconds = ((int(days) * 24 + h) * 60 + mi) * 60 + s
-    elif len(parts) == 1:
-        seconds = parts[0] * 60
-    elif len(parts) == 2:
-        seconds = parts[0] * 60 + parts[1]
-    else:
-        seconds = (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    days, *rest = m.groups()
+    parts = [int(x) for x in rest if x is not None]
+    if days is None and len(parts) < 3:  # M, M:S: no hours
+        parts = [0, *parts]
+    h, mi, s = (parts + [0, 0])[:3]  # D-H, D-H:M: no minutes or seconds
+    seconds = ((int(days or 0) * 24 + h) * 60 + mi) * 60 + s
     if seconds <= 0:
         raise LaunchError(f"--time {text!r} must be longer than 0")
     return -(-seconds // 60)
@@ -119,17 +115,10 @@ class SlurmOptions:
 
     def parameters(self, name: str, num_runs: int) -> dict[str, Any]:
         """submitit SlurmExecutor parameters for an array of `num_runs` tasks."""
-        params: dict[str, Any] = {"job_name": name, "time": parse_time(self.time),
-                                  "array_parallelism": self.max_parallel or num_runs}
-        if self.partition:
-            params["partition"] = self.partition
-        if self.gpus_per_run:
-            params["gpus_per_node"] = self.gpus_per_run
-        if self.cpus_per_run:
-            params["cpus_per_task"] = self.cpus_per_run
-        if self.extra:
-            params["additional_parameters"] = dict(self.extra)
-        return params
+        optional = {"partition": self.partition, "gpus_per_node": self.gpus_per_run, "cpus_per_task": self.cpus_per_run,
+                    "additional_parameters": dict(self.extra)}  # left out when unset (0, None, empty)
+        return {"job_name": name, "time": parse_time(self.time), "array_parallelism": self.max_parallel or num_runs,
+                **{k: v for k, v in optional.items() if v}}
 
 
 # --- the task -----------------------------------------------------------------------------------
@@ -160,7 +149,6 @@ class GridTask(Checkpointable):
 
     def __call__(self) -> dict[str, dict]:
         from speechwire.grid.run import run_grid
-        from speechwire.grid.status import failed_since
 
         os.chdir(self.cwd)
         if self.cpus:
@@ -264,12 +252,8 @@ def local_slots(max_parallel: int, gpus: list[int] | None = None, cores: list[in
         raise LaunchError(f"--max-parallel {max_parallel} but this process may use only {len(cores)} CPU core(s); "
                           f"each run gets at least one: use --max-parallel {len(cores)} or less")
     share, rest = divmod(len(cores), max_parallel)
-    slots, start = [], 0
-    for i in range(max_parallel):
-        size = share + (i < rest)
-        slots.append(Slot(None, tuple(cores[start:start + size])))
-        start += size
-    return slots
+    starts = [i * share + min(i, rest) for i in range(max_parallel + 1)]  # the first `rest` shares get one core more
+    return [Slot(None, tuple(cores[a:b])) for a, b in zip(starts, starts[1:])]
 
 
 def launch_local(spec: GridSpec, out: str | Path | None, max_parallel: int = 1, shard: tuple[int, int] = (0, 1),
@@ -286,8 +270,6 @@ def launch_local(spec: GridSpec, out: str | Path | None, max_parallel: int = 1, 
             worker's log (the other runs finished).
     """
     from submitit import LocalExecutor
-
-    from speechwire.grid.status import failure_reason
 
     if max_parallel < 1:
         raise LaunchError(f"--max-parallel {max_parallel} must be >= 1")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from speechwire.files import read_jsonl
-from speechwire.grid.analysis import best_by_group, explain, lower_is_better, ranking, variance_shares
+from speechwire.grid.analysis import best_by_group, explain, lower_is_better, ranking, term_label, variance_shares
 from speechwire.grid.layout import EVENTS, RUN_FILE
 from speechwire.grid.spec import label, load_grid, matches, plan, role
 from speechwire.tables import markdown_table
@@ -36,23 +36,18 @@ def collect(grid_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     rows, factors = [], []
     for f in files:
         res = json.loads(f.read_text())
-        row: dict[str, Any] = {"run": res["name"], **res["levels"], "seed": res["seed"]}
-        for f_name in res["levels"]:
-            if f_name not in factors:
-                factors.append(f_name)
-        row.update({k: res.get(k) for k in COST})
+        row: dict[str, Any] = {"run": res["name"], **res["levels"], "seed": res["seed"], **{k: res.get(k) for k in COST}}
+        factors += [f_name for f_name in res["levels"] if f_name not in factors]
         for test, t in res.get("test", {}).items():
-            for task, m in t["metrics"].items():
-                if isinstance(m, dict):
-                    for metric in METRICS:
-                        if isinstance(m.get(metric), (int, float)):
-                            row[f"{test}:{task}.{metric}"] = m[metric]
+            row.update({f"{test}:{task}.{metric}": m[metric] for task, m in t["metrics"].items() if isinstance(m, dict)
+                        for metric in METRICS if isinstance(m.get(metric), (int, float))})
             row[f"{test}:compression"] = t.get("compression")
             row[f"{test}:rtf"] = t.get("rtf")
-        best = (res.get("align") or {}).get("best_dev") or {}
+        align = res.get("align") or {}
+        best = align.get("best_dev") or {}
         if best.get("value") is not None:  # the alignment stage's own dev score (CTC greedy path, no LLM):
             row[f"align_dev:{str(best.get('metric', 'metric')).replace('/', '.')}"] = best["value"]  # analysed too
-        row["_cache"] = [c for c in ((res.get("align") or {}).get("feature_cache"), res.get("feature_cache")) if c]
+        row["_cache"] = [c for c in (align.get("feature_cache"), res.get("feature_cache")) if c]
         rows.append(row)
     return rows, factors
 
@@ -63,10 +58,10 @@ def seed_noise(rows: list[dict[str, Any]], factors: list[str], metric: str) -> d
     the range of its level means over the rows holding the metric."""
     import numpy as np
 
+    rows = [r for r in rows if r.get(metric) is not None]
     cells: dict[tuple, list[float]] = {}
     for r in rows:
-        if r.get(metric) is not None:
-            cells.setdefault(tuple(str(r.get(f)) for f in factors), []).append(float(r[metric]))
+        cells.setdefault(tuple(str(r.get(f)) for f in factors), []).append(float(r[metric]))
     repeated = [v for v in cells.values() if len(v) > 1]
     if not repeated:
         return None
@@ -75,13 +70,11 @@ def seed_noise(rows: list[dict[str, Any]], factors: list[str], metric: str) -> d
     diffs = [abs(v[i] - v[j]) for v in repeated for i in range(len(v)) for j in range(i + 1, len(v))]
     ranges = {}
     for f in factors:
-        means = {}
+        means: dict[str, list[float]] = {}
         for r in rows:
-            if r.get(metric) is not None:
-                means.setdefault(str(r.get(f)), []).append(float(r[metric]))
+            means.setdefault(str(r.get(f)), []).append(float(r[metric]))
         if len(means) > 1:
-            level_means = [float(np.mean(v)) for v in means.values()]
-            ranges[f] = max(level_means) - min(level_means)
+            ranges[f] = float(np.ptp([np.mean(v) for v in means.values()]))
     return {"cells": len(repeated), "pooled_sd": pooled, "mean_abs_diff": float(np.mean(diffs)),
             "max_abs_diff": float(max(diffs)), "effect_range": ranges}
 
@@ -110,10 +103,6 @@ def select(rows: list[dict[str, Any]], factors: list[str], where: dict[str, list
             raise ValueError(f"{grid_dir}: --where {f}={','.join(missing)}: no finished run has that level; "
                              f"{f} levels of the finished runs: {', '.join(known)}")
     return [r for r in rows if matches(r, where)]
-
-
-def where_text(where: dict[str, list[str]]) -> str:
-    return ", ".join(f"{f} = {' or '.join(levels)}" for f, levels in where.items())
 
 
 def cache_summary(rows: list[dict[str, Any]], factors: list[str], builds: dict[str, dict[str, int]] | None = None
@@ -164,18 +153,14 @@ def metric_name(col: str) -> str:
 
 def analyse(rows: list[dict[str, Any]], factors: list[str]) -> dict[str, Any]:
     """Variance shares, sentences and best adapter per SFM x LLM pair, for every metric column."""
-    enc = next((f for f in factors if role(f) == "encoder"), None)
-    llm = next((f for f in factors if role(f) == "llm"), None)
-    adapter = next((f for f in factors if role(f) == "adapter"), None)
+    enc, llm, adapter = (next((f for f in factors if role(f) == r), None) for r in ("encoder", "llm", "adapter"))
+    group = [f for f in (enc, llm) if f]
     out = {}
     for col in metric_columns(rows):
-        shares = variance_shares(rows, factors, col)
-        name = metric_name(col)
-        group = [f for f in (enc, llm) if f]
-        best = best_by_group(rows, group, adapter, col) if adapter and group else []
-        out[col] = {"name": name, "shares": shares, "sentence": explain(shares, name),
-                    "ranking": ranking(shares, name), "best_adapter": best, "lower_is_better": lower_is_better(col),
-                    "seed_noise": seed_noise(rows, factors, col)}
+        shares, name = variance_shares(rows, factors, col), metric_name(col)
+        out[col] = {"name": name, "shares": shares, "sentence": explain(shares, name), "ranking": ranking(shares, name),
+                    "best_adapter": best_by_group(rows, group, adapter, col) if adapter and group else [],
+                    "lower_is_better": lower_is_better(col), "seed_noise": seed_noise(rows, factors, col)}
     return out
 
 
@@ -198,12 +183,12 @@ def write_report(grid_dir: str | Path, plots: bool = True, where: dict[str, list
     rows, factors = collect(grid_dir)
     where = where or {}
     rows = select(rows, factors, where, grid_dir)
-    if out is None:
-        out = grid_dir / ("subset-" + "__".join(f"{f}={'+'.join(v)}" for f, v in where.items())) if where else grid_dir
-    out = Path(out)
+    subset = grid_dir / ("subset-" + "__".join(f"{f}={'+'.join(v)}" for f, v in where.items()))
+    out = Path(out if out is not None else subset if where else grid_dir)
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(rows, factors)
-    cols = ["run", *factors, "seed"] + metric_columns(rows)
+    metrics = metric_columns(rows)
+    cols = ["run", *factors, "seed"] + metrics
     cols += sorted({k for r in rows for k in r if k.endswith((":compression", ":rtf"))}) + list(COST)
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -212,7 +197,8 @@ def write_report(grid_dir: str | Path, plots: bool = True, where: dict[str, list
     (out / "results.json").write_text(json.dumps({"factors": factors, "where": where, "rows": rows,
                                                   "analysis": analysis}, indent=2))
     images = make_plots(out / "plots", rows, factors, analysis) if plots else []
-    title = f"# Grid report: {grid_dir.name}" + (f", the runs with {where_text(where)}" if where else "")
+    title = f"# Grid report: {grid_dir.name}" + (", the runs with " + ", ".join(
+        f"{f} = {' or '.join(levels)}" for f, levels in where.items()) if where else "")
     lines = [title, "", f"{len(rows)} finished run(s); factors: "
              + ", ".join(f"{label(f)} (`{f}`: {len({r[f] for r in rows})} levels)" for f in factors) + "."]
     if where:
@@ -228,12 +214,11 @@ def write_report(grid_dir: str | Path, plots: bool = True, where: dict[str, list
         if a["seed_noise"]:
             lines.append(f"  {_noise_sentence(a['seed_noise'], a['name'])}")
     lines += ["", "## Results", ""]
-    lines += markdown_table(rows, [c for c in cols if c != "run"], [_short(c) for c in cols if c != "run"])
+    lines += markdown_table(rows, cols[1:], [metric_name(c) if c in metrics else c for c in cols[1:]])
     for col, a in analysis.items():
         lines += ["", f"## {a['name']}", "", "Share of variance (sequential sums of squares, see docs/grid.md):", ""]
         shares = a["shares"]
-        share_rows = [{"term": " x ".join(label(f) for f in t["factors"]), "df": t["df"],
-                       "share": f"{t['share']:.1%}"} for t in shares["terms"]]
+        share_rows = [{"term": term_label(t), "df": t["df"], "share": f"{t['share']:.1%}"} for t in shares["terms"]]
         share_rows.append({"term": "residual", "df": "-", "share": f"{shares['residual_share']:.1%}"})
         lines += markdown_table(share_rows, ["term", "df", "share"])
         if shares["dropped"]:
@@ -267,19 +252,11 @@ def _noise_sentence(noise: dict[str, Any], name: str) -> str:
             f"range of the level means per factor: {ranges}.")
 
 
-def _short(col: str) -> str:
-    return metric_name(col) if ":" in col and col.rsplit(".", 1)[-1] in METRICS else col
-
-
 def _expected_runs(grid_dir: Path, where: dict[str, list[str]]) -> int | None:
-    grid = grid_dir / "grid.yaml"
-    if not grid.is_file():
-        return None
     try:
-        runs = plan(load_grid(grid))
-    except Exception:  # the grid file moved or names files missing here: report what exists
+        return sum(matches(r.levels, where) for r in plan(load_grid(grid_dir / "grid.yaml")))
+    except Exception:  # no copy of the grid file, or it names files missing here: report what exists
         return None
-    return sum(matches(r.levels, where) for r in runs)
 
 
 def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], analysis: dict[str, Any]) -> list[Path]:
@@ -316,9 +293,7 @@ def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], ana
                         bright = im.norm(grid[i, j]) > 0.6 if not a["lower_is_better"] else im.norm(grid[i, j]) < 0.4
                         ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=8,
                                 color="black" if bright else "white")
-            ax.set_xlabel(" / ".join(label(f) for f in cols_of))
-            ax.set_ylabel("adapter")
-            ax.set_title(a["name"])
+            ax.set(xlabel=" / ".join(label(f) for f in cols_of), ylabel="adapter", title=a["name"])
             fig.colorbar(im, ax=ax)
             out.append(_save(fig, folder / f"heatmap_{slug}.png"))
         test = col.split(":", 1)[0]
@@ -333,20 +308,16 @@ def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], ana
             if max(xs_c) / max(min(xs_c), 1e-9) > 10:  # paper-scale ratios (1:1 .. 25:1)
                 ax.set_xscale("log")
                 ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            ax.set_xlabel("compression (encoder frames / adapter outputs)")
-            ax.set_ylabel(a["name"])
+            ax.set(xlabel="compression (encoder frames / adapter outputs)", ylabel=a["name"])
             if adapter:
                 ax.legend(fontsize=7, title="adapter")
             out.append(_save(fig, folder / f"compression_{slug}.png"))
     if analysis:
-        terms = []
-        for a in analysis.values():
-            terms += [" x ".join(label(f) for f in t["factors"]) for t in a["shares"]["terms"] if t["term"] not in terms]
-        terms = list(dict.fromkeys(terms)) + ["residual"]
+        terms = list(dict.fromkeys(term_label(t) for a in analysis.values() for t in a["shares"]["terms"])) + ["residual"]
         fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(terms), 3.6))
         width = 0.8 / len(analysis)
         for k, a in enumerate(analysis.values()):
-            by = {" x ".join(label(f) for f in t["factors"]): t["share"] for t in a["shares"]["terms"]}
+            by = {term_label(t): t["share"] for t in a["shares"]["terms"]}
             by["residual"] = a["shares"]["residual_share"]
             ax.bar(np.arange(len(terms)) + k * width, [100 * by.get(t, 0.0) for t in terms], width, label=a["name"])
         ax.set_xticks(np.arange(len(terms)) + 0.4 - width / 2, terms, rotation=30, ha="right", fontsize=8)

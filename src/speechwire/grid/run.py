@@ -36,10 +36,23 @@ from speechwire.grid.spec import GridSpec, Run, run_config, shard_plan, test_man
 from speechwire.grid.worker import placement
 from speechwire.memory import peak_memory_gib, reset_peak_memory
 from speechwire.model import SpeechLLM
-from speechwire.schema import resolve_device
+from speechwire.schema import ExperimentConfig, resolve_device
 from speechwire.train import train
 
 # --- caches -------------------------------------------------------------------------------------
+
+
+def sfm_utterances(spec: GridSpec, runs: list[Run], out: Path, cache: str) -> dict[str, tuple[Run, ExperimentConfig, list]]:
+    """Per SFM level, in plan order: its first run and that run's config, and the utterances of
+    every manifest its runs read (train, dev, test sets): what the SFM's feature cache must hold."""
+    levels: dict[str, tuple[Run, ExperimentConfig, list]] = {}
+    for r in runs:
+        cfg = run_config(spec, r, out, cache)
+        utts = levels.setdefault(encoder_level(r), (r, cfg, []))[2]
+        for m in (cfg.data.train_manifest, cfg.data.dev_manifest, *test_manifests(spec, r, out).values()):
+            if m:
+                utts += load_manifest(m, skip_invalid=cfg.data.skip_invalid)
+    return levels
 
 
 def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None, progress: bool) -> dict[str, float]:
@@ -49,42 +62,28 @@ def prepare_caches(spec: GridSpec, runs: list[Run], out: Path, cache: str | None
         encoder level -> SFM real-time factor (seconds of encoding per second of audio); with the
         cache off it is 0 (evaluation from audio already includes the SFM).
     """
-
+    if cache is None:
+        return {encoder_level(r): 0.0 for r in runs}
     rtf: dict[str, float] = {}
-    by_encoder: dict[str, list[Run]] = {}
-    for r in runs:
-        by_encoder.setdefault(encoder_level(r), []).append(r)
-    for level, rs in by_encoder.items():
-        if cache is None:
-            rtf[level] = 0.0
-            continue
-        cfg = run_config(spec, rs[0], out, cache)
-        utts: list = []
-        for r in rs:
-            c = run_config(spec, r, out, cache)
-            for m in (c.data.train_manifest, c.data.dev_manifest, *test_manifests(spec, r, out).values()):
-                if m:
-                    utts += load_manifest(m, skip_invalid=c.data.skip_invalid)
+    for level, (first, cfg, utts) in sfm_utterances(spec, runs, out, cache).items():
         fc = FeatureCache.for_config(cfg)
         timing = fc.dir / "sfm_timing.json"
         encoder = None
         with fc.locked():  # another worker building this SFM's cache finishes first; we then find its entries
             todo = fc.missing(utts)
             if todo or not timing.is_file() or fc.read_meta() is None:
-                device = resolve_device(cfg.train.device)
-                encoder = build_encoder(cfg.encoder).to(device)
+                encoder = build_encoder(cfg.encoder).to(resolve_device(cfg.train.device))
                 fc.build(encoder, todo, cfg.data.max_batch_seconds, cfg.data.max_batch_size, cfg.data.num_workers,
                          progress)
                 log_event(out, "cache", sfm=level, written=fc.stats.writes, dir=str(fc.dir))
             if not timing.is_file():
-                tests = test_manifests(spec, rs[0], out)
+                tests = test_manifests(spec, first, out)
                 sample = load_manifest(next(iter(tests.values())))[:16] if tests else utts[:16]
                 probe = FeatureCache.for_config(cfg)  # times a few items again, writes nothing
                 probe.build(encoder, sample, cfg.data.max_batch_seconds, cfg.eval.batch_size, progress=False,
                             store=False)
                 stats = probe.stats_dict()
-                write_atomic(timing, json.dumps({"encoder_rtf": stats["encoder_rtf"],
-                                                 "audio_seconds": stats["audio_seconds"]}), "SFM timing")
+                write_atomic(timing, json.dumps({k: stats[k] for k in ("encoder_rtf", "audio_seconds")}), "SFM timing")
         try:
             rtf[level] = float(json.loads(read_text(timing, "SFM timing"))["encoder_rtf"] or 0.0)
         except (ValueError, KeyError, TypeError):
@@ -114,7 +113,6 @@ class _LengthMeter:
 
 def run_one(spec: GridSpec, run: Run, out: Path, cache: str | None, sfm_rtf: float, progress: bool = False) -> dict:
     """Train (resuming) then evaluate one combination; returns what grid_run.json holds."""
-
     cfg = run_config(spec, run, out, cache)
     run_dir = Path(cfg.train.output_dir)
     reset_peak_memory()
@@ -179,10 +177,7 @@ def run_grid(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, in
     """
     out = output_root(spec, out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = shard_plan(spec, shard)
-    if names is not None:
-        wanted = set(names)
-        runs = [r for r in runs if r.name in wanted]
+    runs = [r for r in shard_plan(spec, shard) if names is None or r.name in names]
     write_atomic(out / "grid.yaml", spec.path.read_bytes(), "the grid file's copy")  # the grid as run, for the report
     write_task_manifests(spec, runs, out)
     todo = [r for r in runs if run_status(out / r.name) != "done"]

@@ -55,8 +55,6 @@ ROLES = {
     "llm": Role(("llm",), "LLM", "llm.model"),
     "task": Role(("task",), "task", None),
 }
-GRID_KEYS = {"base", "overrides", "presets", "factors", "seeds", "extra_seeds", "exclude", "test_sets",
-             "test_max_items", "feature_cache", "output_dir"}
 
 
 def role(factor: str) -> str | None:
@@ -114,10 +112,6 @@ def _dotted(value: Any, where: str) -> dict[str, Any]:
     return flatten(value)
 
 
-def _task_ok(level: str) -> bool:
-    return bool(re.fullmatch(r"asr|st|st-[a-z]{2,3}(-[a-z]{2,3})?", level))
-
-
 def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[str, dict[str, Any]]:
     from speechwire.adapters import ADAPTERS
 
@@ -133,12 +127,11 @@ def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[st
     for name, value in items:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             raise ConfigError(f"{where} level {name!r}: use letters, digits and _.+- only (it names run folders)")
-        if value is None and name in presets:
-            value = presets[name]
+        value = presets.get(name) if value is None else value
         if value is not None:
             out[name] = _dotted(value, f"{where} level {name!r}")
         elif r == "task":
-            if not _task_ok(name):
+            if not re.fullmatch(r"asr|st|st-[a-z]{2,3}(-[a-z]{2,3})?", name):
                 raise ConfigError(f"{where} value {name!r} is not a task; use asr, st, st-TGT or st-SRC-TGT "
                                   "(e.g. st-en-de), or define it under presets:")
             out[name] = {}
@@ -152,23 +145,63 @@ def _levels(spec_path: Path, factor: str, values: Any, presets: dict) -> dict[st
     return out
 
 
+Filter = dict[Any, list | str | None]  # factor -> level or [levels]; names checked by _where
+
+
+@dataclass
+class ExtraSeeds:
+    seeds: list[int] = field(default_factory=list)
+    where: Filter | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("extra_seeds.seeds must be a non-empty list of integers, "
+                              "e.g. extra_seeds: {seeds: [1], where: {adapter: [mlp, conv]}}")
+
+
+@dataclass
+class GridFile:
+    """A grid file's keys as written: from_dict checks their types, __post_init__ what types cannot
+    say; load_grid then reads the base config and checks the factors' levels and the filters' names."""
+
+    factors: Any = None  # factor -> level names, or level -> dotted overrides (_levels)
+    base: Any = None  # a config path or a mapping of sections (checked once read)
+    overrides: Any = None  # dotted keys or a list of key=value (_dotted)
+    presets: dict | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    extra_seeds: ExtraSeeds | None = None
+    exclude: list[Filter] | None = None
+    test_sets: dict[Any, str] | None = None
+    test_max_items: int | None = None
+    feature_cache: str | bool | None = None
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factors, dict) or not self.factors:
+            raise ConfigError("factors: must map factor names to levels, e.g. adapter: [base, conv]")
+        if not self.seeds:
+            raise ConfigError("seeds must be a non-empty list of integers, e.g. seeds: [0, 1]")
+        if self.test_max_items is not None and self.test_max_items < 1:
+            raise ConfigError(f"test_max_items={self.test_max_items} must be a positive integer (or left out: all items)")
+        if self.feature_cache is True:
+            raise ConfigError("feature_cache=true must be a folder path or false")
+
+
 def load_grid(path: str | Path) -> GridSpec:
     """Read and check a grid file; every error names the file, the key and the fix."""
     path = Path(path)
     raw = read_yaml(path, "grid") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping with factors: (and base:, test_sets:, ...)")
-    unknown = sorted(str(k) for k in set(raw) - GRID_KEYS)
-    if unknown:
-        from speechwire.errors import did_you_mean
-
-        sections = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"preset"}
-        if set(unknown) <= sections:
-            raise ConfigError(f"{path}: this is an experiment config, not a grid file; a grid file names it under "
-                              "base: and lists factors: (docs/grid.md)")
-        raise ConfigError(f"{path}: unknown key(s) {unknown};{did_you_mean(unknown[0], GRID_KEYS)} "
-                          f"known: {sorted(GRID_KEYS)}")
-    base, base_dir = raw.get("base") or {}, path.parent
+    unknown = {str(k) for k in raw} - {f.name for f in dataclasses.fields(GridFile)}
+    if unknown and unknown <= {f.name for f in dataclasses.fields(ExperimentConfig)} | {"preset"}:
+        raise ConfigError(f"{path}: this is an experiment config, not a grid file; a grid file names it under "
+                          "base: and lists factors: (docs/grid.md)")
+    try:
+        grid = from_dict(GridFile, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    base, base_dir = grid.base or {}, path.parent
     if isinstance(base, str):
         try:
             base_path = path.parent / base if (path.parent / base).is_file() else Path(base)
@@ -188,39 +221,17 @@ def load_grid(path: str | Path) -> GridSpec:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: base: {section} must be a mapping of keys (e.g. train: {{lr: 1e-4}}), "
                               f"got {value!r:.80}")
-    feature_cache, output_dir = raw.get("feature_cache"), raw.get("output_dir")
-    if not (feature_cache is None or feature_cache is False or isinstance(feature_cache, str)):
-        raise ConfigError(f"{path}: feature_cache={feature_cache!r:.80} must be a folder path or false")
-    if not (output_dir is None or isinstance(output_dir, str)):
-        raise ConfigError(f"{path}: output_dir={output_dir!r:.80} must be a folder path")
-    presets = raw.get("presets") or {}
-    if not isinstance(presets, dict):
-        raise ConfigError(f"{path}: presets must map names to dotted overrides, e.g. {{tiny: {{encoder.model: X}}}}")
-    factors_raw = raw.get("factors")
-    if not isinstance(factors_raw, dict) or not factors_raw:
-        raise ConfigError(f"{path}: factors: must map factor names to levels, e.g. adapter: [base, conv]")
-    factors = {str(f): _levels(path, str(f), v, presets) for f, v in factors_raw.items()}
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
-        raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
-    tests = raw.get("test_sets") or {}
-    if not isinstance(tests, dict) or not all(isinstance(v, str) for v in tests.values()):
-        raise ConfigError(f"{path}: test_sets must map names to manifest paths, e.g. {{synth: test.jsonl}}")
-    limit = raw.get("test_max_items")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"{path}: test_max_items={limit!r} must be a positive integer (or left out: all items)")
-    extra_seeds, extra_where = _extra_seeds(path, raw.get("extra_seeds"), factors)
-    exclude = raw.get("exclude") or []
-    if not isinstance(exclude, list):
-        raise ConfigError(f"{path}: exclude must be a list of filters, e.g. exclude: [{{llm: [big], adapter: [cif]}}]")
-    exclude = [_where(path, f"exclude[{i}]", w, factors) for i, w in enumerate(exclude)]
-    spec = GridSpec(path, base, _dotted(raw.get("overrides"), f"{path.name}: overrides"), factors, seeds,
-                    {str(k): str(v) for k, v in tests.items()}, raw.get("feature_cache"), raw.get("output_dir"),
-                    limit, extra_seeds, extra_where, exclude)
-    if not plan(spec):
+    factors = {str(f): _levels(path, str(f), v, grid.presets or {}) for f, v in grid.factors.items()}
+    extra = grid.extra_seeds
+    spec = GridSpec(path, base, _dotted(grid.overrides, f"{path.name}: overrides"), factors, grid.seeds,
+                    {str(k): v for k, v in (grid.test_sets or {}).items()}, grid.feature_cache, grid.output_dir,
+                    grid.test_max_items, extra.seeds if extra else [],
+                    _where(path, "extra_seeds.where", extra and extra.where, factors),
+                    [_where(path, f"exclude[{i}]", w, factors) for i, w in enumerate(grid.exclude or [])])
+    runs = plan(spec)
+    if not runs:
         raise ConfigError(f"{path}: exclude leaves no combination to run")
-    for run in plan(spec):  # every combination must make a valid config
+    for run in runs:  # every combination must make a valid config
         try:
             run_config(spec, run, Path("."), cache=None)
         except ConfigError as e:
@@ -228,33 +239,16 @@ def load_grid(path: str | Path) -> GridSpec:
     return spec
 
 
-def _extra_seeds(path: Path, raw: Any, factors: dict[str, dict]) -> tuple[list[int], dict[str, list[str]]]:
-    """extra_seeds: {seeds: [1], where: {factor: [levels]}} -> (seeds, filter); checks every name."""
-    if raw is None:
-        return [], {}
-    example = "e.g. extra_seeds: {seeds: [1], where: {adapter: [mlp, conv]}}"
-    if not isinstance(raw, dict) or set(raw) - {"seeds", "where"}:
-        raise ConfigError(f"{path}: extra_seeds must be a mapping with seeds: and where:, {example}")
-    seeds, where = raw.get("seeds"), raw.get("where") or {}
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool)
-                                                           for x in seeds):
-        raise ConfigError(f"{path}: extra_seeds.seeds must be a non-empty list of integers, {example}")
-    return seeds, _where(path, "extra_seeds.where", where, factors)
-
-
-def _where(path: Path, key: str, where: Any, factors: dict[str, dict]) -> dict[str, list[str]]:
+def _where(path: Path, key: str, where: dict | None, factors: dict[str, dict]) -> dict[str, list[str]]:
     """A filter {factor: [levels]} with every factor and level checked against the grid's."""
-    if not isinstance(where, dict):
-        raise ConfigError(f"{path}: {key} must map factors to lists of levels, e.g. {{adapter: [mlp, conv]}}")
     out: dict[str, list[str]] = {}
-    for f, levels in where.items():
+    for f, levels in (where or {}).items():
         if f not in factors:
             raise ConfigError(unknown_name(f"{key} factor", str(f), factors, str(path)))
-        levels = [levels] if isinstance(levels, str) else levels
-        for lvl in levels or []:
-            if str(lvl) not in factors[f]:
-                raise ConfigError(unknown_name(f"{key} {f} level", str(lvl), factors[f], str(path)))
-        out[str(f)] = [str(x) for x in levels or []]
+        out[f] = [str(x) for x in ([levels] if isinstance(levels, str) else levels or [])]
+        for lvl in out[f]:
+            if lvl not in factors[f]:
+                raise ConfigError(unknown_name(f"{key} {f} level", lvl, factors[f], str(path)))
     return out
 
 
@@ -273,17 +267,13 @@ def plan(spec: GridSpec) -> list[Run]:
     names = list(spec.factors)
     combos = list(itertools.product(*(spec.factors[f].items() for f in names)))
     extra = [s for s in spec.extra_seeds if s not in spec.seeds]
-    for seeds, main in ((spec.seeds, True), (extra, False)):
+    for seeds, where in ((spec.seeds, {}), (extra, spec.extra_where)):  # {}: every combination matches
         for combo in combos:
             levels = {f: lvl for f, (lvl, _) in zip(names, combo)}
-            if not main and not matches(levels, spec.extra_where):
-                continue
-            if any(matches(levels, w) for w in spec.exclude):
+            if not matches(levels, where) or any(matches(levels, w) for w in spec.exclude):
                 continue
             for seed in seeds:
-                settings: dict[str, Any] = {}
-                for _, s in combo:
-                    settings.update(s)
+                settings = {k: v for _, s in combo for k, v in s.items()}
                 task = next((lvl for f, lvl in levels.items() if role(f) == "task" and not spec.factors[f][lvl]),
                             None)
                 name = "__".join(f"{f}={lvl}" for f, lvl in levels.items()) + f"__seed={seed}"
@@ -293,8 +283,7 @@ def plan(spec: GridSpec) -> list[Run]:
 
 def shard_plan(spec: GridSpec, shard: tuple[int, int] = (0, 1)) -> list[Run]:
     """Shard (i, n)'s runs: every n-th run of `plan`, starting at the i-th."""
-    i, n = shard
-    return plan(spec)[i::n]
+    return plan(spec)[shard[0]::shard[1]]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -328,11 +317,9 @@ def run_config(spec: GridSpec, run: Run, out: Path, cache: str | None) -> Experi
     for key in ("train_manifest", "dev_manifest", "test_manifest"):
         if isinstance(data["data"].get(key), str):
             data["data"][key] = os.path.expanduser(data["data"][key])
-    if run.task:
-        for key in ("train_manifest", "dev_manifest"):
-            src = data["data"].get(key)
-            if src:
-                _set(data, f"data.{key}", str(out / "manifests" / run.task / f"{key.split('_')[0]}.jsonl"))
+    for key in ("train_manifest", "dev_manifest") if run.task else ():
+        if data["data"].get(key):
+            data["data"][key] = str(out / "manifests" / run.task / f"{key.split('_')[0]}.jsonl")
     check_names(data)
     return from_dict(ExperimentConfig, data)
 
@@ -348,12 +335,8 @@ def test_manifests(spec: GridSpec, run: Run, out: Path) -> dict[str, str]:
 
 
 def keep_task(u: Any, task: str) -> bool:
-    parts = task.split("-")
-    if u.task != parts[0]:
-        return False
-    if len(parts) == 2:
-        return u.tgt_lang == parts[1]
-    return len(parts) == 1 or (u.src_lang == parts[1] and u.tgt_lang == parts[2])
+    kind, *langs = task.split("-")  # asr, st (any languages), st-TGT, st-SRC-TGT
+    return u.task == kind and langs == [u.src_lang, u.tgt_lang][2 - len(langs):]
 
 
 def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
@@ -366,7 +349,7 @@ def write_task_manifests(spec: GridSpec, runs: list[Run], out: Path) -> None:
         folder = out / "manifests" / task
         folder.mkdir(parents=True, exist_ok=True)
         files = {f"{k.split('_')[0]}.jsonl": v for k, v in sources.items() if v}
-        files.update({f"test-{k}.jsonl": v for k, v in (spec.test_sets or {}).items()})
+        files.update({f"test-{k}.jsonl": v for k, v in spec.test_sets.items()})
         for name, src in files.items():
             kept = [u for u in load_manifest(os.path.expanduser(src)) if keep_task(u, task)]
             if not kept:

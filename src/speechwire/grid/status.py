@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -164,17 +165,14 @@ def scheduler_states(jobs: Iterable[str]) -> dict[str, str]:
 def grid_status(spec: GridSpec, out: str | Path | None = None, shard: tuple[int, int] = (0, 1)) -> list[RunState]:
     """Each planned run's state (module docstring), in plan order."""
     out = output_root(spec, out)
-    runs = shard_plan(spec, shard)
     latest_job: dict[str, dict] = {}
     for rec in read_jsonl(out / JOBS):
         for name in rec.get("runs") or ():
             latest_job[str(name)] = rec
     slurm = scheduler_states(str(r["job"]) for r in latest_job.values() if r.get("launcher") == "slurm")
     last_event = last_run_events(out)
-    rows = []
-    for run in runs:
-        rows.append(_state(out, run.name, latest_job.get(run.name), slurm, last_event.get(run.name)))
-    return rows
+    return [_state(out, run.name, latest_job.get(run.name), slurm, last_event.get(run.name))
+            for run in shard_plan(spec, shard)]
 
 
 def _state(out: Path, name: str, job: dict | None, slurm: dict[str, str], event: dict | None) -> RunState:
@@ -202,9 +200,7 @@ def status_table(rows: list[RunState]) -> str:
     """A markdown table of the rows and a count per state."""
     table = "\n".join(markdown_table([{"run": r.name, "state": r.state, "job": r.job or "-", "detail": r.detail or "-"}
                                      for r in rows], ["run", "state", "job", "detail"]))
-    counts = {}
-    for r in rows:
-        counts[r.state] = counts.get(r.state, 0) + 1
+    counts = Counter(r.state for r in rows)
     order = ("done", "running", "queued", "failed", "planned")
     summary = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
     return f"{table}\n\n{len(rows)} run(s): {summary}"
