@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from speechwire.adapters.conv import conv_output_length
 from speechwire.adapters.interface import lengths_to_mask
 from speechwire.encoders.interface import SAMPLE_RATE, SpeechEncoder
 from speechwire.encoders.loading import load_submodule, resolve_folder
@@ -135,9 +136,7 @@ class SeamlessSpeechEncoder(SpeechEncoder):
         return cls(encoder, max_seconds=cfg.max_seconds, model_id=cfg.model)
 
     def _adaptor_length(self, n: torch.Tensor) -> torch.Tensor:
-        # Conv1d(kernel, stride, padding=stride // 2) output length
-        pad = self.adaptor_stride // 2
-        return torch.div(n + 2 * pad - self.adaptor_kernel, self.adaptor_stride, rounding_mode="floor") + 1
+        return conv_output_length(n, self.adaptor_kernel, self.adaptor_stride, padding=self.adaptor_stride // 2)
 
     def output_length(self, num_samples: torch.Tensor) -> torch.Tensor:
         """(B,) samples -> (B,) output frames: fbank, stack x2, then each adaptor layer. Pure."""
