@@ -24,7 +24,7 @@ import math
 import os
 import signal
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,14 +40,13 @@ def check_file(path: str | Path, what: str, fix: str = "") -> Path:
     path = Path(path)
     hint = f"; {fix}" if fix else ""
     try:
-        if path.is_dir():
-            raise IsADirectoryError(f"{path}: is a folder, not a {what} file{hint}")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: {what} file does not exist{hint}")
+        is_dir, is_file = path.is_dir(), path.is_file()
     except (OSError, ValueError) as e:  # a name too long, a NUL byte
-        if isinstance(e, (IsADirectoryError, FileNotFoundError)):
-            raise
         raise FileNotFoundError(f"{str(path)[:200]!r}: not a usable {what} path ({e}){hint}") from None
+    if is_dir:
+        raise IsADirectoryError(f"{path}: is a folder, not a {what} file{hint}")
+    if not is_file:
+        raise FileNotFoundError(f"{path}: {what} file does not exist{hint}")
     return path
 
 
@@ -115,10 +114,17 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_file(path: str | Path, flags: int, data: bytes, fsync: bool = False) -> None:
+    """os.open(path, flags), write all of `data` (os.write may write less than asked), close."""
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | Path, data: bytes | str, what: str, fsync: bool = False,
@@ -136,13 +142,7 @@ def write_atomic(path: str | Path, data: bytes | str, what: str, fsync: bool = F
     data = data.encode("utf-8") if isinstance(data, str) else data
     tmp = temp_path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, data)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, data, fsync)
         fault_point("write.before-replace")
         os.replace(tmp, path)
     except OSError as e:
@@ -157,11 +157,7 @@ def append_line(path: str | Path, line: str, what: str) -> None:
     """Append one line with a single O_APPEND write (whole lines, even with concurrent writers)."""
     data = (line.rstrip("\n") + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
+        _write_file(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, data)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFullError(what, path, len(data)) from None
@@ -237,8 +233,7 @@ def state_files(state: Any, name: str = "state") -> dict[str, bytes]:
         TypeError: the state holds another kind of object.
     """
     tensors: dict[str, torch.Tensor] = {}
-    structure = _encode(state, tensors, name)
-    out = {f"{name}.json": json.dumps({"format": 1, "state": structure}).encode()}
+    out = {f"{name}.json": json.dumps({"format": 1, "state": _encode(state, tensors, name)}).encode()}
     if tensors:
         out[f"{name}.safetensors"] = safetensors_bytes(tensors)
     return out
@@ -246,20 +241,20 @@ def state_files(state: Any, name: str = "state") -> dict[str, bytes]:
 
 def load_state_files(folder: Path, name: str, what: str) -> Any:
     """Read what `state_files` wrote into `folder` (checksums verified). DamagedFileError if damaged."""
-    text = read_text(folder / f"{name}.json", what)
+    path = folder / f"{name}.json"
+    text = read_text(path, what)
     try:
         doc = json.loads(text)
     except ValueError as e:
-        raise DamagedFileError(f"{folder / (name + '.json')}: {what} is damaged ({e})") from None
+        raise DamagedFileError(f"{path}: {what} is damaged ({e})") from None
     if not isinstance(doc, dict) or "state" not in doc:
-        raise DamagedFileError(f"{folder / (name + '.json')}: {what} is damaged (not a speechwire state file)")
-    structure = doc["state"]
+        raise DamagedFileError(f"{path}: {what} is damaged (not a speechwire state file)")
     tensor_file = folder / f"{name}.safetensors"
     tensors = read_safetensors(tensor_file, what)[0] if tensor_file.exists() else {}
     try:
-        return _decode(structure, tensors)
+        return _decode(doc["state"], tensors)
     except (KeyError, TypeError, ValueError) as e:
-        raise DamagedFileError(f"{folder / (name + '.json')}: {what} is damaged ({type(e).__name__}: {e})") from None
+        raise DamagedFileError(f"{path}: {what} is damaged ({type(e).__name__}: {e})") from None
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -281,11 +276,9 @@ def try_lock(path: str | Path, block: bool = False) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
-        try:
+        with suppress(OSError):
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for people looking
-        except OSError:
-            pass
         yield True
     finally:
         os.close(fd)  # releases the lock

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 
 import numpy as np
 
@@ -118,11 +119,8 @@ def speech_regions(wav: np.ndarray, max_seconds: float, sample_rate: int = SAMPL
 
 def _energy_pieces(wav: np.ndarray, start: int, end: int, max_seconds: float) -> list[Piece]:
     """Tile `wav[start:end]` with pieces cut at the quietest frames (audio.split_long)."""
-    pieces, at = [], start
-    for part in split_long(wav[start:end], max_seconds):
-        pieces.append(Piece(at, at + len(part)))
-        at += len(part)
-    return pieces
+    bounds = list(accumulate((len(part) for part in split_long(wav[start:end], max_seconds)), initial=start))
+    return [Piece(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def group_regions(regions: list[Piece], limit: int) -> list[Piece]:

@@ -14,6 +14,7 @@ first one's peak.) Elsewhere: ru_maxrss (no reset), or None where even that is m
 from __future__ import annotations
 
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
@@ -21,23 +22,20 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 GIB = 2**30
 
 
-def _cuda() -> bool:
+def _cuda():
+    """`torch.cuda` when a CUDA device is available, else None."""
     import torch
 
-    return torch.cuda.is_available()
+    return torch.cuda if torch.cuda.is_available() else None
 
 
 def reset_peak_memory() -> None:
     """Start a new peak: the CUDA allocator's peak statistics, or the process's VmHWM (Linux)."""
-    if _cuda():
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
+    if (cuda := _cuda()) is not None:
+        cuda.reset_peak_memory_stats()
         return
-    try:
+    with suppress(OSError):  # not Linux, or /proc read-only: the peak then counts from the process's start
         _CLEAR_REFS.write_text("5")
-    except OSError:  # not Linux, or /proc read-only: the peak then counts from the process's start
-        pass
 
 
 def peak_memory_gib() -> float | None:
@@ -46,16 +44,12 @@ def peak_memory_gib() -> float | None:
     Returns:
         CUDA: peak bytes allocated by PyTorch; CPU: peak resident set size; None when unknown.
     """
-    if _cuda():
-        import torch
-
-        return round(torch.cuda.max_memory_allocated() / GIB, 3)
-    try:
+    if (cuda := _cuda()) is not None:
+        return round(cuda.max_memory_allocated() / GIB, 3)
+    with suppress(OSError, ValueError, IndexError):
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) * 1024 / GIB, 3)  # "VmHWM:  123456 kB"
-    except (OSError, ValueError, IndexError):
-        pass
     try:
         import resource
     except ImportError:  # Windows

@@ -228,8 +228,7 @@ def comet(
     data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(srcs, hyps, refs)]
     model = load_from_checkpoint(path)
     pred = model.predict(data, batch_size=batch_size, gpus=gpus, progress_bar=False)
-    scores = [float(x) for x in pred.scores]
-    return {"score": float(pred.system_score), "scores": scores, "model": model_path}
+    return {"score": float(pred.system_score), "scores": [float(x) for x in pred.scores], "model": model_path}
 
 
 TASKS = ("asr", "st")

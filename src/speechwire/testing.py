@@ -57,8 +57,7 @@ def save_tiny_whisper(
         suppress_tokens=[], begin_suppress_tokens=[],
     )
     torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config) if full else WhisperEncoder(config)
-    model.save_pretrained(path)
+    (WhisperForConditionalGeneration if full else WhisperEncoder)(config).save_pretrained(path)
     WhisperFeatureExtractor(feature_size=num_mel_bins).save_pretrained(path)
     return path
 
@@ -91,8 +90,7 @@ def save_tiny_seamless(path: str | Path, seed: int = 0, full: bool = False) -> P
         feature_projection_input_dim=160,  # 80 fbank bins stacked x2
     )
     torch.manual_seed(seed)
-    model = SeamlessM4Tv2ForSpeechToText(config) if full else SeamlessM4Tv2SpeechEncoder(config)
-    model.save_pretrained(path)
+    (SeamlessM4Tv2ForSpeechToText if full else SeamlessM4Tv2SpeechEncoder)(config).save_pretrained(path)
     SeamlessM4TFeatureExtractor().save_pretrained(path)
     return path
 
@@ -178,8 +176,7 @@ def save_tiny_llm(
         initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(path)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
     if with_tokenizer:
         tok.save_pretrained(path)
     return path

@@ -37,15 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from speechwire.adapters.interface import (
-    Adapter,
-    AdapterContext,
-    AdapterOutput,
-    AdapterTargets,
-    check_input,
-    compression_ratio,
-    lengths_to_mask,
-)
+from speechwire.adapters.interface import Adapter, AdapterContext, AdapterOutput, AdapterTargets, check_input, compression_ratio
 from speechwire.adapters.transformer import STACK_FIELDS, TransformerStack
 from speechwire.registry import ADAPTERS
 from speechwire.schema import AdapterConfig
@@ -84,8 +76,7 @@ def cif_weights(alphas: torch.Tensor, counts: torch.Tensor, threshold: float) ->
     k = torch.arange(K, device=alphas.device, dtype=alphas.dtype)  # (K,)
     lo = (k * threshold)[None, :, None]  # (1, K, 1)
     hi = ((k + 1) * threshold)[None, :, None]  # (1, K, 1)
-    w = torch.minimum(c_hi[:, None, :], hi) - torch.maximum(c_lo[:, None, :], lo)  # (B, K, T)
-    w = w.clamp(min=0)
+    w = (torch.minimum(c_hi[:, None, :], hi) - torch.maximum(c_lo[:, None, :], lo)).clamp(min=0)  # (B, K, T)
     fired = torch.arange(K, device=alphas.device)[None, :] < counts[:, None]  # (B, K)
     return w * fired[..., None]
 
@@ -160,9 +151,8 @@ class CIFAdapter(Adapter):
         Raises:
             ValueError: training mode without targets.target_lengths.
         """
-        check_input(hidden, lengths, self.ctx.in_dim, "cif adapter")
+        valid = check_input(hidden, lengths, self.ctx.in_dim, "cif adapter")  # (B, T)
         cfg = self.cfg
-        valid = lengths_to_mask(lengths, hidden.shape[1])  # (B, T)
         x = hidden * valid[..., None]  # (B, T, C), zero on padding
         alphas = self.alpha(x, valid).float()  # (B, T); integrate in float32 even under bf16
         alpha_sum = alphas.sum(dim=1)  # (B,)

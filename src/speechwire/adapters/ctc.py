@@ -198,8 +198,7 @@ class CTCAdapter(Adapter):
         Raises:
             ValueError: training without CTC labels, or labels containing the blank id.
         """
-        check_input(hidden, lengths, self.ctx.in_dim, "ctc adapter")
-        valid = lengths_to_mask(lengths, hidden.shape[1])  # (B, T)
+        valid = check_input(hidden, lengths, self.ctx.in_dim, "ctc adapter")  # (B, T)
         x = hidden * valid[..., None]  # (B, T, C)
         labels, columns = None, torch.tensor([self.blank], device=x.device)
         if self.training:

@@ -95,8 +95,9 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def check_input(hidden: torch.Tensor, lengths: torch.Tensor, in_dim: int, who: str) -> None:
-    """Clear errors for the mistakes a user can make when wiring an SFM to an adapter."""
+def check_input(hidden: torch.Tensor, lengths: torch.Tensor, in_dim: int, who: str) -> torch.Tensor:
+    """Clear errors for the mistakes a user can make when wiring an SFM to an adapter; returns the
+    (B, T) valid mask of `hidden`."""
     if hidden.dim() != 3:
         raise ValueError(f"{who}: expected hidden states (B, T, d_enc), got shape {tuple(hidden.shape)}")
     if hidden.shape[-1] != in_dim:
@@ -106,3 +107,4 @@ def check_input(hidden: torch.Tensor, lengths: torch.Tensor, in_dim: int, who: s
         )
     if lengths.shape != hidden.shape[:1]:
         raise ValueError(f"{who}: lengths {tuple(lengths.shape)} must be (B,) = ({hidden.shape[0]},)")
+    return lengths_to_mask(lengths, hidden.shape[1])

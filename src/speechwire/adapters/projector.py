@@ -48,13 +48,9 @@ class _Projector(Adapter):
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(cfg, ctx)
         d_in = ctx.in_dim * cfg.stack
-        if self.hidden_layers:
-            self.proj = nn.Sequential(
-                nn.Linear(d_in, cfg.hidden_size), nn.GELU(), nn.Linear(cfg.hidden_size, ctx.out_dim),
-                nn.LayerNorm(ctx.out_dim),
-            )
-        else:
-            self.proj = nn.Sequential(nn.Linear(d_in, ctx.out_dim), nn.LayerNorm(ctx.out_dim))
+        head = ([nn.Linear(d_in, cfg.hidden_size), nn.GELU(), nn.Linear(cfg.hidden_size, ctx.out_dim)] if self.hidden_layers
+                else [nn.Linear(d_in, ctx.out_dim)])
+        self.proj = nn.Sequential(*head, nn.LayerNorm(ctx.out_dim))
 
     def forward(self, hidden, lengths, targets: AdapterTargets | None = None) -> AdapterOutput:
         check_input(hidden, lengths, self.ctx.in_dim, f"{self.cfg.name} adapter")

@@ -54,10 +54,8 @@ def zero_residual_branches_(layers: nn.TransformerEncoder) -> None:
     conv adapter off the alignment stage's blank plateau (docs/demo.md, "A context adapter: measured, not adopted")."""
     with torch.no_grad():
         for layer in layers.layers:
-            layer.self_attn.out_proj.weight.zero_()
-            layer.self_attn.out_proj.bias.zero_()
-            layer.linear2.weight.zero_()
-            layer.linear2.bias.zero_()
+            for p in (*layer.self_attn.out_proj.parameters(), *layer.linear2.parameters()):
+                p.zero_()
 
 
 class ReZeroLayer(nn.Module):

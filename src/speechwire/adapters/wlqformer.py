@@ -100,8 +100,7 @@ class WLQFormerAdapter(Adapter):
         W, Q = self.window, self.cfg.queries_per_window
         N = -(-T // W)  # ceil(T / W) windows
         valid = lengths_to_mask(lengths, N * W)  # (B, N*W)
-        x = nn.functional.pad(self.norm(hidden), (0, 0, 0, N * W - T))  # (B, N*W, C)
-        x = x.view(B * N, W, C)  # (B*N, W, C)
+        x = nn.functional.pad(self.norm(hidden), (0, 0, 0, N * W - T)).view(B * N, W, C)  # (B*N, W, C)
         pad = ~valid.view(B * N, W)  # (B*N, W) True on padding
         live = (~pad).any(dim=1)  # (B*N,) windows with at least one real frame
         frames, pad = x[live], pad[live]  # (M, W, C), (M, W)

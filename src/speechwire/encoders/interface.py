@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from speechwire.adapters.interface import lengths_to_mask
 from speechwire.audio import SAMPLE_RATE
 
 
@@ -31,10 +32,34 @@ class SpeechEncoder(nn.Module):
     dim: int
     frame_rate: float
     min_samples: int = 400  # shortest input that yields at least one frame
+    max_samples: int  # longest accepted input
     name: str = ""  # registry key
     model_id: str = ""  # what it was loaded from (hub id or folder): part of the feature-cache key
 
+    @torch.no_grad()
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """Encode a batch of 16 kHz waveforms: `encode` sees each item zero past its end, and its hidden
+        states are cut to T = max(out lengths) and zeroed past each item's frames.
+
+        Args:
+            waveforms: (B, S) float32 at 16 kHz; values past `lengths` are ignored.
+            lengths: (B,) valid samples per item.
+
+        Returns:
+            EncoderOutput with hidden (B, T, d), zero past each item's frames, and lengths (B,).
+        """
+        check_waveforms(waveforms, lengths, self.min_samples, self.max_samples, who=f"{self.name} encoder ({self.model_id})")
+        lengths = lengths.to(waveforms.device)
+        waveforms = waveforms[:, : int(lengths.max())].float()
+        waveforms = waveforms.masked_fill(~lengths_to_mask(lengths, waveforms.shape[1]), 0.0)  # silence past each end
+        hidden, out_lengths = self.encode(waveforms, lengths)
+        T = int(out_lengths.max())
+        return EncoderOutput(hidden=hidden[:, :T] * lengths_to_mask(out_lengths, T)[..., None].to(hidden.dtype),
+                             lengths=out_lengths)
+
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's part of `forward`: (B, S) float32 zero past `lengths`, (B,) samples ->
+        hidden (B, >= T, d) and (B,) frames."""
         raise NotImplementedError
 
     def output_length(self, num_samples: torch.Tensor) -> torch.Tensor:

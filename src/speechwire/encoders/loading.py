@@ -12,8 +12,9 @@ meta device, reads only the tensors under the encoder's key prefix (found from a
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -68,34 +69,18 @@ def _weight_files(folder: Path, must_exist: bool = True) -> list[Path]:
     return []
 
 
-def _read_tensors(files: list[Path], keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
-    """Read the tensors whose names pass `keep` (safetensors lazily, key by key; .bin files whole)."""
-    out: dict[str, torch.Tensor] = {}
+def _tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
+    """(name, read) of every tensor in `files`: safetensors read lazily, key by key; .bin files whole.
+    `read` works until the next name is drawn."""
     for f in files:
         if f.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(f), framework="pt") as st:
-                for k in st.keys():
-                    if keep(k):
-                        out[k] = st.get_tensor(k)
+                yield from ((k, partial(st.get_tensor, k)) for k in st.keys())
         else:
             sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-            out.update({k: v for k, v in sd.items() if keep(k)})
-    return out
-
-
-def _all_keys(files: list[Path]) -> list[str]:
-    keys: list[str] = []
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(f), framework="pt") as st:
-                keys.extend(st.keys())
-        else:
-            keys.extend(torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys())
-    return keys
+            yield from ((k, partial(sd.__getitem__, k)) for k in sd)
 
 
 def load_submodule(cls: type, config, folder: Path, anchor: str, dtype: torch.dtype) -> nn.Module:
@@ -113,7 +98,7 @@ def load_submodule(cls: type, config, folder: Path, anchor: str, dtype: torch.dt
         The module with every parameter and buffer loaded, on CPU, in `dtype`.
     """
     files = _weight_files(folder)
-    keys = set(_all_keys(files))
+    keys = {k for k, _ in _tensors(files)}
     with torch.device("meta"):
         module = cls(config)
     wanted = set(module.state_dict())
@@ -125,8 +110,7 @@ def load_submodule(cls: type, config, folder: Path, anchor: str, dtype: torch.dt
             f"(config model_type={getattr(config, 'model_type', '?')!r})"
         )
     prefix = prefixes[0]
-    tensors = _read_tensors(files, lambda k: k.startswith(prefix) and k[len(prefix):] in wanted)
-    state = {k[len(prefix):]: v for k, v in tensors.items()}
+    state = {k[len(prefix):]: read() for k, read in _tensors(files) if k.startswith(prefix) and k[len(prefix):] in wanted}
     missing = sorted(wanted - set(state))
     if missing:
         raise ValueError(

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
+from speechwire.adapters.conv import conv_output_length
+from speechwire.adapters.interface import lengths_to_mask
+from speechwire.encoders.interface import SAMPLE_RATE, SpeechEncoder
 from speechwire.encoders.loading import load_submodule, resolve_folder
 from speechwire.registry import ENCODERS
 from speechwire.schema import EncoderConfig, torch_dtype
@@ -66,7 +68,7 @@ def fbank_features(waveforms: torch.Tensor, lengths: torch.Tensor, mel_filters: 
     power = torch.fft.rfft(frames * window, n=N_FFT).abs() ** 2  # (B, F, 257)
     feats = (power @ mel_filters.to(dev, ftype)).clamp(min=MEL_FLOOR).log()  # (B, F, 80)
 
-    valid = (torch.arange(F_max, device=dev)[None, :] < n_frames[:, None])[..., None]  # (B, F, 1)
+    valid = lengths_to_mask(n_frames, F_max)[..., None]  # (B, F, 1)
     count = n_frames.to(feats.dtype)[:, None, None]  # (B, 1, 1)
     mean = feats.masked_fill(~valid, 0.0).sum(1, keepdim=True) / count  # (B, 1, 80)
     var = ((feats - mean).masked_fill(~valid, 0.0) ** 2).sum(1, keepdim=True) / (count - 1)  # ddof=1
@@ -74,7 +76,7 @@ def fbank_features(waveforms: torch.Tensor, lengths: torch.Tensor, mel_filters: 
 
     L = F_max // STACK
     feats = feats[:, : L * STACK].reshape(B, L, STACK * NUM_BINS)  # (B, L, 160)
-    keep = torch.arange(L, device=dev)[None, :] < (n_frames // STACK)[:, None]  # (B, L)
+    keep = lengths_to_mask(n_frames // STACK, L)  # (B, L)
     return (feats * keep[..., None]).float()
 
 
@@ -134,9 +136,7 @@ class SeamlessSpeechEncoder(SpeechEncoder):
         return cls(encoder, max_seconds=cfg.max_seconds, model_id=cfg.model)
 
     def _adaptor_length(self, n: torch.Tensor) -> torch.Tensor:
-        # Conv1d(kernel, stride, padding=stride // 2) output length
-        pad = self.adaptor_stride // 2
-        return torch.div(n + 2 * pad - self.adaptor_kernel, self.adaptor_stride, rounding_mode="floor") + 1
+        return conv_output_length(n, self.adaptor_kernel, self.adaptor_stride, padding=self.adaptor_stride // 2)
 
     def output_length(self, num_samples: torch.Tensor) -> torch.Tensor:
         """(B,) samples -> (B,) output frames: fbank, stack x2, then each adaptor layer. Pure."""
@@ -158,48 +158,28 @@ class SeamlessSpeechEncoder(SpeechEncoder):
         """
         from transformers.masking_utils import create_bidirectional_mask
 
-        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < n[:, None])[..., None]  # (B, L, 1)
+        valid = lengths_to_mask(n, x.shape[1])[..., None]  # (B, L, 1)
         residual = layer.residual_layer_norm(x).masked_fill(~valid, 0.0)
         residual = layer.activation(layer.residual_conv(residual.transpose(1, 2))).transpose(1, 2)  # (B, L', d)
         h = layer.self_attn_layer_norm(x).masked_fill(~valid, 0.0)
         h = layer.activation(layer.self_attn_conv(h.transpose(1, 2))).transpose(1, 2)  # (B, L', d)
         n = self._adaptor_length(n)
-        key_mask = (torch.arange(h.shape[1], device=x.device)[None, :] < n[:, None]).long()  # (B, L')
+        key_mask = lengths_to_mask(n, h.shape[1]).long()  # (B, L')
         mask = create_bidirectional_mask(config=layer.config, inputs_embeds=h, attention_mask=key_mask)
         h, _ = layer.self_attn(h, attention_mask=mask)
         h = h + residual
-        h = layer.ffn(layer.ffn_layer_norm(h)) + h
-        return h, n
+        return layer.ffn(layer.ffn_layer_norm(h)) + h, n
 
-    @torch.no_grad()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """Encode a batch of 16 kHz waveforms.
-
-        Args:
-            waveforms: (B, S) float32 at 16 kHz; values past `lengths` are ignored.
-            lengths: (B,) valid samples per item.
-
-        Returns:
-            EncoderOutput with hidden (B, T, d), zero past each item's frames, and lengths (B,).
-        """
-        check_waveforms(waveforms, lengths, self.min_samples, self.max_samples, who=f"seamless encoder ({self.model_id})")
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder
-        lengths = lengths.to(waveforms.device)
-        waveforms = waveforms[:, : int(lengths.max())]
-        real = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]
-        waveforms = torch.where(real, waveforms.float(), 0.0)  # (B, S)
-
         feats = fbank_features(waveforms, lengths, self.mel_filters)  # (B, L, 160)
         n = torch.div(fbank_frames(lengths), STACK, rounding_mode="floor")  # (B,)
-        mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < n[:, None]).long()  # (B, L)
+        mask = lengths_to_mask(n, feats.shape[1]).long()  # (B, L)
         x = enc.feature_projection(feats.to(enc.inner_layer_norm.weight.dtype))  # (B, L, d)
         x = enc.encoder(x, attention_mask=mask)  # (B, L, d)
         x = x + 0.5 * enc.intermediate_ffn(x)
         if enc.adapter is not None:
             for layer in enc.adapter.layers:
                 x, n = self._adaptor_layer(layer, x, n)  # (B, T, d)
-        x = enc.inner_layer_norm(x)
         assert torch.equal(n, self.output_length(lengths)), "seamless: output_length disagrees with forward"
-        T = int(n.max())
-        keep = torch.arange(T, device=x.device)[None, :] < n[:, None]  # (B, T)
-        return EncoderOutput(hidden=x[:, :T] * keep[..., None].to(x.dtype), lengths=n)
+        return enc.inner_layer_norm(x), n

@@ -22,7 +22,8 @@ import math
 
 import torch
 
-from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
+from speechwire.adapters.interface import lengths_to_mask
+from speechwire.encoders.interface import SAMPLE_RATE, SpeechEncoder
 from speechwire.registry import ENCODERS
 from speechwire.schema import EncoderConfig, torch_dtype
 
@@ -36,7 +37,7 @@ def normalize_waveforms(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch
     Returns:
         (B, S) float32, zero past each item's end.
     """
-    valid = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]  # (B, S)
+    valid = lengths_to_mask(lengths, waveforms.shape[1])  # (B, S)
     x = waveforms.double().masked_fill(~valid, 0.0)
     n = lengths.to(x.dtype)[:, None]
     mean = x.sum(1, keepdim=True) / n
@@ -103,38 +104,21 @@ class HFSSLEncoder(SpeechEncoder):
         """(B,) samples -> (B,) frames by the model's conv formula (floor((n - k) / s) + 1 per layer). Pure."""
         return self.model._get_feat_extract_output_lengths(num_samples).long().clamp(min=0)
 
-    def _encode(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
         return self.model(x.to(dtype), attention_mask=mask).last_hidden_state  # (b, t, d)
 
-    @torch.no_grad()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """Encode a batch of 16 kHz waveforms.
-
-        Args:
-            waveforms: (B, S) float32 at 16 kHz; values past `lengths` are ignored.
-            lengths: (B,) valid samples per item.
-
-        Returns:
-            EncoderOutput with hidden (B, T, d), zero past each item's frames, and lengths (B,).
-        """
-        check_waveforms(waveforms, lengths, self.min_samples, self.max_samples, who=f"hf encoder ({self.model_id})")
-        lengths = lengths.to(waveforms.device)
-        S = int(lengths.max())
-        valid = torch.arange(S, device=waveforms.device)[None, :] < lengths[:, None]  # (B, S)
-        x = waveforms[:, :S].float()
-        x = normalize_waveforms(x, lengths) if self.do_normalize else x.masked_fill(~valid, 0.0)
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = normalize_waveforms(waveforms, lengths) if self.do_normalize else waveforms
         out_lengths = self.output_length(lengths)  # (B,)
-        T = int(out_lengths.max())
         if self.use_mask:
-            hidden = self._encode(x, valid.long())[:, :T]  # (B, T, d)
-        else:  # group norm sees the padding: encode each set of equal-length items on its own
-            hidden = None
-            for n in lengths.unique().tolist():
-                rows = (lengths == n).nonzero().flatten()
-                h = self._encode(x[rows, :n], None)  # (b, t_n, d)
-                if hidden is None:
-                    hidden = h.new_zeros(x.shape[0], T, h.shape[-1])
-                hidden[rows, : h.shape[1]] = h
-        keep = torch.arange(T, device=hidden.device)[None, :] < out_lengths[:, None]  # (B, T)
-        return EncoderOutput(hidden=hidden * keep[..., None].to(hidden.dtype), lengths=out_lengths)
+            return self._run(x, lengths_to_mask(lengths, x.shape[1]).long()), out_lengths  # (B, T', d)
+        # group norm sees the padding: encode each set of equal-length items on its own
+        hidden = None
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero().flatten()
+            h = self._run(x[rows, :n], None)  # (b, t_n, d)
+            if hidden is None:
+                hidden = h.new_zeros(x.shape[0], int(out_lengths.max()), h.shape[-1])
+            hidden[rows, : h.shape[1]] = h
+        return hidden, out_lengths

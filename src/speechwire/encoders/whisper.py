@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from speechwire.encoders.interface import SAMPLE_RATE, EncoderOutput, SpeechEncoder, check_waveforms
+from speechwire.adapters.interface import lengths_to_mask
+from speechwire.encoders.interface import SAMPLE_RATE, SpeechEncoder
 from speechwire.encoders.loading import load_submodule, resolve_folder
 from speechwire.registry import ENCODERS
 from speechwire.schema import WHISPER_MODES, EncoderConfig, torch_dtype
@@ -45,11 +46,6 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames -> 1500 encoder frames
 def mel_frames(num_samples: torch.Tensor) -> torch.Tensor:
     """Mel frames `WhisperFeatureExtractor` makes from `num_samples` samples: (S // 160 + 1) - 1 dropped."""
     return torch.div(num_samples, HOP_LENGTH, rounding_mode="floor")
-
-
-def whisper_output_length(num_samples: torch.Tensor) -> torch.Tensor:
-    """Encoder frames for `num_samples` samples: ceil(mel / 2) after the stride-2 conv. Pure."""
-    return torch.div(mel_frames(num_samples) + 1, 2, rounding_mode="floor")
 
 
 def log_mel(waveforms: torch.Tensor, num_samples: torch.Tensor, mel_filters: torch.Tensor) -> torch.Tensor:
@@ -162,53 +158,32 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return cls(encoder, mode=cfg.mode, max_seconds=cfg.max_seconds, model_id=cfg.model)
 
     def output_length(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """(B,) samples -> (B,) encoder frames (trimmed and padded: the real frames; padded_full:
-        1500, the 30 s window, for every item). Pure."""
+        """(B,) samples -> (B,) encoder frames (trimmed and padded: the real frames, ceil(mel / 2) after the
+        stride-2 conv; padded_full: 1500, the 30 s window, for every item). Pure."""
         if self.mode == "padded_full":
             return torch.full_like(num_samples, N_FRAMES // 2)
-        return whisper_output_length(num_samples)
+        return torch.div(mel_frames(num_samples) + 1, 2, rounding_mode="floor")
 
-    @torch.no_grad()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """Encode a batch of 16 kHz waveforms.
-
-        Args:
-            waveforms: (B, S) float32 at 16 kHz; values past `lengths` are ignored.
-            lengths: (B,) valid samples per item.
-
-        Returns:
-            EncoderOutput with hidden (B, T, d), zero past each item's frames, T = max(out lengths),
-            and lengths (B,) encoder frames (padded_full: T = 1500 for every item, nothing zeroed).
-        """
-        check_waveforms(waveforms, lengths, self.min_samples, self.max_samples, who=f"whisper encoder ({self.model_id})")
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T_in, d) hidden states and (B,) encoder frames (padded_full: 1500 for every item, nothing zeroed)."""
         enc = self.encoder
-        lengths = lengths.to(waveforms.device)
         out_lengths = self.output_length(lengths)  # (B,)
-        T = int(out_lengths.max())
         trimmed = self.mode == "trimmed"
-        real = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]  # (B, S)
-        waveforms = torch.where(real, waveforms.float(), 0.0)  # what lies past an item's end is silence
-        if trimmed:
-            feats = log_mel(waveforms[:, : int(lengths.max())], lengths, self.mel_filters)  # (B, M, C)
-        else:
-            feats = log_mel(waveforms, torch.full_like(lengths, N_SAMPLES), self.mel_filters)  # (B, 3000, C)
-        M = feats.shape[1]
-        mel_valid = torch.arange(M, device=feats.device)[None, :] < mel_frames(lengths)[:, None]  # (B, M)
+        framed_at = lengths if trimmed else torch.full_like(lengths, N_SAMPLES)  # padded: every item is 30 s
+        feats = log_mel(waveforms, framed_at, self.mel_filters)  # (B, M, C)
 
         x = F.gelu(enc.conv1(feats.transpose(1, 2).to(enc.conv1.weight.dtype)))  # (B, d, M)
         if trimmed:  # conv2 must see zeros past the item's end, as its own zero padding when alone
-            x = x * mel_valid[:, None, :].to(x.dtype)
+            x = x * lengths_to_mask(mel_frames(lengths), x.shape[2])[:, None, :].to(x.dtype)
         x = F.gelu(enc.conv2(x)).transpose(1, 2)  # (B, ceil(M / 2), d)
         x = x + enc.embed_positions.weight[: x.shape[1]]  # (B, T_in, d)
 
         mask = None
         if trimmed:  # additive key-padding mask (B, 1, T_in, T_in): padded frames get no attention
             T_in = x.shape[1]
-            pad = torch.arange(T_in, device=x.device)[None, :] >= out_lengths[:, None]  # (B, T_in)
+            pad = ~lengths_to_mask(out_lengths, T_in)  # (B, T_in)
             mask = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, torch.finfo(x.dtype).min)
             mask = mask[:, None, None, :].expand(-1, 1, T_in, -1)
         for layer in enc.layers:
             x = layer(x, mask)
-        x = enc.layer_norm(x)[:, :T]  # (B, T, d)
-        keep = torch.arange(T, device=x.device)[None, :] < out_lengths[:, None]  # (B, T)
-        return EncoderOutput(hidden=x * keep[..., None].to(x.dtype), lengths=out_lengths)
+        return enc.layer_norm(x), out_lengths

@@ -129,8 +129,7 @@ def _field(form, name: str, default: str | None = None) -> str | None:
     value = form.get(name)
     if value is None or isinstance(value, UploadFile):
         return default
-    value = value.strip()
-    return value or default
+    return value.strip() or default
 
 
 def _lang(form, name: str, default: str | None) -> str | None:
@@ -170,8 +169,7 @@ def _check_fields(form, task: str, run: RunInfo) -> tuple[str, str, str | None, 
         if run.tgt_langs and tgt not in run.tgt_langs:
             raise APIError(400, f"target_language={shown(tgt)}: model {run.id!r} was trained to translate into "
                                 f"{', '.join(run.tgt_langs)} only", "target_language", "unsupported_language")
-    stream = _stream(form, fmt)
-    return fmt, src, tgt, stream
+    return fmt, src, tgt, _stream(form, fmt)
 
 
 def _stream(form, fmt: str) -> bool:
@@ -216,8 +214,7 @@ async def audio_endpoint(request: Request, task: str) -> Response:
         return _stream_response(state, audio, task, src, tgt, len(wav) / SAMPLE_RATE)
     texts = await _decode_pieces(state.batcher, audio, task, src, tgt)
     segments = [Segment(round(p.start_s, 3), round(p.end_s, 3), t) for p, t in zip(pieces, texts)]
-    out_lang = tgt if task == "st" else src
-    result = Result(OPENAI_TASK[task], language_name(out_lang).lower(), len(wav) / SAMPLE_RATE, segments)
+    result = Result(OPENAI_TASK[task], language_name(tgt if task == "st" else src).lower(), len(wav) / SAMPLE_RATE, segments)
     body, media_type = render(fmt, result)
     return Response(content=body, media_type=media_type)
 

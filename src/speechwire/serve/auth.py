@@ -11,11 +11,10 @@ key itself). The key is never logged or echoed: a wrong key is not repeated in t
 from __future__ import annotations
 
 import hmac
-import json
 import stat
 from pathlib import Path
 
-from speechwire.serve.errors import drain_body, error_body
+from speechwire.serve.errors import drain_body, error_body, send_json
 
 OPEN_PATHS = frozenset({"/", "/favicon.ico"})  # the page; everything else needs the key
 DRAIN_BYTES = 64 * 2**20  # a refused upload is read (and dropped) up to this size, so the client reads the 401
@@ -73,9 +72,5 @@ class RequireApiKey:
         else:
             message = "incorrect API key (the Authorization header must be `Bearer KEY`, with the server's key)"
         await drain_body(receive, DRAIN_BYTES)
-        body = json.dumps(error_body(message, "invalid_request_error", None, "invalid_api_key")).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 401, error_body(message, code="invalid_api_key"), (b"www-authenticate", b"Bearer"))
 

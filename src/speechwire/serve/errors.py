@@ -69,6 +69,14 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+async def send_json(send, status: int, content: dict, *headers: tuple[bytes, bytes]) -> None:
+    """Answer an ASGI request with `content` as JSON, from a middleware (no Response object there)."""
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                    code: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(message, type, param, code), status_code=status)
@@ -123,7 +131,8 @@ class BodyLimit:
             declared = -1
         if declared > self.max_bytes:
             await drain_body(receive, DRAIN_FACTOR * self.max_bytes)
-            await self._send_413(send)
+            await send_json(send, 413, error_body(too_large_message(self.max_bytes), param="file", code="upload_too_large"),
+                            (b"connection", b"close"))
             return
         received = 0
 
@@ -139,11 +148,3 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
-
-    async def _send_413(self, send) -> None:
-        body = json.dumps(error_body(too_large_message(self.max_bytes), code="upload_too_large",
-                                     param="file")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})

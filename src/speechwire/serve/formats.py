@@ -57,8 +57,7 @@ def to_srt(segments: list[Segment]) -> str:
 
 def to_vtt(segments: list[Segment]) -> str:
     """WebVTT: the `WEBVTT` header, then cues `00:00:00.000 --> 00:00:04.200\\ntext\\n`."""
-    cues = _cues(segments, ".", numbered=False)
-    return "WEBVTT\n\n" + cues
+    return "WEBVTT\n\n" + _cues(segments, ".", numbered=False)
 
 
 def verbose(result: Result) -> dict:

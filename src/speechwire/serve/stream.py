@@ -24,6 +24,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from functools import partial
 
 from speechwire.decoding import MAX_LOOP_PERIOD
@@ -143,10 +144,8 @@ class StreamedRequest:
 
     def _post(self, i: int, kind: str, value) -> None:
         """From any thread: hand an update to the request's event loop."""
-        try:
+        with suppress(RuntimeError):  # the loop is closed: the server is shutting down, nobody listens
             self.loop.call_soon_threadsafe(self.updates.put_nowait, (i, kind, value))
-        except RuntimeError:  # the loop is closed: the server is shutting down, nobody listens
-            pass
 
     def _on_tokens(self, i: int, ids: list[int]) -> bool:
         """On the batcher's thread, after each decoding step: post piece i's settled text; False stops it."""

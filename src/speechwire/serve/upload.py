@@ -48,8 +48,7 @@ def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str) ->
             is not valid audio.
     """
     shown_name = clip(filename)
-    why = wav_truncation(data)
-    if why:
+    if why := wav_truncation(data):
         raise APIError(400, f"{shown_name}: the file is truncated ({why}); upload the whole file",
                        "file", "truncated_audio")
     suffix = "".join(c for c in Path(filename).suffix if c.isalnum() or c == ".")[:12]
@@ -61,6 +60,5 @@ def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str) ->
         except AudioError as e:
             # the temporary file's path and stem (in the re-encoding hint) become the client's file name
             message = str(e).replace(tmp.name, shown_name).replace(Path(tmp.name).stem, Path(shown_name).stem)
-            message = message.splitlines()[0]
-            raise APIError(400, message, "file", "invalid_audio") from None
+            raise APIError(400, message.splitlines()[0], "file", "invalid_audio") from None
     return wav, split_recording(wav, limit_seconds, vad)
