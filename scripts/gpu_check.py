@@ -111,7 +111,7 @@ def random_llm(tiny: bool, device: str, dtype: torch.dtype):
 
     real = model_module.load_llm
 
-    def load_llm(cfg):
+    def load_llm(cfg, inference_device=None):  # the real one's device: not used here
         from transformers import AutoModelForCausalLM
 
         vocab = len(model_module.load_tokenizer(cfg))

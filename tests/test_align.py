@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from speechwire.align import (
@@ -430,3 +431,19 @@ def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):
         cuts = (loop_cut(a[: i + 1], 1) for i in range(len(a)))  # the first loop, token or phrase, as it completes
         assert b == a[: next((c for c in cuts if c is not None), len(a))]  # the same answer up to the first loop
     assert capped == [model._greedy(collate([it]), 12)[0] for it in items]
+
+
+def test_head_inference_logits_and_token_rows_equal_the_reference_computation():
+    """No-grad scoring reuses one cached (K + 1, d) key matrix (built in chunks, blank row written per
+    call) and token_rows gathers from the table: both bit-equal to normalising and stacking afresh."""
+    table = torch.randn(9000, 8, generator=torch.Generator().manual_seed(4))  # K > one 4096-row chunk
+    head = TiedCTCHead(table)
+    head.set_vocab(range(1, 8999, 2))
+    y = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(5))
+    ref_keys = torch.cat([F.normalize(head.blank.float(), dim=-1)[None], F.normalize(table[head.vocab_ids], dim=-1)])
+    ref = head.log_scale.exp() * F.normalize(y, dim=-1) @ ref_keys.T
+    with torch.no_grad():
+        assert torch.equal(head(y), ref)
+        head.blank.add_(1.0)  # a changed blank is seen on the next call
+        assert torch.equal(head(y)[..., 1:], ref[..., 1:]) and not torch.equal(head(y)[..., 0], ref[..., 0])
+    assert torch.equal(head.token_rows([1, 4, 4499]), table[head.vocab_ids[[0, 3, 4498]]])

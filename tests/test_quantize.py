@@ -75,3 +75,37 @@ def test_from_pretrained_quantizes_on_request(tiny_llm_dir, tmp_path, monkeypatc
     int8 = SpeechLLM.from_pretrained(tmp_path / "run", ["llm.quantize=int8"])
     assert int8.llm_quantized == "int8"
     assert [n for n, x in int8.llm.named_modules() if type(x) is nn.Linear] == ["lm_head"]
+
+
+def test_streamed_int8_load_equals_quantizing_a_plain_load(tiny_llm_dir):
+    """load_int8 (empty model, one tensor at a time, each Linear quantised as it arrives) gives the
+    same int8 LLM as torch's quantize_dynamic on a plain float load: bit-equal logits, same greedy tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from speechwire.quantize import load_int8
+
+    cfg = LLMConfig(model=str(tiny_llm_dir), quantize="int8")
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llm_dir, dtype=torch.float32).eval()
+    quantize_dynamic(plain, {nn.Linear: per_channel_dynamic_qconfig, "lm_head": None}, inplace=True)  # torch's own
+    streamed = load_int8(tiny_llm_dir, cfg, CPU).eval()
+    assert [n for n, m in streamed.named_modules() if type(m) is nn.Linear] == ["lm_head"]
+    assert {n: type(m) for n, m in streamed.named_modules()} == {n: type(m) for n, m in plain.named_modules()}
+    ids = torch.randint(0, 200, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(streamed(input_ids=ids).logits, plain(input_ids=ids).logits)
+        kw = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+        assert torch.equal(streamed.generate(ids[:1, :5], **kw), plain.generate(ids[:1, :5], **kw))
+    assert load_int8(tiny_llm_dir, LLMConfig(model=str(tiny_llm_dir)), CPU) is None  # auto: tiny stays float
+
+
+def test_streamed_load_falls_back_without_a_single_safetensors_file(tiny_llm_dir, tmp_path):
+    import shutil
+
+    from speechwire.quantize import load_int8
+
+    cfg = LLMConfig(model=str(tmp_path), quantize="int8")
+    shutil.copytree(tiny_llm_dir, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "model.safetensors").rename(tmp_path / "other.safetensors")
+    assert load_int8(tmp_path, cfg, CPU) is None

@@ -46,18 +46,20 @@ class TiedCTCHead(nn.Module):
     Args:
         table: (V, d) the LLM's input-embedding weight (read, never trained).
         temperature: initial tau.
+        init: start the blank from the table's mean (False: zeros, for a checkpoint to replace).
 
     The vocabulary (`vocab_ids`, (K,)) is set from the training transcripts with `set_vocab` and
     saved in checkpoints (it is a buffer), so a loaded head decodes the same tokens.
     """
 
-    def __init__(self, table: torch.Tensor, temperature: float = 0.1) -> None:
+    def __init__(self, table: torch.Tensor, temperature: float = 0.1, init: bool = True) -> None:
         super().__init__()
         self.table = table  # (V, d): a reference to the frozen LLM table, not a parameter
         d = table.shape[1]
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         # the blank starts at the mean token direction plus noise: distinct from every token
-        mean = table.detach().float().mean(0)
+        # (init=False: zeros, for a checkpoint to fill without a pass over the table)
+        mean = table.detach().float().mean(0) if init else torch.zeros(d)
         noise = torch.randn(d, generator=torch.Generator().manual_seed(0)) * mean.norm() / d ** 0.5
         self.blank = nn.Parameter(mean + noise)  # (d,)
         self.register_buffer("vocab_ids", torch.zeros(0, dtype=torch.long))  # (K,)
@@ -95,10 +97,13 @@ class TiedCTCHead(nn.Module):
 
     def keys(self) -> torch.Tensor:
         """(K, d) unit-norm token embeddings of the vocabulary (cached; the table is frozen)."""
-        if self._keys is None or self._keys.device != self.blank.device or self._keys.shape[0] != len(self.vocab_ids):
-            rows = self.table.detach()[self.vocab_ids.to(self.table.device)].float().to(self.blank.device)
-            self._keys = F.normalize(rows, dim=-1)
-        return self._keys
+        K = len(self.vocab_ids)
+        if self._keys is None or self._keys.device != self.blank.device or self._keys.shape[0] != K + 1:
+            self._keys = torch.empty(K + 1, self.table.shape[1], device=self.blank.device)  # row 0: forward's blank
+            for i in range(0, K, 4096):  # in chunks: no second (K, d) copy at any time
+                rows = self.table.detach()[self.vocab_ids[i: i + 4096].to(self.table.device)]
+                self._keys[1 + i: 1 + i + 4096] = F.normalize(rows.float().to(self.blank.device), dim=-1)
+        return self._keys[1:]
 
     def forward(self, y: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T', d) adapter outputs -> (B, T', K + 1) logits; index 0 is the blank.
@@ -109,8 +114,13 @@ class TiedCTCHead(nn.Module):
         if len(self.vocab_ids) == 0:
             raise RuntimeError("the alignment head has no vocabulary; train.stage=align sets it from the "
                                "training transcripts, a checkpoint loads it")
-        keys = self.keys() if candidates is None else self.keys()[candidates - 1]
-        keys = torch.cat([F.normalize(self.blank.float(), dim=-1)[None], keys])  # (K + 1, d)
+        blank = F.normalize(self.blank.float(), dim=-1)
+        if candidates is None and not torch.is_grad_enabled():  # inference: the cached rows, no (K + 1, d) copy
+            self.keys()
+            keys = self._keys
+            keys[0] = blank
+        else:
+            keys = torch.cat([blank[None], self.keys() if candidates is None else self.keys()[candidates - 1]])
         return self.log_scale.exp() * F.normalize(y.float(), dim=-1) @ keys.T
 
     def sample_candidates(self, labels: torch.Tensor, label_lengths: torch.Tensor, negatives: int) -> torch.Tensor | None:
@@ -147,8 +157,8 @@ class TiedCTCHead(nn.Module):
 
     def token_rows(self, indices: Sequence[int]) -> torch.Tensor:
         """Head indices (1..K) -> (L, d) the tokens' own LLM embedding rows (`readout` of one-hot posteriors)."""
-        self.readout(self.blank.new_zeros(0, len(self.vocab_ids)))  # fills the (K, d) row cache
-        return self._rows[torch.tensor(indices, dtype=torch.long, device=self._rows.device) - 1]
+        ids = self.vocab_ids[torch.tensor(indices, dtype=torch.long, device=self.vocab_ids.device) - 1]
+        return self.table.detach()[ids.to(self.table.device)].float().to(self.blank.device)  # no (K, d) copy
 
     def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).

@@ -21,6 +21,7 @@ from torch import nn
 
 from speechwire.data.manifest import language_name as manifest_language_name
 from speechwire.errors import OFFLINE_SIGNS, loading
+from speechwire.quantize import load_int8, quantize_for_inference
 from speechwire.schema import LLMConfig, instructions, torch_dtype
 from speechwire.weights.resolve import resolve_model
 
@@ -77,8 +78,12 @@ def load_tokenizer(cfg: LLMConfig):
     return tok
 
 
-def load_llm(cfg: LLMConfig) -> nn.Module:
-    """Load the causal LM frozen (eval mode, no grads); wrap it with LoRA when cfg.lora."""
+def load_llm(cfg: LLMConfig, device: torch.device | None = None) -> nn.Module:
+    """Load the causal LM frozen (eval mode, no grads); wrap it with LoRA when cfg.lora.
+
+    device: where it will run inference (SpeechLLM.from_pretrained): llm.quantize is then applied,
+    int8 layers quantised as the weights load (quantize.load_int8), and the LLM's `quantized`
+    attribute says what ("int8" or "none"). None (training): the weights as stored."""
     from transformers import AutoModelForCausalLM
 
 
@@ -87,10 +92,15 @@ def load_llm(cfg: LLMConfig) -> nn.Module:
     kwargs = {"gguf_file": gguf} if gguf else {}
 
     with loading("llm.model", cfg.model):
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(cfg.dtype), **kwargs)
+        model = load_int8(model_path, cfg, device) if device is not None and not gguf else None
+        quantized = model is not None
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(cfg.dtype), **kwargs)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if device is not None:
+        model.quantized = "int8" if quantized else quantize_for_inference(model, cfg, device)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 

@@ -16,6 +16,7 @@ collator's BatchTokenizer (DataLoader workers), or from `with_tokens` for batche
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import warnings
@@ -38,7 +39,6 @@ from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.llm import ChatPrompter, load_llm, load_tokenizer
 from speechwire.prefix_cache import PrefixCache, common_prefix
-from speechwire.quantize import quantize_for_inference
 
 WEIGHTS_NAME = "trainable.safetensors"
 DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instead (RUN/best or "
@@ -132,7 +132,9 @@ OBJECTIVES = ("lm", "align")  # SpeechLLM.forward's losses, one per training sta
 
 
 class SpeechLLM(nn.Module):
-    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module | None = None, device: torch.device | None = None) -> None:
+        """device: where inference will run (from_pretrained): the LLM loads with llm.quantize applied
+        (llm.load_llm); None (training): as stored."""
         super().__init__()
         self.cfg = cfg
         # the recipe (train.*) is read here and in from_pretrained only: forward and generate never
@@ -140,7 +142,8 @@ class SpeechLLM(nn.Module):
         self.paraphrase_seed = cfg.train.seed  # which instruction paraphrase a training item gets
         self.encoder = encoder if encoder is not None else build_encoder(cfg.encoder)
         self.tokenizer = load_tokenizer(cfg.llm)
-        self.llm = load_llm(cfg.llm)
+        self.llm = load_llm(cfg.llm, device)
+        self.llm_quantized = getattr(self.llm, "quantized", "none")  # "int8": Linear layers in int8 (quantize.py)
         self.prompter = ChatPrompter(self.tokenizer, cfg.llm)
         embedding = self.llm.get_input_embeddings()
         d_llm = embedding.embedding_dim
@@ -148,25 +151,32 @@ class SpeechLLM(nn.Module):
         ctx = AdapterContext(in_dim=self.encoder.dim, out_dim=d_llm, frame_rate=self.encoder.frame_rate,
                              vocab_size=vocab, pad_id=self.tokenizer.pad_token_id)
         self.adapter = build_adapter(cfg.adapter, ctx)
-        self.token_rms = float(embedding.weight.detach().float().pow(2).mean().sqrt())
+        fresh = device is None  # from_pretrained: every trainable weight comes from the checkpoint
         # ours, not the authors' (docs/adapters.md); `preset: paper` skips it. The alignment stage
         # scores directions only, and Adam steps would swamp a gain as small as the table's RMS.
-        if cfg.adapter.match_output_scale and cfg.train.stage != "align":
+        if fresh and cfg.adapter.match_output_scale and cfg.train.stage != "align":
             match_output_scale(self.adapter, d_llm, self.token_rms)
         # the two marker rows: start at the mean LLM embedding, the only trainable LLM-side weights
-        start = embedding.weight.detach().float().mean(0)
-        if cfg.llm.marker_init:  # e.g. '"': the LLM then reads the speech as a quotation (copy test)
+        start = torch.zeros(d_llm)  # (a checkpoint's rows replace it: no pass over the table)
+        if fresh and cfg.llm.marker_init:  # e.g. '"': the LLM then reads the speech as a quotation (copy test)
             ids = self.prompter.text_ids(cfg.llm.marker_init)
             if not ids:
                 raise ValueError(f"llm.marker_init={cfg.llm.marker_init!r} has no tokens")
             start = embedding.weight.detach()[ids[0]].float()
+        elif fresh:
+            start = embedding.weight.detach().float().mean(0)
         self.audio_markers = nn.Parameter(start.expand(2, d_llm).clone())  # (2, d_llm): start, end
         a = cfg.align
-        self.align_head = TiedCTCHead(embedding.weight, a.temperature) \
+        self.align_head = TiedCTCHead(embedding.weight, a.temperature, fresh) \
             if cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 or a.readout != "adapter" else None
         self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
         # KV cache of the prompt before the audio, shared by every batch (prefix_cache.py); None: no reuse
         self.prefix_cache: PrefixCache | None = PrefixCache()
+
+    @functools.cached_property
+    def token_rms(self) -> float:
+        """RMS of the LLM's token-embedding table: where the adapter's output scale starts (training)."""
+        return float(self.llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
 
     def train(self, mode: bool = True) -> "SpeechLLM":
         # frozen parts stay in eval mode (no dropout) unless LoRA trains inside the LLM
@@ -578,9 +588,8 @@ class SpeechLLM(nn.Module):
                                     "`speechwire train` wrote (or one of its checkpoints/step-* folders)")
         cfg = load_config(path / CONFIG_NAME, overrides)
         read_safetensors(path / WEIGHTS_NAME, "trainable weights", DAMAGED_HINT)  # fail fast, before the LLM loads
-        model = cls(cfg)
+        model = cls(cfg, device=resolve_device(cfg.train.device))  # llm.quantize: int8 on the CPU by default
         model.load_trainable(path)
-        quantize_for_inference(model, resolve_device(cfg.train.device))  # llm.quantize: int8 on the CPU by default
         return model
 
     def describe(self) -> dict:

@@ -10,18 +10,22 @@ nothing beyond torch; on the demo it halves the real-time factor at the same WER
 What stays in float: the output projection `lm_head` (151,936 rows for Qwen: int8 there moved
 answers, see KEEP_FLOAT), the token-embedding table (a lookup; the alignment head reads it too),
 norms, rotary tables. Training never quantises: only `SpeechLLM.from_pretrained`, the
-loader of evaluate, transcribe, serve and the demo, calls `quantize_for_inference`.
+loader of evaluate, transcribe, serve and the demo, asks `llm.load_llm` for it, which builds the
+LLM empty and quantises each Linear as its weights arrive (`load_int8`; docs/results/speed, "Peak
+memory"), or quantises a plain load (`quantize_for_inference`) where that cannot be done.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from speechwire.schema import LLMConfig
+from speechwire.schema import LLMConfig, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,33 @@ def resolve_quantize(cfg: LLMConfig, device: torch.device, llm_params: int) -> s
     return "int8" if on_cpu and big and not cfg.lora and cfg.dtype == "float32" else "none"
 
 
+def _int8_linear(linear: nn.Linear) -> nn.Module:
+    """`linear` as torch's dynamic int8 Linear, one scale per output row (what quantize_dynamic swaps in)."""
+    from torch.ao.nn.quantized.dynamic import Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    # one scale per output row: a per-tensor scale lets the largest row set every row's step
+    # (on the demo's real test set that cost 8 WER points; per row: see docs/results/speed)
+    linear.qconfig = per_channel_dynamic_qconfig
+    return Linear.from_float(linear)
+
+
+def _quantize(llm: nn.Module, names: list[str]) -> None:
+    """Swap the nn.Linear layers `names` of `llm` for int8 ones (in place)."""
+    if torch.backends.quantized.engine == "none":
+        raise RuntimeError("llm.quantize=int8: this torch build has no quantized CPU engine "
+                           f"(supported: {torch.backends.quantized.supported_engines}); set llm.quantize=none")
+    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in names:
+            llm.set_submodule(name, _int8_linear(llm.get_submodule(name)))
+
+
+def _int8_names(llm: nn.Module) -> list[str]:
+    return [name for name, m in llm.named_modules() if type(m) is nn.Linear and name not in KEEP_FLOAT]
+
+
 def quantize_linear_int8(llm: nn.Module) -> int:
     """Replace every `nn.Linear` of `llm` but those in KEEP_FLOAT (in place) with a dynamically
     quantised int8 Linear.
@@ -67,32 +98,72 @@ def quantize_linear_int8(llm: nn.Module) -> int:
     Returns:
         How many layers were replaced.
     """
-    if torch.backends.quantized.engine == "none":
-        raise RuntimeError("llm.quantize=int8: this torch build has no quantized CPU engine "
-                           f"(supported: {torch.backends.quantized.supported_engines}); set llm.quantize=none")
-    n = sum(1 for name, m in llm.named_modules() if type(m) is nn.Linear and name not in KEEP_FLOAT)
-    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        # one scale per output row: a per-tensor scale lets the largest row set every row's step
-        # (on the demo's real test set that cost 8 WER points; per row: see docs/results/speed)
-        quantize_dynamic(llm, {nn.Linear: per_channel_dynamic_qconfig, **KEEP_FLOAT}, inplace=True)
-    return n
+    names = _int8_names(llm)
+    _quantize(llm, names)
+    return len(names)
 
 
-def quantize_for_inference(model, device: torch.device) -> str:
-    """Apply `model.cfg.llm.quantize` to a loaded SpeechLLM's LLM for inference on `device`.
+def load_int8(folder: str | Path, cfg: LLMConfig, device: torch.device) -> nn.Module | None:
+    """The LLM of a Hugging Face folder with llm.quantize=int8 applied as it loads: built empty, then
+    filled one tensor at a time from its model.safetensors, each Linear quantised as soon as its
+    weights are in, so the float32 model never exists at once (a plain load then quantize_linear_int8
+    peaks at the float32 model plus its int8 copy). The same int8 weights as that.
+
+    Returns:
+        The LLM; None when llm.quantize resolves to "none" here, or the folder holds no single
+        model.safetensors with exactly the model's tensor names (load it the plain way then).
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    file = Path(folder) / "model.safetensors"
+    if not file.is_file():
+        return None
+    with no_init_weights():  # parameters allocated, never written: no memory is touched until filled
+        llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch_dtype(cfg.dtype))
+    if resolve_quantize(cfg, device, sum(p.numel() for p in llm.parameters())) != "int8":
+        return None
+    with safe_open(str(file), framework="pt") as f:
+        names = list(f.keys())
+    tied = getattr(llm, "all_tied_weights_keys", None) or {}  # {lm_head.weight: embed_tokens.weight} when tied
+    if set(names) != set(llm.state_dict()) - set(tied):
+        return None
+    int8 = set(_int8_names(llm))
+    modules: dict[str, list[str]] = {}
+    for name in names:
+        modules.setdefault(name.rpartition(".")[0], []).append(name)
+    for module, keys in modules.items():
+        owner = llm.get_submodule(module)
+        for key in keys:  # the file opened per tensor: its mapping's pages leave this process as it closes
+            with safe_open(str(file), framework="pt") as f:
+                value = f.get_tensor(key).to(torch_dtype(cfg.dtype))
+            leaf = key.rpartition(".")[2]
+            if value.shape != getattr(owner, leaf).shape:
+                raise ValueError(f"{file}: {key} has shape {tuple(value.shape)}, the model expects "
+                                 f"{tuple(getattr(owner, leaf).shape)}")
+            if leaf in owner._parameters:
+                owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+            else:
+                owner._buffers[leaf] = value
+        if module in int8:
+            _quantize(llm, [module])
+    llm.tie_weights()
+    try:  # glibc keeps the freed float32 layers' arena pages resident until asked (~0.14 GiB on the demo)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    return llm
+
+
+def quantize_for_inference(llm: nn.Module, cfg: LLMConfig, device: torch.device) -> str:
+    """Apply `cfg.quantize` to a loaded LLM (in place) for inference on `device`.
 
     Returns:
         "int8" or "none" (what was applied).
     """
-    mode = resolve_quantize(model.cfg.llm, device, sum(p.numel() for p in model.llm.parameters()))
+    mode = resolve_quantize(cfg, device, sum(p.numel() for p in llm.parameters()))
     if mode == "int8":
-        n = quantize_linear_int8(model.llm)
-        log.info("llm: %d Linear layers quantised to int8 (llm.quantize=%s)", n, model.cfg.llm.quantize)
-        if model.prefix_cache is not None:
-            model.prefix_cache.clear()  # keys and values of the float weights
-    model.llm_quantized = mode
+        n = quantize_linear_int8(llm)
+        log.info("llm: %d Linear layers quantised to int8 (llm.quantize=%s)", n, cfg.quantize)
     return mode
