@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from speechwire.data.manifest import language_name as manifest_language_name
 from speechwire.errors import OFFLINE_SIGNS, loading
@@ -224,3 +227,64 @@ class ChatPrompter:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True).strip()
+
+
+# --- a Latin-script answer's part of the vocabulary (llm.output_vocab) ----------------------------
+
+# answer languages written in the Latin script (ISO 639-1): their answers need ~2/3 of Qwen's tokens
+LATIN_LANGUAGES = frozenset("af ca cs cy da de en eo es et eu fi fr ga gl hr hu id is it lt lv ms mt nb nl no pl pt ro "
+                            "sk sl sq sv sw tl tr vi".split())
+
+
+def _byte_level_bytes() -> dict[str, int]:
+    """The byte each character of a byte-level BPE piece stands for (GPT-2's printable byte alphabet)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+def latin_token_ids(tokenizer, keep: set[int]) -> list[int]:
+    """Ids of the tokens a Latin-script answer can use: pieces whose text is Latin letters, digits,
+    punctuation, symbols, marks or spaces; byte pieces that can belong to such text (byte-level BPE,
+    SentencePiece's <0xNN>); special tokens and `keep` (the stop ids). A piece of another script,
+    or a byte piece of a 3- or 4-byte character, is left out."""
+    byte_of, ids = _byte_level_bytes(), []
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values()) | keep
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    sentencepiece = any("\u2581" in p for p in pieces if p)  # its word pieces start with ▁; byte-level ones never
+    for i, piece in enumerate(pieces):
+        if piece is None:
+            continue
+        if piece.isascii() and piece.isprintable() and not piece.startswith("<0x"):  # most pieces: ASCII text
+            ids.append(i)
+            continue
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece) if sentencepiece else None
+        if byte:
+            raw = bytes([int(byte[1], 16)])
+        elif not sentencepiece and all(c in byte_of for c in piece):
+            raw = bytes(byte_of[c] for c in piece)
+        else:
+            raw = piece.replace("\u2581", " ").encode()
+        text = raw.decode("utf-8", errors="ignore")
+        latin = all(c.isspace() or unicodedata.category(c)[0] in "NPSZM" or "LATIN" in unicodedata.name(c, "")
+                    for c in text)
+        # a piece that splits a character: only the lead bytes of Latin letters, diacritics, punctuation, symbols
+        whole = len(text.encode()) == len(raw) or all(b < 0xC0 or 0xC2 <= b <= 0xCD or b in (0xE1, 0xE2) for b in raw)
+        if i in special or (latin and whole):
+            ids.append(i)
+    return ids
+
+
+class RowSubsetHead:
+    """The LLM's output layer on some of its rows: (B, d) hidden -> (B, V) scores, -inf outside the
+    rows; each decoding step reads only those rows' weights (lm_head is most of a step on a CPU)."""
+
+    def __init__(self, weight: torch.Tensor, rows: list[int]) -> None:
+        self.rows = torch.tensor([r for r in rows if r < weight.shape[0]], device=weight.device)
+        self.weight = weight.detach()[self.rows].contiguous()  # (K, d): a copy, read contiguously
+        self.vocab_size = weight.shape[0]
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        scores = hidden.new_full((hidden.shape[0], self.vocab_size), float("-inf"))
+        scores[:, self.rows] = F.linear(hidden.to(self.weight.dtype), self.weight).to(scores.dtype)
+        return scores

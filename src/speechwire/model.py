@@ -37,7 +37,7 @@ from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
 from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
 from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
-from speechwire.llm import ChatPrompter, load_llm, load_tokenizer
+from speechwire.llm import LATIN_LANGUAGES, ChatPrompter, RowSubsetHead, latin_token_ids, load_llm, load_tokenizer
 from speechwire.prefix_cache import PrefixCache, common_prefix
 
 WEIGHTS_NAME = "trainable.safetensors"
@@ -172,6 +172,7 @@ class SpeechLLM(nn.Module):
         self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
         # KV cache of the prompt before the audio, shared by every batch (prefix_cache.py); None: no reuse
         self.prefix_cache: PrefixCache | None = PrefixCache()
+        self._latin_head: RowSubsetHead | None = None  # llm.output_vocab=auto, built at the first Latin answer
 
     @functools.cached_property
     def token_rms(self) -> float:
@@ -499,6 +500,7 @@ class SpeechLLM(nn.Module):
         """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm): the generated ids
         per item, cut before the stop token."""
         inputs, mask, positions, cache = self._decode_inputs(batch, embeds, lengths)
+        head = self._output_head(batch)
         state = {"inputs": inputs, "mask": mask, "positions": positions, "cache": cache,
                  "next": positions[:, -1:] + 1}
 
@@ -508,14 +510,28 @@ class SpeechLLM(nn.Module):
                 state["inputs"] = self.llm.get_input_embeddings()(tokens)[:, None]  # (B, 1, d_llm)
                 state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(tokens), 1)], 1)
                 state["positions"], state["next"] = state["next"], state["next"] + 1
-            res = self.llm(inputs_embeds=state["inputs"], attention_mask=state["mask"], position_ids=state["positions"],
-                           use_cache=True, logits_to_keep=1, **{self._cache_kw: state["cache"]})
+            run = self.llm if head is None else self.llm.get_decoder()  # the decoder: hidden states, no lm_head
+            res = run(inputs_embeds=state["inputs"], attention_mask=state["mask"], position_ids=state["positions"],
+                      use_cache=True, **{self._cache_kw: state["cache"]}, **({"logits_to_keep": 1} if head is None else {}))
             state["cache"] = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
-            return res.logits[:, -1]
+            return res.logits[:, -1] if head is None else head(res.last_hidden_state[:, -1])
 
         # hand-written, not HF generate: per-item positions and stops make a batch decode what its items decode alone
         return greedy_search(next_logits, inputs.shape[0], max_new, set(self.prompter.stop_ids),
                              self.cfg.eval.max_repeats, on_step)
+
+    def _output_head(self, batch: Batch) -> RowSubsetHead | None:
+        """llm.output_vocab=auto on the int8 path: the output layer's Latin-script rows when every item
+        answers in a Latin-script language (ASR: its source language, ST: its target); None: all rows."""
+        head = self.llm.get_output_embeddings()
+        if self.cfg.llm.output_vocab != "auto" or self.llm_quantized != "int8" or getattr(head, "bias", None) is not None:
+            return None
+        answers = [(tgt if task == "st" else src) or "" for task, src, tgt in zip(batch.tasks, batch.src_langs, batch.tgt_langs)]
+        if not all(lang.split("-")[0].lower() in LATIN_LANGUAGES for lang in answers):
+            return None
+        if self._latin_head is None:
+            self._latin_head = RowSubsetHead(head.weight, latin_token_ids(self.tokenizer, set(self.prompter.stop_ids)))
+        return self._latin_head
 
     # --- checkpoints ------------------------------------------------------------------------
 

@@ -129,6 +129,9 @@ class LLMConfig:
     # on the CPU for a float32 LLM of >= 50M params without LoRA, else none | none | int8 (dynamic
     # int8 Linear layers but lm_head, CPU only; quantize.py)
     quantize: Literal["auto", "none", "int8"] = "auto"
+    # auto: with int8 (above), decoding scores only the tokens a Latin-script answer can use when every
+    # item's answer language is written in it (llm.LATIN_LANGUAGES: ~2/3 of Qwen's rows) | full
+    output_vocab: Literal["auto", "full"] = "auto"
     # instructions: one string, or a list of paraphrases (training: one drawn per item, seeded by
     # train.seed and the item id; evaluation and generation: always the first)
     asr_prompt: str | list[str] = "Can you transcribe this audio?"

@@ -1,0 +1,89 @@
+"""llm.output_vocab=auto: on the int8 CPU path, a Latin-script answer is decoded over the output
+layer's Latin-script rows only (llm.latin_token_ids, RowSubsetHead), the rest of the vocabulary
+never scored; other answer languages, and output_vocab=full, score every row."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from speechwire.config import load_config
+from speechwire.llm import RowSubsetHead, latin_token_ids
+from speechwire.model import SpeechLLM
+from speechwire.quantize import quantize_linear_int8
+from speechwire.testing import tiny_tokenizer
+
+from helpers import TINY_ADAPTER, ToyEncoder, make_batch
+
+
+def test_latin_rows_of_a_byte_level_tokenizer():
+    tok = tiny_tokenizer()  # 4 specials + the 256 byte pieces
+    rows = set(latin_token_ids(tok, keep=set()))
+    assert set(tok.all_special_ids) <= rows
+    for text in ["Hello, world 42!", "Größe “Straße” — 5 € …", "ça œuvre naïve", "Łódź", "Việt Nam"]:
+        assert set(tok.encode(text, add_special_tokens=False)) <= rows, text
+    for text in ["日本", "Привет", "😀"]:  # 3- and 4-byte lead bytes, Cyrillic's 2-byte ones
+        assert not set(tok.encode(text, add_special_tokens=False)) <= rows, text
+
+
+class SentencePieceLike:
+    """The tokenizer calls latin_token_ids makes, with SentencePiece's pieces (▁ for spaces, <0xNN>)."""
+
+    pieces = ["<unk>", "▁the", "<0xC3>", "<0xE6>", "▁日本", "é", "▁Straße", "</s>"]
+    all_special_ids = [0, 7]
+
+    def __len__(self):
+        return len(self.pieces)
+
+    def get_added_vocab(self):
+        return {}
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.pieces[i] for i in ids]
+
+
+def test_latin_rows_of_a_sentencepiece_tokenizer():
+    assert latin_token_ids(SentencePieceLike(), keep={4}) == [0, 1, 2, 4, 5, 6, 7]  # 4: kept as asked (a stop id)
+    assert latin_token_ids(SentencePieceLike(), keep=set()) == [0, 1, 2, 5, 6, 7]
+
+
+def test_row_subset_head_scores_its_rows_only():
+    weight = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    head = RowSubsetHead(weight, [2, 7, 30, 49, 60])  # 60: past the layer's rows (tokenizer larger than the table)
+    scores, full = head(hidden), F.linear(hidden, weight)
+    assert scores.shape == (3, 50)
+    assert torch.allclose(scores[:, [2, 7, 30, 49]], full[:, [2, 7, 30, 49]], atol=1e-6)
+    assert torch.isinf(scores).sum() == 3 * 46
+
+
+def int8_model(tiny_llm_dir, *overrides):
+    torch.manual_seed(3)
+    cfg = load_config(None, [f"llm.model={tiny_llm_dir}", *TINY_ADAPTER, *overrides])
+    model = SpeechLLM(cfg, encoder=ToyEncoder().freeze()).eval()
+    quantize_linear_int8(model.llm)
+    model.llm_quantized = "int8"  # what from_pretrained sets on the CPU
+    return model
+
+
+def test_a_latin_answer_is_decoded_over_the_latin_rows(tiny_llm_dir):
+    auto = int8_model(tiny_llm_dir)
+    full = int8_model(tiny_llm_dir, "llm.output_vocab=full")
+    rows = set(latin_token_ids(auto.tokenizer, set(auto.prompter.stop_ids)))
+    batch = make_batch([4000, 9000, 6000], ["a", "b", "c"], tasks=["asr", "st", "asr"], tgt_langs=[None, "de", None])
+    got, ref = auto.generate_output(batch, max_new_tokens=12), full.generate_output(batch, max_new_tokens=12)
+    assert auto._latin_head is not None and full._latin_head is None
+    for a, f in zip(got.token_ids, ref.token_ids):
+        assert set(a) <= rows
+        if set(f) <= rows:  # the full vocabulary's best token was a Latin one at every step: same answer
+            assert a == f
+    # an answer in another script (ST into Japanese) scores every row
+    assert auto._output_head(make_batch([4000], ["x"], tasks=["st"], tgt_langs=["ja"])) is None
+    assert auto._output_head(batch) is auto._latin_head
+
+
+def test_float_path_scores_every_row(tiny_llm_dir):
+    torch.manual_seed(3)
+    cfg = load_config(None, [f"llm.model={tiny_llm_dir}", *TINY_ADAPTER])
+    model = SpeechLLM(cfg, encoder=ToyEncoder().freeze()).eval()
+    assert model._output_head(make_batch([4000], ["x"])) is None  # training and float inference: the LLM as it is
