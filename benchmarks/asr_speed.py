@@ -8,12 +8,14 @@ Systems (ASR), each in its own process (so its peak resident memory is its own),
 another, same torch/CTranslate2 threads:
 - speechwire: the shipped demo run as `speechwire transcribe/evaluate/serve` load it now
   (llm.quantize=auto: int8 LLM on the CPU; prompt-prefix KV cache);
+- speechwire full vocab: the same with llm.output_vocab=full (every output row scored at each step,
+  as before Latin-script answers were decoded over the Latin rows only);
 - speechwire fp32: the same run with llm.quantize=none and no prefix cache (the path before both);
 - faster-whisper int8 / float32: `faster_whisper.WhisperModel` on the same Whisper tiny.en
   CTranslate2 weights the demo's encoder comes from, greedy, English, no timestamps, one clip
   per call (its usual use; it pads every window to 30 s);
 - plain HF Whisper: the demo's baseline (speechwire.demo.baselines.PlainWhisper), batched.
-ST runs the two speechwire systems only.
+ST runs the three speechwire systems only.
 
 Test sets: the demo's real and synthetic test sets (--limit per set) and one recording of about
 --long-minutes made of real test clips with 0.5 s of silence between them; speechwire and plain
@@ -39,8 +41,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ASR_SYSTEMS = ("speechwire", "speechwire fp32", "faster-whisper int8", "faster-whisper fp32", "plain HF whisper")
-ST_SYSTEMS = ("speechwire", "speechwire fp32")
+ASR_SYSTEMS = ("speechwire", "speechwire full vocab", "speechwire fp32", "faster-whisper int8", "faster-whisper fp32",
+               "plain HF whisper")
+ST_SYSTEMS = ("speechwire", "speechwire full vocab", "speechwire fp32")
+# each speechwire system: the shipped run loaded with these overrides
+SPEECHWIRE_OVERRIDES = {"speechwire": [], "speechwire full vocab": ["llm.output_vocab=full"],
+                        "speechwire fp32": ["llm.quantize=none"]}
 SILENCE_S = 0.5  # between clips of the long recording
 SAMPLE_RATE = 16000
 
@@ -90,11 +96,11 @@ def long_recording(clips: list[dict], minutes: float, out: Path) -> dict:
 
 
 class SpeechwireSystem:
-    def __init__(self, run: str, task: str, fp32: bool, threads: int) -> None:
+    def __init__(self, run: str, task: str, overrides: list[str], threads: int) -> None:
         from speechwire.model import SpeechLLM
 
-        self.model = SpeechLLM.from_pretrained(run, ["llm.quantize=none"] if fp32 else []).eval()
-        if fp32:
+        self.model = SpeechLLM.from_pretrained(run, overrides).eval()
+        if "llm.quantize=none" in overrides:
             self.model.prefix_cache = None  # the whole prompt prefilled per batch, as before issue 23
         self.task, self.bs = task, self.model.cfg.eval.batch_size
 
@@ -172,7 +178,7 @@ class PlainWhisperSystem:
 def build_system(name: str, plan: dict):
     threads = plan["threads"]
     if name.startswith("speechwire"):
-        return SpeechwireSystem(plan["run"], plan["task"], fp32=name.endswith("fp32"), threads=threads)
+        return SpeechwireSystem(plan["run"], plan["task"], SPEECHWIRE_OVERRIDES[name], threads=threads)
     if name.startswith("faster-whisper"):
         return FasterWhisperSystem(plan["ct2_dir"], "int8" if name.endswith("int8") else "float32", threads)
     return PlainWhisperSystem(plan["hf_whisper"], plan["tiny"])
