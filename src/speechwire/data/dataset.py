@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from speechwire.audio import SAMPLE_RATE, AudioError, load_audio
-from speechwire.data.batch import Batch, BatchTokenizer, Collator
+from speechwire.data.batch import ITEM_FIELDS, Batch, BatchTokenizer, Collator
 from speechwire.data.manifest import Utterance, utterance_duration
 from speechwire.data.sampler import DurationBucketSampler, by_duration, fill_batches
 from speechwire.schema import DataConfig, ExperimentConfig
@@ -57,11 +57,8 @@ class SpeechDataset(Dataset):
                 raise AudioError(msg) from None
             warnings.warn(f"skipping {msg}", stacklevel=2)
             return None
-        return {
-            "audio": torch.from_numpy(wav),  # (S,)
-            "id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
-            "target": u.target, "transcript": u.transcript, "duration": len(wav) / self.sample_rate,
-        }
+        return {"audio": torch.from_numpy(wav), "duration": len(wav) / self.sample_rate,  # (S,)
+                **{k: getattr(u, k) for k in ITEM_FIELDS}}
 
 
 class SpeechDataLoader(DataLoader):
@@ -135,10 +132,6 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
     utts = filter_by_duration(utts, cfg.min_seconds, cfg.max_seconds)
     if not utts:
         raise ValueError("no utterance left after the duration filter; check data.min_seconds/max_seconds")
-    if feature_cache is not None:
-        ds: Dataset = CachedFeatureDataset(utts, feature_cache)
-    else:
-        ds = SpeechDataset(utts, cfg.sample_rate, skip_invalid=cfg.skip_invalid)
     sampler = DurationBucketSampler(
         [utterance_duration(u) for u in utts], [u.task for u in utts],
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,
@@ -151,7 +144,7 @@ def make_dataloader(utts: Sequence[Utterance], cfg: DataConfig, seed: int, epoch
     kwargs: dict[str, Any] = {"num_workers": cfg.num_workers, "generator": torch.Generator().manual_seed(seed)}
     if cfg.num_workers > 0:
         kwargs.update(persistent_workers=False, prefetch_factor=2, worker_init_fn=_seed_worker)
-    return SpeechDataLoader(ds, sampler, Collator(tokenizer), **kwargs)
+    return SpeechDataLoader(_dataset(utts, cfg, feature_cache), sampler, Collator(tokenizer), **kwargs)
 
 
 def eval_loader(utts: Sequence[Utterance], cfg: ExperimentConfig, feature_cache=None,
@@ -162,13 +155,15 @@ def eval_loader(utts: Sequence[Utterance], cfg: ExperimentConfig, feature_cache=
     utts = list(utts)
     durations = [utterance_duration(u) for u in utts]
     batches = fill_batches(by_duration(durations), durations, max_items=cfg.eval.batch_size)
-    ds: Dataset
+    return DataLoader(_dataset(utts, cfg.data, feature_cache), batch_sampler=batches, collate_fn=Collator(tokenizer),
+                      num_workers=cfg.data.num_workers), batches
+
+
+def _dataset(utts: list[Utterance], cfg: DataConfig, feature_cache: Any) -> Dataset:
+    """Items from the feature cache when one is given, else decoded from the audio."""
     if feature_cache is not None:
-        ds = CachedFeatureDataset(utts, feature_cache)
-    else:
-        ds = SpeechDataset(utts, cfg.data.sample_rate, skip_invalid=cfg.data.skip_invalid)
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collator(tokenizer), num_workers=cfg.data.num_workers)
-    return loader, batches
+        return CachedFeatureDataset(utts, feature_cache)
+    return SpeechDataset(utts, cfg.sample_rate, skip_invalid=cfg.skip_invalid)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -193,5 +188,4 @@ class CachedFeatureDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         u = self.utts[i]
         hidden, samples = self.cache.get_or_rebuild(u)  # a damaged entry is reported and re-encoded
-        return {"hidden": hidden, "id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
-                "target": u.target, "transcript": u.transcript, "duration": samples / SAMPLE_RATE}
+        return {"hidden": hidden, "duration": samples / SAMPLE_RATE, **{k: getattr(u, k) for k in ITEM_FIELDS}}

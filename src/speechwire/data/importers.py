@@ -78,8 +78,7 @@ def import_mustc(root: str | Path, tgt_lang: str, split: str, out: str | Path,
             raise ManifestError(f"MuST-C: {f} not found; --root must hold {pair}/data/{split}/txt")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     segments = yaml.load(files["yaml"].read_text(encoding="utf-8"), Loader=loader) or []
-    src_lines = files[src_lang].read_text(encoding="utf-8").splitlines()
-    tgt_lines = files[tgt_lang].read_text(encoding="utf-8").splitlines()
+    src_lines, tgt_lines = (files[lang].read_text(encoding="utf-8").splitlines() for lang in (src_lang, tgt_lang))
     if not len(segments) == len(src_lines) == len(tgt_lines):
         raise ManifestError(f"MuST-C {data}: {len(segments)} segments in {files['yaml'].name} but "
                             f"{len(src_lines)} / {len(tgt_lines)} lines in the .{src_lang} / .{tgt_lang} "
@@ -220,8 +219,7 @@ def import_hf(dataset: Any, out_dir: str | Path, audio_column: str = "audio", te
     utts: list[Utterance] = []
     bad: list[str] = []
     for i, row in enumerate(ds):
-        uid = str(row[id_column]) if id_column else f"{split or 'data'}_{i:07d}"
-        uid = re.sub(r"[^\w.-]", "_", uid)
+        uid = re.sub(r"[^\w.-]", "_", str(row[id_column]) if id_column else f"{split or 'data'}_{i:07d}")
         try:
             x, sr = _decode_hf_audio(row[audio_column], f"row {i} ({uid})")
             x = x.mean(axis=1) if x.ndim == 2 else x
@@ -236,9 +234,8 @@ def import_hf(dataset: Any, out_dir: str | Path, audio_column: str = "audio", te
             continue
         wav = out_dir / "wav" / f"{uid}.wav"
         sf.write(wav, np.clip(x, -1, 1), SAMPLE_RATE, subtype="PCM_16")
-        translation = row[translation_column] if translation_column else None
-        utts += _pairs(uid, wav, row[text_column], translation, tasks, src_lang, tgt_lang,
-                       duration=len(x) / SAMPLE_RATE)
+        utts += _pairs(uid, wav, row[text_column], row[translation_column] if translation_column else None, tasks,
+                       src_lang, tgt_lang, duration=len(x) / SAMPLE_RATE)
     if bad:
         warnings.warn(f"skipped {len(bad)} row(s); first: {bad[0]}", stacklevel=2)
     write_manifest(out_dir / "manifest.jsonl", utts)

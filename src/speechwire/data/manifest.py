@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from speechwire.audio import AudioError, AudioInfo, audio_info
+from speechwire.audio import AudioInfo, audio_info
 from speechwire.files import write_atomic
 from speechwire.schema import TASKS
 
@@ -84,22 +84,14 @@ class Utterance:
             rel = os.path.relpath(os.path.abspath(audio), os.path.abspath(base_dir))
             if not rel.startswith(".."):
                 audio = rel
-        d: dict[str, Any] = {"id": self.id, "audio": audio, "task": self.task}
-        if self.offset:
-            d["offset"] = self.offset
-        if self.duration is not None:
-            d["duration"] = round(self.duration, 6)
-        d.update(src_lang=self.src_lang, transcript=self.transcript)
-        if self.tgt_lang is not None:
-            d["tgt_lang"] = self.tgt_lang
-        if self.translation is not None:
-            d["translation"] = self.translation
-        return {**d, **self.meta}
+        d = {"id": self.id, "audio": audio, "task": self.task, "offset": self.offset or None,
+             "duration": None if self.duration is None else round(self.duration, 6), "src_lang": self.src_lang,
+             "transcript": self.transcript, "tgt_lang": self.tgt_lang, "translation": self.translation}
+        return {**{k: v for k, v in d.items() if v is not None}, **self.meta}  # no offset 0 nor unknowns
 
 
-_FIELDS = ("audio", "transcript", "translation", "offset", "duration", "src_lang", "tgt_lang",
-           "task", "id")
 _STR_FIELDS = ("audio", "transcript", "translation", "src_lang", "tgt_lang", "task", "id")
+_FIELDS = (*_STR_FIELDS, "offset", "duration")
 MAX_SECONDS = 1e6  # an offset or duration beyond this (11 days) is a unit mistake (ms, samples)
 
 
@@ -161,11 +153,10 @@ def parse_utterance(obj: Any, base_dir: Path, check_audio: bool = True) -> Utter
     except RuntimeError as e:  # "~nobody/x.wav": no such user
         raise ValueError(f"'audio' path {obj['audio']!r:.200} cannot be expanded ({e})") from None
     audio = audio if audio.is_absolute() else base_dir / audio
-    meta = {k: v for k, v in obj.items() if k not in _FIELDS}
     utt = Utterance(
         audio=str(audio), transcript=obj["transcript"], translation=obj.get("translation"),
-        offset=offset, duration=duration, src_lang=obj.get("src_lang") or "en",
-        tgt_lang=obj.get("tgt_lang"), task=task, id=obj.get("id") or "", meta=meta,
+        offset=offset, duration=duration, src_lang=obj.get("src_lang") or "en", tgt_lang=obj.get("tgt_lang"),
+        task=task, id=obj.get("id") or "", meta={k: v for k, v in obj.items() if k not in _FIELDS},
     )  # the id derives from the line as written, before the duration is filled in
     if check_audio:
         try:
@@ -178,10 +169,7 @@ def parse_utterance(obj: Any, base_dir: Path, check_audio: bool = True) -> Utter
             raise ValueError(f"audio file {audio} does not exist; fix the path (relative paths "
                              f"are resolved against {base_dir})")
         if duration is None:
-            try:
-                info = cached_audio_info(str(audio))
-            except AudioError as e:
-                raise ValueError(str(e)) from None
+            info = cached_audio_info(str(audio))  # AudioError is a ValueError: load_manifest adds file and line
             if offset >= info.duration:
                 raise ValueError(f"'offset' {offset} is beyond the end of {audio} ({info.duration:.3f} s)")
             utt.duration = info.duration - offset
@@ -222,8 +210,7 @@ def load_manifest(path: str | Path, skip_invalid: bool = False, check_audio: boo
                 continue
             try:
                 try:
-                    line = raw.decode("utf-8")
-                    obj = json.loads(line)
+                    obj = json.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError as e:
                     raise ValueError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
                                      "a manifest is JSONL text") from None
@@ -261,7 +248,6 @@ def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> Path:
     Returns:
         the path written.
     """
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent

@@ -98,16 +98,12 @@ class DurationBucketSampler(Sampler[list[int]]):
         for task in sorted(set(self.tasks)):
             idx = np.flatnonzero(tasks == task)
             w = self.task_weights.get(task, 1.0)
-            whole, frac = int(math.floor(w)), w - math.floor(w)
-            parts += [idx] * whole
-            k = int(round(frac * len(idx)))
+            parts += [idx] * int(w)  # w >= 0: int is floor
+            k = int(round((w - int(w)) * len(idx)))
             if k:
                 pick = torch.randperm(len(idx), generator=g)[:k].numpy() if self.shuffle else np.arange(k)
                 parts.append(idx[np.sort(pick)])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def _fill(self, order: np.ndarray) -> list[list[int]]:
-        return fill_batches(order.tolist(), self.durations, self.max_batch_seconds, self.max_batch_size)
 
     def global_batches(self, epoch: int) -> list[list[int]]:
         """All ranks' batches of `epoch`, in order, before sharding (pure function of seed, epoch)."""
@@ -119,7 +115,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             members = pool[bucket_of == b]
             if self.shuffle and len(members):
                 members = members[torch.randperm(len(members), generator=g).numpy()]
-            batches += self._fill(members)
+            batches += fill_batches(members.tolist(), self.durations, self.max_batch_seconds, self.max_batch_size)
         if self.shuffle and batches:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches
@@ -149,10 +145,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         return len(self._rank_batches())
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._rank_batches()
         start, self._skip = self._skip, 0
         self._done = start
-        for batch in batches[start:]:
+        for batch in self._rank_batches()[start:]:
             self._done += 1
             yield list(batch)
 
@@ -179,8 +174,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         Raises:
             ValueError: the state was saved with a different seed, dataset size or world size.
         """
-        for key in ("seed", "num_items", "num_replicas"):
-            mine = self.seed if key == "seed" else len(self.durations) if key == "num_items" else self.num_replicas
+        for key, mine in (("seed", self.seed), ("num_items", len(self.durations)), ("num_replicas", self.num_replicas)):
             if state.get(key, mine) != mine:
                 raise ValueError(f"sampler state has {key}={state[key]} but this sampler has {mine}; "
                                  f"resume with the same data, seed and number of processes")
