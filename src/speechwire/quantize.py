@@ -58,48 +58,33 @@ def resolve_quantize(cfg: LLMConfig, device: torch.device, llm_params: int) -> s
             raise ValueError(f"llm.quantize=int8 runs on the CPU only, but the model is on {device}; "
                              "set llm.quantize=auto (none on a GPU) or train.device=cpu")
         return "int8"
-    if cfg.quantize != "auto":
-        raise ValueError(f"llm.quantize={cfg.quantize!r} must be auto, none or int8")
     big = llm_params >= AUTO_MIN_PARAMS
     return "int8" if on_cpu and big and not cfg.lora and cfg.dtype == "float32" else "none"
-
-
-def _int8_linear(linear: nn.Linear) -> nn.Module:
-    """`linear` as torch's dynamic int8 Linear, one scale per output row (what quantize_dynamic swaps in)."""
-    from torch.ao.nn.quantized.dynamic import Linear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-
-    # one scale per output row: a per-tensor scale lets the largest row set every row's step
-    # (on the demo's real test set that cost 8 WER points; per row: see docs/results/speed)
-    linear.qconfig = per_channel_dynamic_qconfig
-    return Linear.from_float(linear)
-
-
-def _quantize(llm: nn.Module, names: list[str]) -> None:
-    """Swap the nn.Linear layers `names` of `llm` for int8 ones (in place)."""
-    if torch.backends.quantized.engine == "none":
-        raise RuntimeError("llm.quantize=int8: this torch build has no quantized CPU engine "
-                           f"(supported: {torch.backends.quantized.supported_engines}); set llm.quantize=none")
-    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for name in names:
-            llm.set_submodule(name, _int8_linear(llm.get_submodule(name)))
 
 
 def _int8_names(llm: nn.Module) -> list[str]:
     return [name for name, m in llm.named_modules() if type(m) is nn.Linear and name not in KEEP_FLOAT]
 
 
-def quantize_linear_int8(llm: nn.Module) -> int:
-    """Replace every `nn.Linear` of `llm` but those in KEEP_FLOAT (in place) with a dynamically
-    quantised int8 Linear.
+def quantize_linear_int8(llm: nn.Module, names: list[str] | None = None) -> int:
+    """Replace the `nn.Linear` layers `names` of `llm` (default: all but KEEP_FLOAT), in place, with
+    torch's dynamic int8 Linear (what quantize_dynamic swaps in). Returns how many were replaced."""
+    from torch.ao.nn.quantized.dynamic import Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
 
-    Returns:
-        How many layers were replaced.
-    """
-    names = _int8_names(llm)
-    _quantize(llm, names)
+    if torch.backends.quantized.engine == "none":
+        raise RuntimeError("llm.quantize=int8: this torch build has no quantized CPU engine "
+                           f"(supported: {torch.backends.quantized.supported_engines}); set llm.quantize=none")
+    names = _int8_names(llm) if names is None else names
+    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in names:
+            linear = llm.get_submodule(name)
+            # one scale per output row: a per-tensor scale lets the largest row set every row's step
+            # (on the demo's real test set that cost 8 WER points; per row: see docs/results/speed)
+            linear.qconfig = per_channel_dynamic_qconfig
+            llm.set_submodule(name, Linear.from_float(linear))
     return len(names)
 
 
@@ -147,7 +132,7 @@ def load_int8(folder: str | Path, cfg: LLMConfig, device: torch.device) -> nn.Mo
             else:
                 owner._buffers[leaf] = value
         if module in int8:
-            _quantize(llm, [module])
+            quantize_linear_int8(llm, [module])
     llm.tie_weights()
     try:  # glibc keeps the freed float32 layers' arena pages resident until asked (~0.14 GiB on the demo)
         ctypes.CDLL("libc.so.6").malloc_trim(0)
