@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from speechwire.data import load_manifest
 from speechwire.evaluate import write_results
 from speechwire.features import CachedEncoder
@@ -31,8 +33,6 @@ def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = N
         {"asr": WER metrics (speechwire.metrics), "llm": model, "prompt": the ASR instruction,
         "seconds": wall time}; with out_dir also predictions.jsonl + metrics.json there.
     """
-    from tqdm.auto import tqdm
-
     utts = [u for u in load_manifest(manifest) if u.transcript][: limit or None]
     if not utts:
         raise ValueError(f"{manifest}: no utterance with a transcript to copy")

@@ -18,6 +18,7 @@ a rerun of the same command continues from the newest (use --no-resume to start 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import shutil
@@ -101,21 +102,16 @@ class Trainer:
         """The Accelerator on train.device (and DeepSpeed when launched with it); returns the tracker
         (train.report_to) or None."""
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         cfg = self.cfg
         if not cfg.data.train_manifest:
             raise ValueError("data.train_manifest is not set; pass data.train_manifest=path/to/train.jsonl")
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
-        if log_with:
-            import importlib.util
-
-            if importlib.util.find_spec(log_with) is None:  # the tracker's package has its name
-                raise ValueError(f"train.report_to={log_with} needs the {log_with} package: "
-                                 "pip install 'speechwire[tracking]' (or set train.report_to=none)")
-        # one process may train several runs (tests, grids) with different precisions
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state()
+        if log_with and importlib.util.find_spec(log_with) is None:  # the tracker's package has its name
+            raise ValueError(f"train.report_to={log_with} needs the {log_with} package: "
+                             "pip install 'speechwire[tracking]' (or set train.report_to=none)")
+        AcceleratorState._reset_state()  # one process may train several runs (tests, grids) with different precisions
         # cpu=True on the CPU (train.device): Accelerate then runs torchrun/`accelerate launch` ranks on gloo
         device = resolve_device(cfg.train.device)
         self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with,
