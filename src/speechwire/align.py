@@ -88,11 +88,9 @@ class TiedCTCHead(nn.Module):
     def load_data(self, data: dict[str, torch.Tensor]) -> None:
         """Set the vocabulary and LM from `data_tensors()`' keys (missing LM: none)."""
         self.set_vocab(data["vocab_ids"].tolist())
-        grams, counts = data.get("lm_grams"), data.get("lm_counts")
-        if grams is None or counts is None:
-            self.set_lm(None)
-        else:
-            grams, counts = grams.cpu(), counts.cpu()
+        self.set_lm(None)
+        if data.get("lm_grams") is not None and data.get("lm_counts") is not None:
+            grams, counts = data["lm_grams"].cpu(), data["lm_counts"].cpu()
             self.set_lm(TokenNgramLM.from_tensors(grams, counts, len(self.vocab_ids)), (grams, counts))
 
     def keys(self) -> torch.Tensor:
@@ -169,8 +167,7 @@ class TiedCTCHead(nn.Module):
         mapped = self.head_indices(token_ids)
         dropped = sum(len(ids) for ids in token_ids) - sum(len(m) for m in mapped)
         lengths = torch.tensor([len(m) for m in mapped], dtype=torch.long, device=self.blank.device)
-        labels = torch.zeros(len(mapped), max(1, int(lengths.max()) if len(mapped) else 1), dtype=torch.long,
-                             device=self.blank.device)
+        labels = torch.zeros(len(mapped), max([1, *map(len, mapped)]), dtype=torch.long, device=self.blank.device)
         for i, m in enumerate(mapped):
             labels[i, : len(m)] = torch.tensor(m, dtype=torch.long)
         return labels, lengths, dropped
@@ -199,7 +196,7 @@ def alignment_loss(logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Te
             output i against token i for items whose counts match, instead of CTC.
     """
     if one_per_token:
-        B, T, _ = logits.shape
+        T = logits.shape[1]
         match = lengths == label_lengths
         if not bool(match.any()):
             return logits.sum() * 0.0
@@ -229,11 +226,9 @@ def greedy_runs(logits: torch.Tensor, length: int) -> list[tuple[int, int, int]]
 
 def greedy_decode(head: TiedCTCHead, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     """CTC best path -> LLM token ids per item (repeats merged, blanks dropped)."""
-    out = []
-    for b in range(logits.shape[0]):
-        ks = [k for k, _, _ in greedy_runs(logits[b], int(lengths[b])) if k != BLANK]
-        out.append(head.token_ids(torch.tensor(ks, dtype=torch.long, device=logits.device)) if ks else [])
-    return out
+    runs = [greedy_runs(logits[b], int(lengths[b])) for b in range(logits.shape[0])]
+    return [head.token_ids(torch.tensor([k for k, _, _ in r if k != BLANK], dtype=torch.long, device=logits.device))
+            for r in runs]
 
 
 def collapse(embeds: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,12 +333,11 @@ def token_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]
 
     errors = total = 0
     for r, h in zip(refs, hyps):
-        r_words, h_words = [str(x) for x in r], [str(x) for x in h]
-        total += len(r_words)
-        if not r_words:
-            errors += len(h_words)
+        total += len(r)
+        if not r:
+            errors += len(h)
             continue
-        out = jiwer.process_words(" ".join(r_words), " ".join(h_words) if h_words else "")
+        out = jiwer.process_words(" ".join(map(str, r)), " ".join(map(str, h)))
         errors += out.substitutions + out.deletions + out.insertions
     return errors / max(total, 1)
 
@@ -357,7 +351,6 @@ def evaluate_alignment(model, utts, cfg, progress: bool = False, feature_cache=N
     by WER as in the LM stage.
     """
     from tqdm.auto import tqdm
-
 
     loader, batches = eval_loader(utts, cfg, feature_cache, model.batch_tokenizer(training=False))
     was_training = model.training
@@ -374,8 +367,7 @@ def evaluate_alignment(model, utts, cfg, progress: bool = False, feature_cache=N
             ids = model.with_tokens(batch).tokens.transcripts  # the transcripts' LLM token ids
             labels, label_lengths, dropped = model.align_head.labels(ids)
             n = int(label_lengths.sum())
-            loss_sum += float(alignment_loss(logits, out.lengths, labels, label_lengths,
-                                             one_per_token=False)) * n
+            loss_sum += float(alignment_loss(logits, out.lengths, labels, label_lengths)) * n
             tokens, oov = tokens + n, oov + dropped
             decoded = greedy_decode(model.align_head, logits, out.lengths)
             ref_ids += ids
@@ -384,9 +376,8 @@ def evaluate_alignment(model, utts, cfg, progress: bool = False, feature_cache=N
             hyps += [model.prompter.decode(d) for d in decoded]
     finally:
         model.train(was_training)
-    total_ref = sum(len(r) for r in ref_ids)
     return {"asr": score("asr", refs, hyps),
             "align": {"loss": round(loss_sum / max(tokens, 1), 4),
                       "token_error_rate": round(token_error_rate(ref_ids, hyp_ids), 4),
-                      "oov_tokens": round(oov / max(total_ref, 1), 4)},
+                      "oov_tokens": round(oov / max(sum(map(len, ref_ids)), 1), 4)},
             "num_utterances": len(refs)}

@@ -63,9 +63,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, where)
             except ConfigError as e:
@@ -83,10 +81,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return {_coerce(k, k_tp, where): _coerce(v, v_tp, f"{where}[{k!r}]") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "2e-4" (no dot) as a string
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # ints are fine for floats; YAML 1.1 reads "2e-4" (no dot) as a string
             return float(value)
         except ValueError:
             pass
@@ -114,8 +110,7 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
             f"unknown key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)};"
             f"{did_you_mean(unknown[0], known)} known in {where or 'the top level'}: {', '.join(sorted(known))}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
-    return cls(**kwargs)
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()})
 
 
 def to_dict(cfg: Any) -> dict:
@@ -138,8 +133,6 @@ def flatten(data: dict) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -296,9 +289,9 @@ def apply_presets(data: dict, base_dir: Path | None = None) -> dict:
     Raises:
         ConfigError: unknown preset name, missing file, or a preset that is not a mapping of sections.
     """
-    names = data.get("preset")
+    names, own = data.get("preset"), {k: v for k, v in data.items() if k != "preset"}
     if names is None:
-        return {k: v for k, v in data.items() if k != "preset"}
+        return own
     merged: dict = {}
     for name in [names] if isinstance(names, str) else names if isinstance(names, list) else [names]:
         if not isinstance(name, str):
@@ -317,4 +310,4 @@ def apply_presets(data: dict, base_dir: Path | None = None) -> dict:
         if not isinstance(preset, dict) or "preset" in preset:
             raise ConfigError(f"{file}: a preset must be a mapping of sections and cannot name another preset")
         merged = _merge(merged, preset)
-    return _merge(merged, {k: v for k, v in data.items() if k != "preset"})
+    return _merge(merged, own)

@@ -12,11 +12,13 @@ measured in docs/demo.md.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from speechwire.data import load_manifest
+from speechwire.evaluate import write_results
 from speechwire.features import CachedEncoder
 from speechwire.metrics import score
 from speechwire.model import SpeechLLM
@@ -31,9 +33,6 @@ def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = N
         {"asr": WER metrics (speechwire.metrics), "llm": model, "prompt": the ASR instruction,
         "seconds": wall time}; with out_dir also predictions.jsonl + metrics.json there.
     """
-    from tqdm.auto import tqdm
-
-
     utts = [u for u in load_manifest(manifest) if u.transcript][: limit or None]
     if not utts:
         raise ValueError(f"{manifest}: no utterance with a transcript to copy")
@@ -49,10 +48,6 @@ def copy_test(cfg: ExperimentConfig, manifest: str | Path, limit: int | None = N
     metrics = {"asr": score("asr", texts, hyps), "llm": cfg.llm.model, "prompt": cfg.llm.asr_prompt,
                "seconds": round(time.perf_counter() - start, 2), "num_utterances": len(texts)}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.jsonl", "w") as f:
-            for u, h in zip(utts, hyps):
-                f.write(json.dumps({"id": u.id, "reference": u.transcript, "hypothesis": h}, ensure_ascii=False) + "\n")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_results(out_dir, [{"id": u.id, "reference": u.transcript, "hypothesis": h} for u, h in zip(utts, hyps)],
+                      metrics)
     return metrics

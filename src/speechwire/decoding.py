@@ -51,9 +51,7 @@ def greedy_search(next_logits: Callable[[torch.Tensor | None], torch.Tensor], ba
     for _ in range(max_new):
         token = next_logits(token).float().argmax(-1)  # (B,)
         for b, t in enumerate(token.tolist()):
-            if done[b]:
-                continue
-            if t in stops:
+            if done[b] or t in stops:
                 done[b] = True
                 continue
             answers[b].append(t)
@@ -94,8 +92,7 @@ def loop_cut(tokens: list[int], max_repeats: int, max_period: int = MAX_LOOP_PER
         return None
     n = len(tokens)
     for p in range(1, max_period + 1):
-        span = (max_repeats + 1) * p
-        if span > n:
+        if (max_repeats + 1) * p > n:
             break
         unit = tokens[n - p:]
         if all(tokens[n - k * p - p: n - k * p] == unit for k in range(1, max_repeats + 1)):

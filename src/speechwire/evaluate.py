@@ -28,8 +28,7 @@ def generate_predictions(model: SpeechLLM, utts: list[Utterance], cfg: Experimen
     With a speechwire.features.FeatureCache the SFM outputs come from it (timing then excludes the SFM)."""
     loader, batches = eval_loader(utts, cfg, feature_cache, model.batch_tokenizer(training=False))
     records: dict[str, dict] = {}
-    seconds = audio_seconds = 0.0
-    tokens = 0
+    seconds, audio_seconds, tokens = 0.0, 0.0, 0
     for batch in tqdm(loader, total=len(batches), desc="evaluate", disable=not progress, dynamic_ncols=True):
         if not batch.ids:
             continue
@@ -73,12 +72,10 @@ def compute_metrics(records: list[dict], comet_model: str | None = None) -> dict
 
 def primary_metric(metrics: dict) -> tuple[str, float, bool]:
     """The number that picks the best checkpoint: ASR WER (lower is better) else ST BLEU."""
-    for key, m in metrics.items():
-        if key.startswith("asr"):
-            return f"{key}/wer", float(m["wer"]), False
-    for key, m in metrics.items():
-        if key.startswith("st"):
-            return f"{key}/bleu", float(m["bleu"]), True
+    for task, name, higher in (("asr", "wer", False), ("st", "bleu", True)):
+        for key, m in metrics.items():
+            if key.startswith(task):
+                return f"{key}/{name}", float(m[name]), higher
     raise ValueError(f"no ASR or ST metric in {sorted(metrics)}")
 
 
@@ -90,12 +87,16 @@ def evaluate_utterances(model: SpeechLLM, utts: list[Utterance], cfg: Experiment
     records, timing = generate_predictions(model, utts, cfg, progress=progress, feature_cache=feature_cache)
     metrics = {**compute_metrics(records, cfg.eval.comet_model), "timing": timing, "num_utterances": len(records)}
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)  # each file whole or absent, even on a full disk
-        write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-                     "predictions")
-        write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2), "metrics")
+        write_results(out_dir, records, metrics)
     return metrics
+
+
+def write_results(out_dir: str | Path, records: list[dict], metrics: dict) -> None:
+    """out_dir/predictions.jsonl (one record a line) and out_dir/metrics.json, each whole or absent (full disk)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(out_dir) / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                 "predictions")
+    write_atomic(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2), "metrics")
 
 
 def evaluate_run(run_dir: str | Path, manifest: str | Path, out_dir: str | Path | None = None,

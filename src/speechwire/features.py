@@ -213,15 +213,10 @@ class FeatureCache:
 
     def missing(self, utts: Sequence[Utterance], verify: bool = False) -> list[Utterance]:
         """Utterances without an entry (with verify=True also those whose entry fails to load)."""
-        out, seen = [], set()
+        first: dict[str, Utterance] = {}  # each key's first utterance, in input order
         for u in utts:
-            key = self.key(u)
-            if key in seen:
-                continue
-            seen.add(key)
-            if not self.path(key).is_file() or (verify and self.get(u) is None):
-                out.append(u)
-        return out
+            first.setdefault(self.key(u), u)
+        return [u for key, u in first.items() if not self.path(key).is_file() or (verify and self.get(u) is None)]
 
     # --- SFM metadata -------------------------------------------------------------------------
 
@@ -282,8 +277,7 @@ class FeatureCache:
             self.stats.encoder_batches += 1
             self.stats.audio_seconds += float(batch.audio_lengths.sum()) / SAMPLE_RATE
             for b, i in enumerate(idx if store else []):
-                n = int(out.lengths[b])
-                self.put(utts[i], out.hidden[b, :n], int(batch.audio_lengths[b]))
+                self.put(utts[i], out.hidden[b, : int(out.lengths[b])], int(batch.audio_lengths[b]))
         return self.stats
 
     def ensure(self, utts: Sequence[Utterance], encoder: SpeechEncoder | None = None,
@@ -292,8 +286,7 @@ class FeatureCache:
         lock: a process sharing the cache waits, then finds these entries written."""
         with self.locked():
             todo = self.missing(utts)
-            unique = len({self.key(u) for u in utts})
-            self.stats.hits += unique - len(todo)
+            self.stats.hits += len({self.key(u) for u in utts}) - len(todo)  # unique utterances found
             if todo or self.read_meta() is None:
                 if encoder is None:
                     encoder = build_encoder(self.encoder_cfg).to(device)
@@ -301,12 +294,9 @@ class FeatureCache:
         return self.stats
 
     def stats_dict(self) -> dict[str, Any]:
-        s = asdict(self.stats)
-        s["encoder_seconds"] = round(s["encoder_seconds"], 3)
-        s["audio_seconds"] = round(s["audio_seconds"], 3)
-        s["encoder_rtf"] = round(self.stats.encoder_seconds / self.stats.audio_seconds, 5) if self.stats.audio_seconds else None
-        s["dir"] = str(self.dir)
-        return s
+        s = self.stats
+        return {**asdict(s), "encoder_seconds": round(s.encoder_seconds, 3), "audio_seconds": round(s.audio_seconds, 3),
+                "encoder_rtf": round(s.encoder_seconds / s.audio_seconds, 5) if s.audio_seconds else None, "dir": str(self.dir)}
 
 
 def prepare_feature_cache(cfg: ExperimentConfig, utts: Sequence[Utterance], device: torch.device | str = "cpu",

@@ -33,31 +33,15 @@ class TokenNgramLM:
     Args:
         order: n (3 = trigram).
         vocab_size: K, the head's token count (for the unigram floor).
+        counts: n-gram -> count (`build` counts them; none: an empty model).
     """
 
-    def __init__(self, order: int, vocab_size: int) -> None:
+    def __init__(self, order: int, vocab_size: int, counts: dict[tuple[int, ...], int] | None = None) -> None:
         if order < 1:
             raise ValueError(f"n-gram order must be >= 1, got {order}")
         self.order, self.vocab_size = order, vocab_size
-        self.counts: dict[tuple[int, ...], int] = {}
-        self._finish()
-
-    @classmethod
-    def build(cls, sentences: Iterable[Sequence[int]], order: int, vocab_size: int) -> "TokenNgramLM":
-        """Count the n-grams of `sentences` (head-index sequences; BOS padding and EOS added here)."""
-        lm = cls(order, vocab_size)
-        counts: dict[tuple[int, ...], int] = defaultdict(int)
-        for ids in sentences:
-            seq = [BOS] * (order - 1) + list(ids) + [EOS]
-            for i in range(order - 1, len(seq)):
-                for n in range(1, order + 1):
-                    counts[tuple(seq[i - n + 1: i + 1])] += 1
-        lm.counts = dict(counts)
-        lm._finish()
-        return lm
-
-    def _finish(self) -> None:
-        """Context totals and distinct followers, from the counts."""
+        self.counts: dict[tuple[int, ...], int] = dict(counts or {})
+        # context totals and distinct followers, from the counts
         self._total: dict[tuple[int, ...], int] = defaultdict(int)
         self._types: dict[tuple[int, ...], int] = defaultdict(int)
         for gram, c in self.counts.items():
@@ -66,15 +50,23 @@ class TokenNgramLM:
         self._unigrams = self._total.get((), 0)
         self._cache: dict[tuple[tuple[int, ...], int], float] = {}
 
+    @classmethod
+    def build(cls, sentences: Iterable[Sequence[int]], order: int, vocab_size: int) -> "TokenNgramLM":
+        """Count the n-grams of `sentences` (head-index sequences; BOS padding and EOS added here)."""
+        counts: dict[tuple[int, ...], int] = defaultdict(int)
+        for ids in sentences:
+            seq = [BOS] * (order - 1) + list(ids) + [EOS]
+            for i in range(order - 1, len(seq)):
+                for n in range(1, order + 1):
+                    counts[tuple(seq[i - n + 1: i + 1])] += 1
+        return cls(order, vocab_size, counts)
+
     def __len__(self) -> int:
         return len(self.counts)
 
     def context(self, prefix: Sequence[int]) -> tuple[int, ...]:
         """The last order-1 symbols of a sentence prefix, BOS-padded."""
-        n = self.order - 1
-        if n == 0:
-            return ()
-        return tuple(([BOS] * n + list(prefix[-n:]))[-n:])
+        return tuple(([BOS] * (self.order - 1) + list(prefix))[len(prefix):])  # () for a unigram model
 
     def logprob(self, context: tuple[int, ...], token: int) -> float:
         """Natural log P(token | context); context from `context()`."""
@@ -107,7 +99,5 @@ class TokenNgramLM:
 
     @classmethod
     def from_tensors(cls, grams: torch.Tensor, counts: torch.Tensor, vocab_size: int) -> "TokenNgramLM":
-        lm = cls(int(grams.shape[1]), vocab_size)
-        lm.counts = {tuple(x for x in row if x != 0): int(c) for row, c in zip(grams.tolist(), counts.tolist())}
-        lm._finish()
-        return lm
+        return cls(int(grams.shape[1]), vocab_size,
+                   {tuple(x for x in row if x != 0): int(c) for row, c in zip(grams.tolist(), counts.tolist())})

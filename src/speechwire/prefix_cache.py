@@ -19,6 +19,7 @@ Letters: B batch, P prefix tokens, d_llm LLM width.
 from __future__ import annotations
 
 import copy
+import os
 from collections import OrderedDict
 from typing import Callable
 
@@ -30,14 +31,7 @@ MAX_ENTRIES = 8  # prefixes kept per model (tasks x languages when the instructi
 
 def common_prefix(seqs: list[list[int]]) -> list[int]:
     """The longest list of ids every sequence starts with ([] for no sequences)."""
-    if not seqs:
-        return []
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        if any(s[i] != first[i] for s in seqs):
-            return first[:i]
-    return first[:n]
+    return list(os.path.commonprefix(seqs))  # compares element by element, lists as well as strings ('' for none)
 
 
 class PrefixCache:
@@ -87,9 +81,8 @@ class PrefixCache:
         stored = self._entries.get(key)
         if stored is None:
             self.misses += 1
-            P = len(ids)
-            res = llm(inputs_embeds=inputs, attention_mask=torch.ones(1, P, dtype=torch.long, device=inputs.device),
-                      position_ids=torch.arange(P, device=inputs.device)[None], use_cache=True, logits_to_keep=1,
+            res = llm(inputs_embeds=inputs, attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=inputs.device),
+                      position_ids=torch.arange(len(ids), device=inputs.device)[None], use_cache=True, logits_to_keep=1,
                       **{cache_kw: None})
             stored = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
             if stored is None:

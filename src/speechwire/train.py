@@ -18,6 +18,7 @@ a rerun of the same command continues from the newest (use --no-resume to start 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import shutil
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from speechwire.align import alignment_vocab, build_head_lm, evaluate_alignment, read_lm_text
 from speechwire.config import AdapterFieldWarning, ExperimentConfig, flatten, load_config, resolve_device, save_config, to_dict
-from speechwire.data import Batch, load_manifest, make_dataloader
+from speechwire.data import load_manifest, make_dataloader
 from speechwire.errors import DamagedFileError
 from speechwire.evaluate import evaluate_utterances, primary_metric
 from speechwire.features import prepare_feature_cache
@@ -56,8 +57,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders that were finished (their state file written), oldest first: a
     folder a kill interrupted (`step-N.tmp`, or no state file) is never resumed from."""
-    steps = sorted((run_dir / CKPT_DIR).glob("step-*[0-9]"))
-    return [s for s in steps if (s / STATE_NAME).is_file()]
+    return [s for s in sorted((run_dir / CKPT_DIR).glob("step-*[0-9]")) if (s / STATE_NAME).is_file()]
 
 
 class Trainer:
@@ -67,10 +67,7 @@ class Trainer:
                  on_step: Callable[[int], None] | None = None) -> None:
         """on_step: called with the step number right after each optimizer step (before logging,
         validation and checkpoints): the grid's cost estimator times steps with it."""
-        self.cfg = cfg
-        self.resume = resume
-        self.progress = progress
-        self.on_step = on_step
+        self.cfg, self.resume, self.progress, self.on_step = cfg, resume, progress, on_step
         self.run_dir = Path(cfg.train.output_dir)
 
     # --- setup -------------------------------------------------------------------------------
@@ -105,27 +102,20 @@ class Trainer:
         """The Accelerator on train.device (and DeepSpeed when launched with it); returns the tracker
         (train.report_to) or None."""
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         cfg = self.cfg
         if not cfg.data.train_manifest:
             raise ValueError("data.train_manifest is not set; pass data.train_manifest=path/to/train.jsonl")
         log_with = None if cfg.train.report_to == "none" else cfg.train.report_to
-        if log_with:
-            import importlib.util
-
-            module = {"tensorboard": "tensorboard", "wandb": "wandb"}[log_with]
-            if importlib.util.find_spec(module) is None:
-                raise ValueError(f"train.report_to={log_with} needs the {module} package: "
-                                 "pip install 'speechwire[tracking]' (or set train.report_to=none)")
-        # one process may train several runs (tests, grids) with different precisions
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state()
+        if log_with and importlib.util.find_spec(log_with) is None:  # the tracker's package has its name
+            raise ValueError(f"train.report_to={log_with} needs the {log_with} package: "
+                             "pip install 'speechwire[tracking]' (or set train.report_to=none)")
+        AcceleratorState._reset_state()  # one process may train several runs (tests, grids) with different precisions
         # cpu=True on the CPU (train.device): Accelerate then runs torchrun/`accelerate launch` ranks on gloo
         device = resolve_device(cfg.train.device)
         self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=log_with,
-                               cpu=device.type == "cpu",
-                               project_dir=str(self.run_dir))
+                               cpu=device.type == "cpu", project_dir=str(self.run_dir))
         if device.index is not None:  # cuda:N: one process on that GPU (launched ranks take one GPU each)
             if self.acc.num_processes > 1:
                 raise ValueError(f"train.device={cfg.train.device} names one GPU, but {self.acc.num_processes} "
@@ -143,7 +133,6 @@ class Trainer:
             if cfg.data.dev_manifest else None
         self.feature_cache, encoder = None, None
         if cfg.data.feature_cache:  # frozen SFM outputs from disk: the SFM runs only for cache misses
-
             self.feature_cache, encoder = prepare_feature_cache(
                 cfg, utts + (self.dev or []), device=self.acc.device, is_main=self.acc.is_main_process,
                 barrier=self.acc.wait_for_everyone, progress=self.progress)
@@ -175,9 +164,8 @@ class Trainer:
         """AdamW over the trainable weights, warm-up + cosine schedule over the run's steps; prepared
         with the model by Accelerate (the scheduler is stepped by hand once per optimizer step)."""
         cfg = self.cfg
-        batches = len(self.loader)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps >= 0 else \
-            max(1, math.ceil(cfg.train.epochs * batches / cfg.train.grad_accum))
+            max(1, math.ceil(cfg.train.epochs * len(self.loader) / cfg.train.grad_accum))
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = int(cfg.train.warmup_ratio * self.total_steps)
@@ -203,24 +191,22 @@ class Trainer:
     # --- loop --------------------------------------------------------------------------------
 
     def train(self) -> dict:
-        cfg, acc = self.cfg.train, self.acc
-        model = self.model
+        cfg, acc, model = self.cfg.train, self.acc, self.model
         model.train()
-        self._bar = bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.train.stage,
+        self._bar = bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.stage,
                                dynamic_ncols=True, disable=not (self.progress and acc.is_local_main_process))
-        start, audio_seconds, window = time.time(), 0.0, _Window()
+        start, audio_seconds, window, micro = time.time(), 0.0, _Window(), 0
         self._started = start - self._elapsed_before
-        micro = 0
         while self.step < self.total_steps:
             for batch in self.loader:
                 if not batch.ids:
                     continue  # every item of this batch was invalid and skipped (data.skip_invalid)
                 sync = (micro + 1) % cfg.grad_accum == 0
                 with acc.no_sync(model) if not sync and acc.num_processes > 1 else nullcontext():
-                    out = model(batch, objective=self.cfg.train.stage)
+                    out = model(batch, objective=cfg.stage)
                     # a DeepSpeed engine divides by its own gradient_accumulation_steps
                     acc.backward(out.loss if self._deepspeed else out.loss / cfg.grad_accum)
-                window.add(out, batch)
+                window.add(out)
                 if acc.num_processes > 1 and len(self._ids_seen) < 10000:
                     self._ids_seen.extend(batch.ids)
                 audio_seconds += sum(batch.durations)
@@ -241,12 +227,12 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
                                     audio_s_per_s=f"{record['audio_s_per_s']:.1f}")
                     self._log(record)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
-                    self._validate()
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
-                    self._save_checkpoint()
                 if self.step >= self.total_steps:
-                    break
+                    break  # the last step's validation and checkpoint come after the loop
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._validate()
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self._save_checkpoint()
             else:
                 self.loader.set_epoch(self.loader.sampler_.epoch + 1)
         bar.close()
@@ -285,10 +271,8 @@ class Trainer:
         result = None
         if self.acc.is_main_process:
             model = self.unwrapped
-            if self.cfg.train.stage == "align":
-                metrics = evaluate_alignment(model, self.dev, self.cfg, progress=False, feature_cache=self.feature_cache)
-            else:
-                metrics = evaluate_utterances(model, self.dev, self.cfg, progress=False, feature_cache=self.feature_cache)
+            evaluate = evaluate_alignment if self.cfg.train.stage == "align" else evaluate_utterances
+            metrics = evaluate(model, self.dev, self.cfg, progress=False, feature_cache=self.feature_cache)
             name, value, higher = primary_metric(metrics)
             result = {"step": self.step, "metric": name, "value": value, "metrics": metrics}
             elapsed = round(time.time() - self._started, 1) if hasattr(self, "_started") else None
@@ -398,11 +382,10 @@ class _Window:
         self.values: dict[str, list[float]] = {}
         self.enc = self.ada = 0
 
-    def add(self, out, batch: Batch) -> None:
-        self.values.setdefault("loss", []).append(float(out.loss.detach()))
-        self.values.setdefault("lm_loss", []).append(float(out.lm_loss))
-        for k, v in out.aux_losses.items():
-            self.values.setdefault(f"aux_{k}", []).append(float(v))
+    def add(self, out) -> None:
+        losses = {"loss": out.loss.detach(), "lm_loss": out.lm_loss, **{f"aux_{k}": v for k, v in out.aux_losses.items()}}
+        for k, v in losses.items():
+            self.values.setdefault(k, []).append(float(v))
         self.enc += out.encoder_frames
         self.ada += out.adapter_frames
 
