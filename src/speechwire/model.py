@@ -29,6 +29,7 @@ import torch
 import yaml
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
 from speechwire.align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
@@ -69,15 +70,6 @@ class GenerationOutput:
     def num_tokens(self) -> int:
         """Tokens generated over the batch (tokens/s in evaluation)."""
         return sum(len(x) for x in self.token_ids)
-
-
-def _pad_sequences(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
-    """Left-pad a list of (L_i, ...) tensors to (B, max L_i, ...)."""
-    max_len = max(s.shape[0] for s in seqs)
-    out = seqs[0].new_full((len(seqs), max_len, *seqs[0].shape[1:]), value)
-    for i, s in enumerate(seqs):
-        out[i, max_len - s.shape[0]:] = s
-    return out
 
 
 def _output_layer(adapter: nn.Module, d_llm: int) -> tuple[nn.Module | None, float]:
@@ -126,6 +118,11 @@ def rescale_output(adapter: nn.Module, d_llm: int, token_rms: float) -> float:
         if last.bias is not None:
             last.bias.mul_(factor)
     return factor
+
+
+def left_pad(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
+    """(L_i, ...) tensors -> (B, max L_i, ...), padded with `value` before each item."""
+    return pad_sequence(seqs, batch_first=True, padding_value=value, padding_side="left")
 
 
 OBJECTIVES = ("lm", "align")  # SpeechLLM.forward's losses, one per training stage (train.stage)
@@ -289,10 +286,10 @@ class SpeechLLM(nn.Module):
                 lab += target
             seqs.append(torch.cat(parts))
             labels.append(torch.tensor(lab, dtype=torch.long, device=self.device))
-        inputs = _pad_sequences(seqs, 0.0)  # (B, L, d_llm)
-        mask = _pad_sequences([torch.ones(len(s), dtype=torch.long, device=self.device) for s in seqs], 0)
+        inputs = left_pad(seqs, 0.0)  # (B, L, d_llm)
+        mask = left_pad([torch.ones(len(s), dtype=torch.long, device=self.device) for s in seqs], 0)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
-        return inputs, mask, positions, _pad_sequences(labels, IGNORE)
+        return inputs, mask, positions, left_pad(labels, IGNORE)
 
     # --- training ---------------------------------------------------------------------------
 
@@ -455,14 +452,9 @@ class SpeechLLM(nn.Module):
                            tgt_lang: str | None = None, max_new_tokens: int | None = None) -> list[str]:
         """The "copy test": the LLM's answers when the speech embeddings are replaced by the token
         embeddings of `texts` (what a perfectly aligned adapter would hand it). Batched like generate."""
-        ids = [self.prompter.text_ids(t) for t in texts]
-        lengths = torch.tensor([max(1, len(x)) for x in ids], device=self.device)
-        d = self.audio_markers.shape[1]
-        embeds = torch.zeros(len(ids), int(lengths.max()), d, device=self.device)
-        for i, x in enumerate(ids):
-            if x:
-                embeds[i, : len(x)] = self.embed_text(x).float()
-        B = len(texts)
+        d, B = self.audio_markers.shape[1], len(texts)
+        ids = [self.prompter.text_ids(t) for t in texts]  # an empty text: one zero vector
+        embeds, lengths = pad_right([self.embed_text(x).float() if x else torch.zeros(1, d, device=self.device) for x in ids])
         batch = Batch(tasks=[task] * B, src_langs=[src_lang] * B, tgt_langs=[tgt_lang] * B)
         with self._evaluating():
             out = self._decode(batch, embeds, lengths, max_new_tokens or self.cfg.eval.max_new_tokens)
