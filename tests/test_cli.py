@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from speechwire.cli import main
@@ -45,3 +46,17 @@ def test_transcribe_reports_bad_files_and_continues(mustc_corpus, tmp_path, caps
     assert "text" in lines[0] and "error" in lines[1] and "broken.wav" in lines[1]["error"]
     assert "missing.wav" in lines[2]["error"]
     assert "text" in lines[3]
+
+
+def test_overrides_may_follow_the_flags(monkeypatch, capsys):
+    import speechwire.evaluate as evaluate
+
+    seen = {}
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda **kw: seen.update(kw) or {"wer": 0})
+    assert main(["evaluate", "RUN", "eval.batch_size=4", "--manifest", "m.jsonl", "llm.output_vocab=full", "--quiet"]) == 0
+    assert seen["overrides"] == ["eval.batch_size=4", "llm.output_vocab=full"] and seen["manifest"] == "m.jsonl"
+    for stray in (["--bogus"], ["word"]):  # not a key=value override: still an argparse error
+        with pytest.raises(SystemExit) as e:
+            main(["evaluate", "RUN", "--manifest", "m.jsonl", *stray])
+        assert e.value.code == 2
+        assert f"unrecognized arguments: {stray[0]}" in capsys.readouterr().err

@@ -508,7 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = "speechwire" + "".join(f" {a}" for a in argv[:1] if not a.startswith("-"))
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # dotted overrides after the flags (`evaluate RUN --manifest M eval.batch_size=16`) join the others
+            if not isinstance(getattr(args, "overrides", None), list) or any(x.startswith("-") or "=" not in x for x in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides += extra
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
