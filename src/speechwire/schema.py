@@ -11,7 +11,6 @@ can depend on it; reading, merging and checking configs against the registries i
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
@@ -29,14 +28,12 @@ class AdapterFieldWarning(UserWarning):
 Dtype = Literal["float32", "bfloat16", "float16"]  # the dtype names configs accept; torch_dtype() maps them
 
 
-def _check(problems: list[str], section: str, cfg: Any = None) -> None:
-    """Raise one ConfigError listing `problems` and, for a section `cfg`, each field annotated
-    Literal[...] whose value is not one of its choices."""
-    hints = typing.get_type_hints(type(cfg)) if cfg is not None else {}
-    for f in dataclasses.fields(cfg) if cfg is not None else ():
-        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
-        if choices and getattr(cfg, f.name) not in choices:
-            problems.insert(0, f"{f.name}={getattr(cfg, f.name)!r} must be one of {', '.join(choices)}")
+def _check(problems: list[str], section: str, cfg: Any) -> None:
+    """Raise one ConfigError listing each field of `cfg` outside its Literal[...] choices, then `problems`."""
+    hints = typing.get_type_hints(type(cfg))  # Literal fields -> their choices
+    choices = {k: typing.get_args(tp) for k, tp in hints.items() if typing.get_origin(tp) is Literal}
+    problems = [f"{name}={getattr(cfg, name)!r} must be one of {', '.join(values)}"
+                for name, values in choices.items() if getattr(cfg, name) not in values] + problems
     if problems:
         raise ConfigError("; ".join(f"{section}.{p}" for p in problems))
 
