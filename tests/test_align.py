@@ -163,8 +163,41 @@ def test_alignment_vocab_words_spells_new_words_and_full_is_everything(tiny_llm_
     assert not special & set(words)
     assert alignment_vocab("full", train, prompter) == sorted(set(range(len(tok))) - special)
     assert set(word_vocab(tok)) <= set(words)
-    with pytest.raises(ValueError, match="align.vocab='bogus' must be one of transcripts, words, full"):
+    with pytest.raises(ValueError, match="align.vocab='bogus' must be one of transcripts, words, full, chars"):
         alignment_vocab("bogus", train, prompter)
+
+
+@pytest.mark.parametrize("text, spelt", [
+    ("Café-bar, 2 cups!", "cafe bar 2 cups"), ("It’s  OK.", "it's ok"), ("  \t", ""),
+    ("Dial 1 -- then #.", "dial 1 then"), ("Ünïcödé naïve", "unicode naive"), ("日本", ""),
+])
+def test_spell_writes_what_a_chars_head_can(text, spelt):
+    from speechwire.align import ALPHABET, spell
+
+    assert spell(text) == spelt and set(spell(text)) <= set(ALPHABET)
+
+
+def test_char_speller_uses_the_llms_one_character_tokens(tiny_llm_dir):
+    from transformers import AutoTokenizer
+
+    from speechwire.align import ALPHABET, CharSpeller, alignment_vocab
+    from speechwire.llm import ChatPrompter
+    from speechwire.schema import LLMConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm_dir)
+    speller = CharSpeller(tok)
+    assert speller("No, 2!") == [tok.encode(c, add_special_tokens=False)[0] for c in "no 2"]
+    assert tok.decode(speller("Hello there")) == "hello there"
+    prompter = ChatPrompter(tok, LLMConfig(model=str(tiny_llm_dir)))
+    assert alignment_vocab("chars", ["never used"], prompter) == sorted(speller.ids.values())
+    assert len(set(speller.ids.values())) == len(ALPHABET)
+
+    class MergedSpace:  # a tokenizer whose space is no token of its own (SentencePiece-style)
+        def encode(self, text, add_special_tokens=False):
+            return [] if text == " " else [ord(text)]
+
+    with pytest.raises(ValueError, match="align.vocab=chars: the LLM's tokenizer has no single token for ' '"):
+        CharSpeller(MergedSpace())
 
 
 # --- the stage end to end on tiny models ---------------------------------------------------------
@@ -414,6 +447,53 @@ def test_beam_decoding_with_the_stage_lm_feeds_the_llm_exact_token_embeddings(al
 def test_beam_decoding_needs_the_posterior_readout():
     with pytest.raises(Exception, match="decode=beam needs collapse: true and readout: posterior"):
         load_config(None, ["align.decode=beam"])
+    with pytest.raises(Exception, match="vocab=chars needs decode=beam"):
+        load_config(None, ["align.vocab=chars"])
+
+
+def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligned, tmp_path):
+    """align.vocab=chars: the head learns letters (labels: CharSpeller), its character LM rides in the
+    checkpoint as int8, and the LLM reads the beam's text tokenised as the LLM tokenises text."""
+    tmp, manifest, run, cfg_path, _ = aligned
+    align_run = tmp_path / "align"
+    chars = ["align.vocab=chars", "align.lm_order=4", "align.collapse=true", "align.readout=posterior",
+             "align.decode=beam"]
+    summary = train(load_config(cfg_path, [f"train.output_dir={align_run}", "train.save_every=0",
+                                           f"data.dev_manifest={manifest}", *chars]), progress=False)
+    assert summary["final_dev"]["metrics"]["asr"]["wer"] < 0.5  # greedy, letter by letter
+    saved = load_file(str(align_run / "trainable.safetensors"))
+    assert saved["align_head.lm_grams"].dtype == torch.int8 and saved["align_head.lm_grams"].shape[1] == 4
+    out = tmp_path / "lm"
+    train(load_config(cfg_path, ["train.stage=lm", f"train.init_from={align_run}", "train.max_steps=0",
+                                 f"train.output_dir={out}", "data.dev_manifest=null", *chars]), progress=False)
+    model = SpeechLLM.from_pretrained(out).eval()
+    tok = model.prompter.tok
+    assert sorted(model.align_head.vocab_ids.tolist()) == sorted(model.transcript_ids.ids.values())
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
+    from speechwire.decoding import ctc_beam_search
+    from speechwire.features import FeatureCache
+
+    utts = load_manifest(manifest)
+    items = [CachedFeatureDataset(utts, FeatureCache.for_config(model.cfg))[i] for i in range(4)]
+    batch = collate(items)
+    with torch.no_grad():
+        speech = model._adapt(batch, batch.hidden, batch.hidden_lengths)
+        out_ = model.adapter(batch.hidden.float(), batch.hidden_lengths)
+        log_probs = model.align_head(out_.embeds).float().log_softmax(-1).numpy()
+    table = model.llm.get_input_embeddings().weight.detach()
+    heard = 0
+    for b in range(4):
+        a = model.cfg.align
+        beam = ctc_beam_search(log_probs[b, : int(out_.lengths[b])], beam=a.beam_size, lm=model.align_head.lm,
+                               lm_weight=a.lm_weight, token_bonus=a.lm_bonus)
+        text = tok.decode(model.align_head.token_ids(torch.tensor(beam)))
+        heard += text == utts[b].transcript
+        ids = model.prompter.text_ids(text)
+        assert int(speech.lengths[b]) == len(ids)
+        assert torch.equal(speech.embeds[b, : len(ids)], table[ids].float())
+    assert heard >= 2
+    together = model.generate(batch, max_new_tokens=4)
+    assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
 
 
 def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):

@@ -27,16 +27,19 @@ def test_lm_is_a_distribution_and_prefers_what_it_read():
     assert lm.logprob(lm.context([1, 2, 3]), EOS) > lm.logprob(lm.context([1, 2, 3]), 1)
 
 
-@given(st.lists(st.lists(st.integers(1, 9), max_size=6), max_size=12), st.integers(1, 4))
+@given(st.lists(st.lists(st.integers(1, 9), max_size=6), max_size=12), st.integers(1, 4),
+       st.sampled_from([(9, torch.int8), (127, torch.int8), (128, torch.int16), (40_000, torch.int32)]))
 @settings(max_examples=40, deadline=None)
-def test_lm_round_trips_through_checkpoint_tensors(sentences, order):
-    lm = TokenNgramLM.build(sentences, order=order, vocab_size=9)
+def test_lm_round_trips_through_checkpoint_tensors(sentences, order, vocab):
+    vocab_size, dtype = vocab  # the smallest integer type that holds every symbol (a character LM: int8)
+    sentences = [[w * vocab_size // 9 for w in s] for s in sentences]  # symbols up to vocab_size
+    lm = TokenNgramLM.build(sentences, order=order, vocab_size=vocab_size)
     grams, counts = lm.to_tensors()
-    assert grams.dtype == counts.dtype == torch.int32 and len(grams) == len(lm)
-    back = TokenNgramLM.from_tensors(grams, counts, vocab_size=9)
+    assert grams.dtype == dtype and counts.dtype == torch.int32 and grams.shape == (len(lm), order)
+    back = TokenNgramLM.from_tensors(grams, counts, vocab_size=vocab_size)
     assert back.counts == lm.counts
     for prefix in ([], [1], [2, 3, 4]):
-        for w in (1, 5, EOS):
+        for w in (1, 5, vocab_size, EOS):
             assert back.logprob(back.context(prefix), w) == lm.logprob(lm.context(prefix), w)
 
 

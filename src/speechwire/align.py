@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -273,7 +274,10 @@ def transcript_vocab(transcripts: Sequence[str], text_ids) -> list[int]:
     return sorted({t for text in transcripts if text for t in text_ids(text)})
 
 
-VOCABS = ("transcripts", "words", "full")
+VOCABS = ("transcripts", "words", "full", "chars")
+# align.vocab=chars: the head spells lower-case words letter by letter in the LLM's own one-character
+# tokens, so every sound is heard in many words (a word-piece head learns each piece from its own few clips)
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789' "
 # A token that spells a piece of a Latin-script word (lower case, Capitalised or a short acronym), a
 # contraction, a number up to 3 digits or common punctuation, with or without its leading space, or a space.
 # Leaves out code (camelCase, snake_case, markup), other scripts and byte pieces.
@@ -286,13 +290,41 @@ def word_vocab(tokenizer) -> list[int]:
     return [i for i, text in enumerate(texts) if WORD_PIECE.match(text)]
 
 
+def spell(text: str) -> str:
+    """What a chars head writes for `text`: lower case, accents and marks dropped ("Café-bar, 2!" ->
+    "cafe bar 2"), hyphens and other spaces as one space."""
+    text = unicodedata.normalize("NFKD", text.lower().replace("\u2019", "'"))
+    text = re.sub(r"[-\s]+", " ", text)
+    return re.sub(r" +", " ", "".join(c for c in text if c in ALPHABET)).strip()
+
+
+class CharSpeller:
+    """Text -> the LLM token ids of `spell(text)`, one per character (align.vocab=chars labels).
+
+    Args:
+        tok: the LLM's tokenizer; each ALPHABET character must be one token of it.
+    """
+
+    def __init__(self, tok) -> None:
+        ids = {c: tok.encode(c, add_special_tokens=False) for c in ALPHABET}
+        multi = [repr(c) for c, i in ids.items() if len(i) != 1]
+        if multi:
+            raise ValueError(f"align.vocab=chars: the LLM's tokenizer has no single token for {', '.join(multi)}; "
+                             "use align.vocab=words")
+        self.ids = {c: i[0] for c, i in ids.items()}
+
+    def __call__(self, text: str) -> list[int]:
+        return [self.ids[c] for c in spell(text)]
+
+
 def alignment_vocab(kind: str, transcripts: Sequence[str], prompter) -> list[int]:
     """The alignment head's vocabulary (align.vocab).
 
     Args:
         kind: "transcripts": the training transcripts' tokens (the head can emit nothing else: a
             word never trained on cannot be written); "words": those plus every word-piece token of
-            the LLM (`word_vocab`), so new words can be spelt; "full": the LLM's whole vocabulary.
+            the LLM (`word_vocab`), so new words can be spelt; "full": the LLM's whole vocabulary;
+            "chars": the LLM's one-character tokens of ALPHABET (the head spells; `CharSpeller`).
         transcripts: the training transcripts.
         prompter: the model's ChatPrompter (text_ids, tok).
 
@@ -301,6 +333,8 @@ def alignment_vocab(kind: str, transcripts: Sequence[str], prompter) -> list[int
     """
     if kind not in VOCABS:
         raise ValueError(f"align.vocab={kind!r} must be one of {', '.join(VOCABS)}")
+    if kind == "chars":
+        return sorted(CharSpeller(prompter.tok).ids.values())
     ids = set(transcript_vocab(transcripts, prompter.text_ids))
     if kind == "words":
         ids |= set(word_vocab(prompter.tok))

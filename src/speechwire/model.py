@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
-from speechwire.align import TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
+from speechwire.align import CharSpeller, TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
 from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
 from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
@@ -142,6 +142,8 @@ class SpeechLLM(nn.Module):
         self.llm = load_llm(cfg.llm, device)
         self.llm_quantized = getattr(self.llm, "quantized", "none")  # "int8": Linear layers in int8 (quantize.py)
         self.prompter = ChatPrompter(self.tokenizer, cfg.llm)
+        # text -> the alignment head's labels: the LLM's tokens, or one per character (align.vocab=chars)
+        self.transcript_ids = CharSpeller(self.tokenizer) if cfg.align.vocab == "chars" else self.prompter.text_ids
         embedding = self.llm.get_input_embeddings()
         d_llm = embedding.embedding_dim
         vocab = self.llm.get_output_embeddings().weight.shape[0]
@@ -206,7 +208,8 @@ class SpeechLLM(nn.Module):
     def batch_tokenizer(self, training: bool) -> BatchTokenizer:
         """Tokenises batches with this LLM's chat prompts: pass it to make_dataloader (or eval_loader)
         so DataLoader workers do it. training: draw each item's instruction paraphrase."""
-        return BatchTokenizer(self.prompter, self.paraphrase_seed, self.cfg.adapter.targets_add_special_tokens, training)
+        return BatchTokenizer(self.prompter, self.paraphrase_seed, self.cfg.adapter.targets_add_special_tokens, training,
+                              self.transcript_ids)
 
     def with_tokens(self, batch: Batch | Mapping) -> Batch:
         """`batch` as a Batch with token ids for this model's mode: its own when they were made for
@@ -320,8 +323,9 @@ class SpeechLLM(nn.Module):
 
     def _beam_tokens(self, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """align.decode=beam: the LLM token embeddings of each item's best beam (decoding.ctc_beam_search
-        with the head's n-gram LM), what the copy test feeds the LLM. An item with no token keeps its
-        least-blank output's posterior readout, as the collapse does. (B, T', K + 1) -> (B, L, d), (B,)."""
+        with the head's n-gram LM), what the copy test feeds the LLM; a chars head's beam is read as
+        text and tokenised as the LLM would. An item with no token keeps its least-blank output's
+        posterior readout, as the collapse does. (B, T', K + 1) -> (B, L, d), (B,)."""
         a, head = self.cfg.align, self.align_head
         log_probs = logits.detach().float().log_softmax(-1).cpu().numpy()
         items = []
@@ -329,7 +333,10 @@ class SpeechLLM(nn.Module):
             n = int(lengths[b])
             tokens = ctc_beam_search(log_probs[b, :n], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
                                      token_bonus=a.lm_bonus)
-            if tokens:
+            if tokens and a.vocab == "chars":
+                ids = self.prompter.text_ids(self.prompter.decode(head.token_ids(torch.tensor(tokens))))
+                items.append(head.table.detach()[ids].float().to(logits.device))  # (L_b, d)
+            elif tokens:
                 items.append(head.token_rows(tokens))  # (L_b, d): the tokens' own embedding rows
             else:
                 t = int(logits[b, :n, 0].argmin()) if n else 0

@@ -89,13 +89,13 @@ class TokenNgramLM:
     # --- storage in a checkpoint ----------------------------------------------------------------
 
     def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, order) int32 n-grams right-aligned and left-padded with 0 (no symbol is 0), (N,) int32 counts."""
-        grams = torch.zeros(len(self.counts), self.order, dtype=torch.int32)
-        counts = torch.zeros(len(self.counts), dtype=torch.int32)
-        for i, (gram, c) in enumerate(sorted(self.counts.items())):
-            grams[i, self.order - len(gram):] = torch.tensor(gram, dtype=torch.int32)
-            counts[i] = c
-        return grams, counts
+        """(N, order) n-grams right-aligned and left-padded with 0 (no symbol is 0), in the smallest
+        integer type that holds the vocabulary (a character LM's millions of n-grams: int8), (N,) int32 counts."""
+        dtype = next(t for t in (torch.int8, torch.int16, torch.int32) if self.vocab_size <= torch.iinfo(t).max)
+        items = sorted(self.counts.items())
+        rows = [(0,) * (self.order - len(gram)) + gram for gram, _ in items]
+        return (torch.tensor(rows, dtype=dtype).reshape(len(items), self.order),
+                torch.tensor([c for _, c in items], dtype=torch.int32))
 
     @classmethod
     def from_tensors(cls, grams: torch.Tensor, counts: torch.Tensor, vocab_size: int) -> "TokenNgramLM":

@@ -244,7 +244,8 @@ class AlignConfig:
     collapse: bool = False  # LM stage: drop outputs nearest the blank, mean-pool runs of one token
     ctc_weight: float = 0.0  # LM stage: keep the alignment CTC loss as an auxiliary loss
     readout: Literal["adapter", "posterior"] = "adapter"  # LLM reads: adapter outputs | posterior-weighted embeddings
-    vocab: Literal["transcripts", "words", "full"] = "transcripts"  # head's tokens: training's | + word pieces | all
+    # head's tokens: training's | + word pieces | all | one-character tokens (the head spells, align.py)
+    vocab: Literal["transcripts", "words", "full", "chars"] = "transcripts"
     decode: Literal["greedy", "beam"] = "greedy"  # how the head's outputs become the tokens the LLM reads (greedy: best path)
     beam_size: int = 8
     lm_order: int = 0  # > 0: an n-gram LM over the head's tokens (ngram.py), fused into the beam search
@@ -265,6 +266,8 @@ class AlignConfig:
             p.append(f"ctc_weight={self.ctc_weight} must be >= 0")
         if self.decode == "beam" and not (self.collapse and self.readout == "posterior"):
             p.append("decode=beam needs collapse: true and readout: posterior (the LLM reads the beam's tokens)")
+        if self.vocab == "chars" and self.decode != "beam":
+            p.append("vocab=chars needs decode=beam (the LLM reads the spelt text's own tokens, not its letters)")
         if self.beam_size < 1 or self.lm_order < 0 or self.lm_weight < 0:
             p.append("beam_size must be >= 1, lm_order and lm_weight >= 0")
         _check(p, "align", self)

@@ -148,7 +148,7 @@ class Trainer:
             self.model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, transcripts, self.model.prompter))
             if cfg.align.lm_order > 0:
                 self.model.align_head.set_lm(build_head_lm(self.model.align_head, transcripts + read_lm_text(cfg.align.lm_text),
-                                                           self.model.prompter.text_ids, cfg.align.lm_order))
+                                                           self.model.transcript_ids, cfg.align.lm_order))
         if cfg.train.init_from:
             skipped = self.model.load_trainable(cfg.train.init_from, partial=True)
             with warnings.catch_warnings():  # a config we wrote: its fields were warned about (or not) when it was made

@@ -18,7 +18,7 @@ batches, hand-built ones): the same ids either way (tests/data/test_batch.py).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,10 +120,14 @@ class BatchTokenizer:
         special_tokens: adapter.targets_add_special_tokens: the adapter's targets (sources) count
             the tokenizer's own special tokens (Llama, Mistral: BOS), as the authors do.
         training: draw the instruction per item (training) or take the first (evaluation).
+        transcript_ids: text -> the alignment stage's label ids (default: the prompter's text_ids;
+            align.vocab=chars: align.CharSpeller).
     """
 
-    def __init__(self, prompter: ChatPrompter, seed: int, special_tokens: bool, training: bool) -> None:
+    def __init__(self, prompter: ChatPrompter, seed: int, special_tokens: bool, training: bool,
+                 transcript_ids: Callable[[str], list[int]] | None = None) -> None:
         self.prompter, self.seed, self.special_tokens, self.training = prompter, seed, special_tokens, training
+        self.transcript_ids = transcript_ids or prompter.text_ids
 
     def __call__(self, batch: Batch) -> BatchTokens:
         p, B = self.prompter, len(batch)
@@ -140,7 +144,7 @@ class BatchTokenizer:
             missing = [i for i, t in enumerate(chosen) if t is None]
             sources = [p.text_ids(t if t is not None else target, self.special_tokens)
                        for t, target in zip(chosen, batch.targets)]
-        transcript_ids = [p.text_ids(t or "") for t in batch.transcripts] if batch.transcripts is not None else None
+        transcript_ids = [self.transcript_ids(t or "") for t in batch.transcripts] if batch.transcripts is not None else None
         return BatchTokens(self.training, [x.before_audio for x in prompts], [x.after_audio for x in prompts],
                            targets, sources, missing, transcript_ids)
 
