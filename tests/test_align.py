@@ -172,9 +172,10 @@ def test_alignment_vocab_words_spells_new_words_and_full_is_everything(tiny_llm_
     ("Dial 1 -- then #.", "dial 1 then"), ("Ünïcödé naïve", "unicode naive"), ("日本", ""),
 ])
 def test_spell_writes_what_a_chars_head_can(text, spelt):
-    from speechwire.align import ALPHABET, spell
+    from speechwire.align import ALPHABET, sentence, spell
 
     assert spell(text) == spelt and set(spell(text)) <= set(ALPHABET)
+    assert sentence(spelt) == (spelt[:1].upper() + spelt[1:] + "." if spelt else "")
 
 
 def test_char_speller_uses_the_llms_one_character_tokens(tiny_llm_dir):
@@ -470,6 +471,7 @@ def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligne
     tok = model.prompter.tok
     assert sorted(model.align_head.vocab_ids.tolist()) == sorted(model.transcript_ids.ids.values())
     from speechwire.data import CachedFeatureDataset, collate, load_manifest
+    from speechwire.align import sentence
     from speechwire.decoding import ctc_beam_search
     from speechwire.features import FeatureCache
 
@@ -486,8 +488,8 @@ def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligne
         a = model.cfg.align
         beam = ctc_beam_search(log_probs[b, : int(out_.lengths[b])], beam=a.beam_size, lm=model.align_head.lm,
                                lm_weight=a.lm_weight, token_bonus=a.lm_bonus)
-        text = tok.decode(model.align_head.token_ids(torch.tensor(beam)))
-        heard += text == utts[b].transcript
+        text = sentence(tok.decode(model.align_head.token_ids(torch.tensor(beam))))
+        heard += text == sentence(utts[b].transcript)
         ids = model.prompter.text_ids(text)
         assert int(speech.lengths[b]) == len(ids)
         assert torch.equal(speech.embeds[b, : len(ids)], table[ids].float())

@@ -298,6 +298,12 @@ def spell(text: str) -> str:
     return re.sub(r" +", " ", "".join(c for c in text if c in ALPHABET)).strip()
 
 
+def sentence(spelt: str) -> str:
+    """A chars head's text as the LLM reads it: "i still owe you ten" -> "I still owe you ten." (the
+    frozen LLM copies a sentence more faithfully than lower-case words: -1.7 points of dev WER)."""
+    return spelt[:1].upper() + spelt[1:] + "." if spelt else spelt
+
+
 class CharSpeller:
     """Text -> the LLM token ids of `spell(text)`, one per character (align.vocab=chars labels).
 

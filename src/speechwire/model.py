@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
-from speechwire.align import CharSpeller, TiedCTCHead, alignment_loss, collapse, restrict_labels, time_mask
+from speechwire.align import CharSpeller, TiedCTCHead, alignment_loss, collapse, restrict_labels, sentence, time_mask
 from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
 from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
@@ -324,8 +324,8 @@ class SpeechLLM(nn.Module):
     def _beam_tokens(self, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """align.decode=beam: the LLM token embeddings of each item's best beam (decoding.ctc_beam_search
         with the head's n-gram LM), what the copy test feeds the LLM; a chars head's beam is read as
-        text and tokenised as the LLM would. An item with no token keeps its least-blank output's
-        posterior readout, as the collapse does. (B, T', K + 1) -> (B, L, d), (B,)."""
+        a sentence (`align.sentence`) and tokenised as the LLM would. An item with no token keeps its
+        least-blank output's posterior readout, as the collapse does. (B, T', K + 1) -> (B, L, d), (B,)."""
         a, head = self.cfg.align, self.align_head
         log_probs = logits.detach().float().log_softmax(-1).cpu().numpy()
         items = []
@@ -334,7 +334,7 @@ class SpeechLLM(nn.Module):
             tokens = ctc_beam_search(log_probs[b, :n], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
                                      token_bonus=a.lm_bonus)
             if tokens and a.vocab == "chars":
-                ids = self.prompter.text_ids(self.prompter.decode(head.token_ids(torch.tensor(tokens))))
+                ids = self.prompter.text_ids(sentence(self.prompter.decode(head.token_ids(torch.tensor(tokens)))))
                 items.append(head.table.detach()[ids].float().to(logits.device))  # (L_b, d)
             elif tokens:
                 items.append(head.token_rows(tokens))  # (L_b, d): the tokens' own embedding rows
