@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -470,8 +471,8 @@ def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligne
     model = SpeechLLM.from_pretrained(out).eval()
     tok = model.prompter.tok
     assert sorted(model.align_head.vocab_ids.tolist()) == sorted(model.transcript_ids.ids.values())
-    from speechwire.data import CachedFeatureDataset, collate, load_manifest
     from speechwire.align import sentence
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
     from speechwire.decoding import ctc_beam_search
     from speechwire.features import FeatureCache
 
@@ -496,6 +497,13 @@ def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligne
     assert heard >= 2
     together = model.generate(batch, max_new_tokens=4)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+    # eval.max_rewrite: the tiny random LLM writes noise, never a copy, so ASR answers fall back to what the head heard
+    ids, spelt = model._greedy(batch, 4)
+    assert spelt is not None and len(spelt) == 4 and all(s == sentence(s.rstrip(".").lower()) for s in spelt if s)
+    guarded = SpeechLLM.from_pretrained(out, ["eval.max_rewrite=0.5"]).eval()
+    assert guarded.generate(batch, max_new_tokens=4) == spelt
+    st_batch = dataclasses.replace(batch, tasks=["st"] * 4, tgt_langs=["de"] * 4, tokens=None)
+    assert guarded.generate(st_batch, max_new_tokens=4) == model.generate(st_batch, max_new_tokens=4)  # ASR only
 
 
 def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):
@@ -506,13 +514,14 @@ def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):
 
     items = [CachedFeatureDataset(load_manifest(manifest), FeatureCache.for_config(model.cfg))[i] for i in range(4)]
     free = SpeechLLM.from_pretrained(run)
-    long = free._greedy(collate(items), 12)
-    capped = model._greedy(collate(items), 12)
+    long, _ = free._greedy(collate(items), 12)
+    capped, heard = model._greedy(collate(items), 12)
+    assert heard is None  # only a chars head's beam is text
     for a, b in zip(long, capped):
         assert all(b[i] != b[i - 1] for i in range(1, len(b)))  # no token twice in a row
         cuts = (loop_cut(a[: i + 1], 1) for i in range(len(a)))  # the first loop, token or phrase, as it completes
         assert b == a[: next((c for c in cuts if c is not None), len(a))]  # the same answer up to the first loop
-    assert capped == [model._greedy(collate([it]), 12)[0] for it in items]
+    assert capped == [model._greedy(collate([it]), 12)[0][0] for it in items]
 
 
 def test_head_inference_logits_and_token_rows_equal_the_reference_computation():

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from speechwire.decoding import clean_answer, loop_cut
+from speechwire.decoding import clean_answer, loop_cut, word_change
 
 
 def test_loop_cut_keeps_max_repeats_copies_of_a_token_or_a_phrase():
@@ -88,3 +88,21 @@ def test_greedy_search_cuts_loops_keeps_max_new_and_obeys_on_step():
     assert greedy_search(next_logits, 2, max_new=3, stops={9},
                          on_step=lambda answers: [0] if len(answers[0]) == 2 else None) == [[4, 5], [1, 2, 3]]
     assert greedy_search(_scripted([])[0], 3, max_new=0, stops={9}) == [[], [], []]
+
+
+def test_word_change_is_zero_for_a_copy_and_about_one_for_an_answer():
+    assert word_change("What church do you belong to.", "what church do you belong to?") == 0.0
+    assert word_change("I still owe you ten.", "I still owe you ten euros.") == 0.2  # one word added to five
+    assert word_change("What church do you belong to.", "The church I belong to is the Catholic Church.") > 0.8
+    assert word_change("", "anything") == 1.0 and word_change("", "") == 0.0
+    assert word_change("Hello there.", "") == 1.0
+
+
+@given(st.lists(st.sampled_from(["a", "bc", "it's", "ten", "Bc"]), max_size=8),
+       st.lists(st.sampled_from(["a", "bc", "it's", "ten", "x"]), max_size=8))
+def test_word_change_is_an_edit_distance_over_the_heard_words(heard, answer):
+    h, a = " ".join(heard), " ".join(answer)
+    change = word_change(h, a)
+    assert change == 0.0 if [w.lower() for w in heard] == answer else change > 0
+    assert change * max(len(heard), 1) <= max(len(heard), len(answer)) + 1e-9  # never more edits than words
+    assert word_change(h, h.upper()) == 0.0

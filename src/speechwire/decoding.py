@@ -9,6 +9,8 @@ The model computes next-token scores; what to do with them lives here (as in whi
   ends the answer after `max_repeats` copies;
 - `clean_answer`: the text without what the prompt made the LLM add: the quote marks the
   speech sits between (``llm.marker_init: '"'``) and a chat preamble ("Sure, here it is:");
+- `word_change`: how far an answer strays from the words the alignment head heard
+  (``eval.max_rewrite``: the LLM answered a spoken question instead of copying it);
 - `ctc_beam_search`: which tokens the alignment head's outputs spell (``align.decode: beam``),
   with an n-gram LM of English text fused in (ngram.py), instead of the best path.
 """
@@ -123,6 +125,18 @@ def clean_answer(text: str, marker: str | None = None) -> str:
                 text = text[: -len(tail)] + tail[len(close):]
                 break
     return text.strip()
+
+
+def word_change(heard: str, answer: str) -> float:
+    """Word edit distance from `heard` to `answer` over the words heard (case and punctuation
+    ignored): 0 for a faithful copy, ~1 for an answer to the question instead of its words."""
+    a, b = (re.sub(r"[^\w' ]", " ", t.lower()).split() for t in (heard, answer))
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[len(b)] / max(len(a), 1)
 
 
 def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,

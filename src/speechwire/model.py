@@ -35,7 +35,7 @@ from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, b
 from speechwire.align import CharSpeller, TiedCTCHead, alignment_loss, collapse, restrict_labels, sentence, time_mask
 from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
-from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search
+from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search, word_change
 from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.llm import LATIN_LANGUAGES, ChatPrompter, RowSubsetHead, latin_token_ids, load_llm, load_tokenizer
@@ -313,7 +313,8 @@ class SpeechLLM(nn.Module):
             embeds = self.align_head.posterior_embeddings(logits) if posterior else out.embeds
             return AdapterOutput(embeds, out.lengths, aux, aux_losses, out.ratio)
         if posterior and self.cfg.align.decode == "beam" and not self.training:
-            embeds, lengths = self._beam_tokens(logits, out.lengths)
+            embeds, lengths, heard = self._beam_tokens(logits, out.lengths)
+            return AdapterOutput(embeds, lengths, aux, aux_losses, heard=heard)
         elif posterior:  # the readout is linear in the posteriors: pool them first, then one (K, d) product per token
             probs, lengths = collapse(self.align_head.posteriors(logits), out.lengths, logits)
             embeds = self.align_head.readout(probs)
@@ -321,27 +322,29 @@ class SpeechLLM(nn.Module):
             embeds, lengths = collapse(out.embeds, out.lengths, logits)
         return AdapterOutput(embeds, lengths, aux, aux_losses)  # ratio: the adapter's, not the collapse's
 
-    def _beam_tokens(self, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _beam_tokens(self, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
         """align.decode=beam: the LLM token embeddings of each item's best beam (decoding.ctc_beam_search
         with the head's n-gram LM), what the copy test feeds the LLM; a chars head's beam is read as
         a sentence (`align.sentence`) and tokenised as the LLM would. An item with no token keeps its
-        least-blank output's posterior readout, as the collapse does. (B, T', K + 1) -> (B, L, d), (B,)."""
+        least-blank output's posterior readout, as the collapse does.
+        (B, T', K + 1) -> (B, L, d), (B,), and a chars head's sentences (else None)."""
         a, head = self.cfg.align, self.align_head
         log_probs = logits.detach().float().log_softmax(-1).cpu().numpy()
-        items = []
+        items, heard = [], []
         for b in range(logits.shape[0]):
             n = int(lengths[b])
             tokens = ctc_beam_search(log_probs[b, :n], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
                                      token_bonus=a.lm_bonus)
+            heard.append(sentence(self.prompter.decode(head.token_ids(torch.tensor(tokens)))) if tokens else "")
             if tokens and a.vocab == "chars":
-                ids = self.prompter.text_ids(sentence(self.prompter.decode(head.token_ids(torch.tensor(tokens)))))
+                ids = self.prompter.text_ids(heard[-1])
                 items.append(head.table.detach()[ids].float().to(logits.device))  # (L_b, d)
             elif tokens:
                 items.append(head.token_rows(tokens))  # (L_b, d): the tokens' own embedding rows
             else:
                 t = int(logits[b, :n, 0].argmin()) if n else 0
                 items.append(head.posterior_embeddings(logits[b, t: t + 1]))
-        return pad_right(items)
+        return (*pad_right(items), heard if a.vocab == "chars" else None)
 
     def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,
                         embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
@@ -451,8 +454,13 @@ class SpeechLLM(nn.Module):
             batch = Batch.from_waveforms(audio, [task] * len(audio), [src_lang] * len(audio), [tgt_lang] * len(audio),
                                          sample_rate)
         with self._evaluating():
-            ids = self._greedy(batch, max_new_tokens or self.cfg.eval.max_new_tokens, on_step)
-        return GenerationOutput([self.answer_text(x) for x in ids], ids)
+            ids, heard = self._greedy(batch, max_new_tokens or self.cfg.eval.max_new_tokens, on_step)
+        texts = [self.answer_text(x) for x in ids]
+        limit = self.cfg.eval.max_rewrite
+        if heard is not None and limit > 0:  # the LLM answered or chatted instead of copying: keep what was heard
+            texts = [h if task == "asr" and word_change(h, t) > limit else t
+                     for h, t, task in zip(heard, texts, batch.tasks)]
+        return GenerationOutput(texts, ids)
 
     @torch.no_grad()
     def generate_from_text(self, texts: list[str], task: str = "asr", src_lang: str = "en",
@@ -472,11 +480,13 @@ class SpeechLLM(nn.Module):
         (decoding.clean_answer); every command's text comes from here."""
         return clean_answer(self.prompter.decode(ids), self.cfg.llm.marker_init)
 
-    def _greedy(self, batch: Batch, max_new: int, on_step: StepCallback | None = None) -> list[list[int]]:
+    def _greedy(self, batch: Batch, max_new: int, on_step: StepCallback | None = None
+                ) -> tuple[list[list[int]], list[str] | None]:
+        """Each item's answer ids, and what a chars head heard (AdapterOutput.heard)."""
         batch = self.with_tokens(batch)
         hidden, enc_lengths = self.encode_audio(batch)
         out = self._adapt(batch, hidden, enc_lengths)
-        return self._decode(batch, out.embeds, out.lengths, max_new, on_step)
+        return self._decode(batch, out.embeds, out.lengths, max_new, on_step), out.heard
 
     def _decode_inputs(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor):
         """The first decoding step's inputs: (B, L, d_llm) embeddings, the (B, P + L) attention mask,

@@ -279,10 +279,14 @@ class EvalConfig:
     batch_size: int = 8
     comet_model: str | None = None  # path or id of a COMET model (needs the [comet] extra)
     max_repeats: int = 0  # > 0: stop an item when one token comes more than this many times in a row
+    # > 0, ASR with align.vocab=chars: an answer that changes more than this share of the words the head
+    # heard is replaced by them (the frozen LLM answered or chatted instead of copying; decoding.word_change)
+    max_rewrite: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_repeats < 0:
-            raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1, eval.max_repeats >= 0")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_repeats < 0 or self.max_rewrite < 0:
+            raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1, eval.max_repeats and "
+                              "eval.max_rewrite >= 0")
 
 
 @dataclass

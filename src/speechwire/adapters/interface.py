@@ -52,6 +52,8 @@ class AdapterOutput:
     # data-dependent adapters (CIF, CTC): the measured compression sum(input frames) / sum(outputs)
     # of this batch; deterministic ones leave it None (their rate is output_length)
     ratio: float | None = None
+    # the text an alignment head's beam spelt, per item (model.py, align.vocab=chars): what the LLM read
+    heard: list[str] | None = None
 
 
 def compression_ratio(lengths: torch.Tensor, out_lengths: torch.Tensor) -> float:
