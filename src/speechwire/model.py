@@ -330,13 +330,15 @@ class SpeechLLM(nn.Module):
         (B, T', K + 1) -> (B, L, d), (B,), and a chars head's sentences (else None)."""
         a, head = self.cfg.align, self.align_head
         log_probs = logits.detach().float().log_softmax(-1).cpu().numpy()
+        chars = a.vocab == "chars"
         items, heard = [], []
         for b in range(logits.shape[0]):
             n = int(lengths[b])
             tokens = ctc_beam_search(log_probs[b, :n], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
                                      token_bonus=a.lm_bonus)
-            heard.append(sentence(self.prompter.decode(head.token_ids(torch.tensor(tokens)))) if tokens else "")
-            if tokens and a.vocab == "chars":
+            if chars:  # a word-piece head's beam is read as its own tokens: no text needed
+                heard.append(sentence(self.prompter.decode(head.token_ids(torch.tensor(tokens)))) if tokens else "")
+            if tokens and chars:
                 ids = self.prompter.text_ids(heard[-1])
                 items.append(head.table.detach()[ids].float().to(logits.device))  # (L_b, d)
             elif tokens:
@@ -344,7 +346,7 @@ class SpeechLLM(nn.Module):
             else:
                 t = int(logits[b, :n, 0].argmin()) if n else 0
                 items.append(head.posterior_embeddings(logits[b, t: t + 1]))
-        return (*pad_right(items), heard if a.vocab == "chars" else None)
+        return (*pad_right(items), heard if chars else None)
 
     def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,
                         embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
