@@ -473,8 +473,9 @@ def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligne
     assert sorted(model.align_head.vocab_ids.tolist()) == sorted(model.transcript_ids.ids.values())
     from speechwire.align import sentence
     from speechwire.data import CachedFeatureDataset, collate, load_manifest
-    from speechwire.decoding import ctc_beam_search
+    from speechwire.decoding import ctc_beam_search, ctc_nbest
     from speechwire.features import FeatureCache
+    from speechwire.rescore import start_token, text_logprobs
 
     utts = load_manifest(manifest)
     items = [CachedFeatureDataset(utts, FeatureCache.for_config(model.cfg))[i] for i in range(4)]
@@ -504,6 +505,26 @@ def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligne
     assert guarded.generate(batch, max_new_tokens=4) == spelt
     st_batch = dataclasses.replace(batch, tasks=["st"] * 4, tgt_langs=["de"] * 4, tokens=None)
     assert guarded.generate(st_batch, max_new_tokens=4) == model.generate(st_batch, max_new_tokens=4)  # ASR only
+    # align.rescore: each item hears the one of its beam's best 3 texts (within the margin of the best's
+    # beam score) with the best beam score + weight * LLM log-prob
+    a = model.cfg.align
+    for margin in (1e6, 1.0):
+        rescored = SpeechLLM.from_pretrained(out, ["align.rescore=0.5", "align.rescore_nbest=3",
+                                                   f"align.rescore_margin={margin}"]).eval()
+        choices = 0
+        with torch.no_grad():
+            _, heard_rescored = rescored._greedy(batch, 1)
+            for b in range(4):
+                nbest = ctc_nbest(log_probs[b, : int(out_.lengths[b])], beam=a.beam_size, lm=model.align_head.lm,
+                                  lm_weight=a.lm_weight, token_bonus=a.lm_bonus)[:3]
+                nbest = [(sentence(tok.decode(model.align_head.token_ids(torch.tensor(p)))), score) for p, score in nbest
+                         if p and score >= nbest[0][1] - margin]
+                llm_scores = text_logprobs(rescored.llm, None, [model.prompter.text_ids(t) for t, _ in nbest],
+                                           start_token(tok)).tolist()
+                totals = [score + 0.5 * lp for (_, score), lp in zip(nbest, llm_scores)]
+                assert heard_rescored[b] == nbest[totals.index(max(totals))][0]
+                choices += len(nbest) > 1
+        assert choices >= 2 or margin < 1e6  # the LLM had texts to choose from
 
 
 def test_max_repeats_ends_a_greedy_loop_and_cuts_the_extra_copies(aligned):

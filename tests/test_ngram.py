@@ -1,4 +1,4 @@
-"""ngram.py and decoding.ctc_beam_search: a token n-gram LM fused into CTC prefix beam search."""
+"""ngram.py and decoding.ctc_beam_search / ctc_nbest: a token n-gram LM fused into CTC prefix beam search."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechwire.decoding import ctc_beam_search
+from speechwire.decoding import ctc_beam_search, ctc_nbest
 from speechwire.ngram import EOS, TokenNgramLM
 
 SENTENCES = [[1, 2, 3], [1, 2, 4], [1, 2, 3], [5, 2, 3], [3, 3]]
@@ -68,6 +68,27 @@ def test_lm_fusion_fixes_an_acoustic_near_miss():
     assert ctc_beam_search(logp, lm=lm, lm_weight=0.5, token_bonus=1.0) == [1, 2, 3]
 
 
+def _ctc_logprob(logp: np.ndarray, prefix: list[int]) -> float:
+    """log P(prefix) summed over all its CTC alignments (the forward algorithm)."""
+    T = logp.shape[0]
+    ext = [0]
+    for k in prefix:
+        ext += [k, 0]
+    alpha = np.full(len(ext), -np.inf)
+    alpha[0] = logp[0, 0]
+    if len(ext) > 1:
+        alpha[1] = logp[0, ext[1]]
+    for t in range(1, T):
+        new = np.full(len(ext), -np.inf)
+        for s in range(len(ext)):
+            terms = [alpha[s]] + ([alpha[s - 1]] if s >= 1 else [])
+            if s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2]:
+                terms.append(alpha[s - 2])
+            new[s] = np.logaddexp.reduce(terms) + logp[t, ext[s]]
+        alpha = new
+    return float(np.logaddexp.reduce(alpha[-2:] if len(ext) > 1 else alpha[-1:]))
+
+
 @given(st.integers(0, 10_000))
 @settings(max_examples=30, deadline=None)
 def test_beam_search_without_lm_scores_at_least_the_best_path(seed):
@@ -79,25 +100,26 @@ def test_beam_search_without_lm_scores_at_least_the_best_path(seed):
     logits = rng.normal(size=(T, K + 1)) * 2
     logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
-    def prefix_logprob(prefix: list[int]) -> float:  # CTC forward algorithm
-        ext = [0]
-        for k in prefix:
-            ext += [k, 0]
-        alpha = np.full(len(ext), -np.inf)
-        alpha[0] = logp[0, 0]
-        if len(ext) > 1:
-            alpha[1] = logp[0, ext[1]]
-        for t in range(1, T):
-            new = np.full(len(ext), -np.inf)
-            for s in range(len(ext)):
-                terms = [alpha[s]] + ([alpha[s - 1]] if s >= 1 else [])
-                if s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2]:
-                    terms.append(alpha[s - 2])
-                new[s] = np.logaddexp.reduce(terms) + logp[t, ext[s]]
-            alpha = new
-        return float(np.logaddexp.reduce(alpha[-2:] if len(ext) > 1 else alpha[-1:]))
-
     best = logp.argmax(1).tolist()
     greedy = [k for i, k in enumerate(best) if k != 0 and (i == 0 or best[i - 1] != k)]
     found = ctc_beam_search(logp, beam=10_000, top_k=K, blank_skip=1.0)
-    assert prefix_logprob(found) >= prefix_logprob(greedy) - 1e-9
+    assert _ctc_logprob(logp, found) >= _ctc_logprob(logp, greedy) - 1e-9
+
+
+@given(st.integers(0, 10_000), st.integers(1, 6))
+@settings(max_examples=30, deadline=None)
+def test_nbest_is_ranked_distinct_and_scores_each_prefix_exactly(seed, beam):
+    """Unpruned and without an LM, each prefix's score is its CTC probability (forward algorithm);
+    a pruned beam returns at most `beam` distinct prefixes, best first, led by ctc_beam_search's."""
+    rng = np.random.default_rng(seed)
+    T, K = int(rng.integers(1, 7)), 3
+    logits = rng.normal(size=(T, K + 1)) * 2
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    for prefix, score in ctc_nbest(logp, beam=10_000, top_k=K, blank_skip=1.0):
+        assert score == pytest.approx(_ctc_logprob(logp, prefix), abs=1e-9)
+    lm = TokenNgramLM.build([[1, 2, 3], [3, 2]], order=2, vocab_size=K)
+    nbest = ctc_nbest(logp, beam=beam, lm=lm, lm_weight=0.5, token_bonus=1.0)
+    scores = [s for _, s in nbest]
+    assert 1 <= len(nbest) <= beam and scores == sorted(scores, reverse=True)
+    assert len({tuple(p) for p, _ in nbest}) == len(nbest)
+    assert nbest[0][0] == ctc_beam_search(logp, beam=beam, lm=lm, lm_weight=0.5, token_bonus=1.0)

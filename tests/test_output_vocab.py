@@ -55,6 +55,10 @@ def test_row_subset_head_scores_its_rows_only():
     assert scores.shape == (3, 50)
     assert torch.allclose(scores[:, [2, 7, 30, 49]], full[:, [2, 7, 30, 49]], atol=1e-6)
     assert torch.isinf(scores).sum() == 3 * 46
+    targets = torch.tensor([7, 49, 3])  # 3: outside the rows
+    picked = head.logprobs(hidden, targets)
+    expected = scores.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    assert torch.allclose(picked[:2], expected[:2], atol=1e-5) and picked[2] == float("-inf") == expected[2]
 
 
 def int8_model(tiny_llm_dir, *overrides):

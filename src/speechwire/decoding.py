@@ -141,6 +141,12 @@ def word_change(heard: str, answer: str) -> float:
 
 def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,
                     token_bonus: float = 0.0, top_k: int = 8, blank_skip: float = 0.999) -> list[int]:
+    """The best prefix of `ctc_nbest` (its arguments); an empty list for no token."""
+    return ctc_nbest(log_probs, beam, lm, lm_weight, token_bonus, top_k, blank_skip)[0][0]
+
+
+def ctc_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,
+              token_bonus: float = 0.0, top_k: int = 8, blank_skip: float = 0.999) -> list[tuple[list[int], float]]:
     """CTC prefix beam search over one item's frames, with shallow fusion of a token n-gram LM.
 
     Each prefix keeps two log-probabilities (paths ending in blank, in a token); extending a
@@ -156,7 +162,8 @@ def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: fl
         top_k: tokens tried per frame (by CTC probability).
 
     Returns:
-        The best prefix as head indices (1..K), repeats merged and blanks removed.
+        Up to `beam` (prefix, score) pairs, best first: head indices (1..K) with repeats merged and
+        blanks removed, and the fused log-score including the LM's end of sentence.
     """
     neg = -np.inf
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}
@@ -189,4 +196,4 @@ def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: fl
         end = lm_weight * lm.logprob(lm.context(prefix), EOS) if lm is not None else 0.0
         return float(np.logaddexp(pb, pnb)) + end
 
-    return list(max(beams.items(), key=final)[0])
+    return sorted(((list(prefix), final((prefix, s))) for prefix, s in beams.items()), key=lambda ps: -ps[1])

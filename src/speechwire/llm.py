@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from speechwire.data.manifest import language_name as manifest_language_name
 from speechwire.errors import OFFLINE_SIGNS, loading
+from speechwire.memory import release_file_pages
 from speechwire.quantize import load_int8, quantize_for_inference
 from speechwire.schema import LLMConfig, instructions, torch_dtype
 from speechwire.weights.resolve import resolve_model
@@ -279,12 +280,29 @@ class RowSubsetHead:
     """The LLM's output layer on some of its rows: (B, d) hidden -> (B, V) scores, -inf outside the
     rows; each decoding step reads only those rows' weights (lm_head is most of a step on a CPU)."""
 
-    def __init__(self, weight: torch.Tensor, rows: list[int]) -> None:
-        self.rows = torch.tensor([r for r in rows if r < weight.shape[0]], device=weight.device)
-        self.weight = weight.detach()[self.rows].contiguous()  # (K, d): a copy, read contiguously
+    def __init__(self, weight: torch.Tensor, rows: list[int], chunk: int = 8192) -> None:
+        weight = weight.detach()
+        self.rows = torch.tensor(sorted({r for r in rows if r < weight.shape[0]}), dtype=torch.long, device=weight.device)
+        self.weight = weight.new_empty(len(self.rows), weight.shape[1])  # (K, d): a copy, read contiguously
+        for i in range(0, len(self.rows), chunk):  # the layer's file pages are dropped as they are copied
+            part = self.rows[i: i + chunk]
+            self.weight[i: i + len(part)] = weight[part]
+            release_file_pages(weight[int(part[0]): int(part[-1]) + 1])
         self.vocab_size = weight.shape[0]
+        self._position: torch.Tensor | None = None  # token id -> its row here (logprobs), built at first use
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         scores = hidden.new_full((hidden.shape[0], self.vocab_size), float("-inf"))
         scores[:, self.rows] = F.linear(hidden.to(self.weight.dtype), self.weight).to(scores.dtype)
         return scores
+
+    def logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(M, d) hidden states, (M,) token ids -> (M,) log-probabilities of the targets, normalised
+        over the rows (what `__call__`'s log-softmax gives, without its (M, V) tensor); -inf outside."""
+        if self._position is None:
+            self._position = torch.full((self.vocab_size,), -1, dtype=torch.long, device=self.rows.device)
+            self._position[self.rows] = torch.arange(len(self.rows), device=self.rows.device)
+        at = self._position[targets]  # (M,) the target's row in the subset, -1 outside
+        logp = F.linear(hidden.to(self.weight.dtype), self.weight).float().log_softmax(-1)  # (M, K)
+        picked = logp.gather(-1, at.clamp(min=0)[:, None])[:, 0]
+        return picked.masked_fill(at < 0, float("-inf"))

@@ -9,16 +9,22 @@ CPU on Linux: the peak resident set size, `VmHWM` of /proc/self/status; a reset 
 /proc/self/clear_refs, which sets VmHWM back to the current resident size. (`getrusage`'s
 ru_maxrss reads the same peak but cannot be reset, so a second run in one process would report the
 first one's peak.) Elsewhere: ru_maxrss (no reset), or None where even that is missing.
+
+    release_file_pages(tensor)  # a weights file's pages under `tensor` stop counting as resident
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import sys
 from contextlib import suppress
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_MAPS = Path("/proc/self/maps")
+_MADV_DONTNEED = 4
 GIB = 2**30
 
 
@@ -56,3 +62,41 @@ def peak_memory_gib() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak * (1 if sys.platform == "darwin" else 1024) / GIB, 3)
+
+
+def release_file_pages(tensor) -> bool:
+    """Drop this process's resident pages under a contiguous CPU `tensor` that maps a file.
+
+    safetensors loads weights as a map of the file, and every page a read touches counts as this
+    process's memory until it ends (the demo LLM's 0.54 GB output layer, read once to copy its
+    Latin rows, then never again). `madvise(MADV_DONTNEED)` drops them; a later read maps them
+    again from the file, the same bytes. Only whole pages of a file mapping are dropped: a tensor
+    in anonymous memory would lose its contents, so it is left alone.
+
+    Returns:
+        True when pages were dropped; False for anonymous memory, a non-contiguous or empty tensor,
+        or a system without /proc/self/maps and madvise (then nothing happens).
+    """
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.numel() == 0:
+        return False
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    try:
+        maps = _MAPS.read_text().splitlines()
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # not Linux
+        return False
+    for line in maps:  # "7f42c8800000-7f435ebee000 rw-p 00000000 fe:00 16056559   /path/to/model.safetensors"
+        fields = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= start and end <= high:
+            if len(fields) < 6 or fields[4] == "0" or not fields[5].startswith("/"):
+                return False  # anonymous, heap or stack
+            break
+    else:
+        return False
+    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last <= first:
+        return False
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise(first, last - first, _MADV_DONTNEED) == 0

@@ -35,11 +35,12 @@ from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, b
 from speechwire.align import CharSpeller, TiedCTCHead, alignment_loss, collapse, restrict_labels, sentence, time_mask
 from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
-from speechwire.decoding import StepCallback, clean_answer, ctc_beam_search, greedy_search, word_change
+from speechwire.decoding import StepCallback, clean_answer, ctc_nbest, greedy_search, word_change
 from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.llm import LATIN_LANGUAGES, ChatPrompter, RowSubsetHead, latin_token_ids, load_llm, load_tokenizer
 from speechwire.prefix_cache import PrefixCache, common_prefix
+from speechwire.rescore import choose, start_token
 
 WEIGHTS_NAME = "trainable.safetensors"
 DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instead (RUN/best or "
@@ -323,29 +324,42 @@ class SpeechLLM(nn.Module):
         return AdapterOutput(embeds, lengths, aux, aux_losses)  # ratio: the adapter's, not the collapse's
 
     def _beam_tokens(self, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-        """align.decode=beam: the LLM token embeddings of each item's best beam (decoding.ctc_beam_search
-        with the head's n-gram LM), what the copy test feeds the LLM; a chars head's beam is read as
-        a sentence (`align.sentence`) and tokenised as the LLM would. An item with no token keeps its
-        least-blank output's posterior readout, as the collapse does.
+        """align.decode=beam: the LLM token embeddings of each item's best beam (decoding.ctc_nbest
+        with the head's n-gram LM; with align.rescore, the best of its first align.rescore_nbest
+        within align.rescore_margin by beam score + weighted LLM log-probability, rescore.py), what
+        the copy test feeds the LLM.
+        A chars head's beam is read as a sentence (`align.sentence`) and tokenised as the LLM would.
+        An item with no token keeps its least-blank output's posterior readout, as the collapse does.
         (B, T', K + 1) -> (B, L, d), (B,), and a chars head's sentences (else None)."""
         a, head = self.cfg.align, self.align_head
         log_probs = logits.detach().float().log_softmax(-1).cpu().numpy()
         chars = a.vocab == "chars"
-        items, heard = [], []
+        keep = a.rescore_nbest if a.rescore > 0 else 1
+        candidates = []  # per item: (LLM token ids, beam score, heard sentence of a chars head)
         for b in range(logits.shape[0]):
-            n = int(lengths[b])
-            tokens = ctc_beam_search(log_probs[b, :n], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
-                                     token_bonus=a.lm_bonus)
-            if chars:  # a word-piece head's beam is read as its own tokens: no text needed
-                heard.append(sentence(self.prompter.decode(head.token_ids(torch.tensor(tokens)))) if tokens else "")
-            if tokens and chars:
-                ids = self.prompter.text_ids(heard[-1])
-                items.append(head.table.detach()[ids].float().to(logits.device))  # (L_b, d)
-            elif tokens:
-                items.append(head.token_rows(tokens))  # (L_b, d): the tokens' own embedding rows
+            nbest = ctc_nbest(log_probs[b, : int(lengths[b])], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
+                              token_bonus=a.lm_bonus)[:keep]
+            cands = []
+            for tokens, score in nbest if nbest[0][0] else []:  # the best beam empty: nothing heard
+                if not tokens or score < nbest[0][1] - a.rescore_margin:
+                    continue
+                ids = head.token_ids(torch.tensor(tokens))
+                text = sentence(self.prompter.decode(ids)) if chars else None
+                cands.append((self.prompter.text_ids(text) if chars else ids, score, text))
+            candidates.append(cands)
+        picks = [0] * len(candidates)
+        if a.rescore > 0:
+            picks = choose(self.llm, self._latin_rows(), [[c[:2] for c in cands] for cands in candidates], a.rescore,
+                           start_token(self.tokenizer))
+        items, heard = [], []
+        for b, (cands, pick) in enumerate(zip(candidates, picks)):
+            if cands:
+                ids, _, text = cands[pick]
+                items.append(head.table.detach()[ids].float().to(logits.device))  # (L_b, d): the tokens' own rows
             else:
-                t = int(logits[b, :n, 0].argmin()) if n else 0
+                text, t = "", int(logits[b, : int(lengths[b]), 0].argmin()) if int(lengths[b]) else 0
                 items.append(head.posterior_embeddings(logits[b, t: t + 1]))
+            heard.append(text)
         return (*pad_right(items), heard if chars else None)
 
     def _alignment_loss(self, batch: Batch, lengths: torch.Tensor, logits: torch.Tensor | None = None,
@@ -534,11 +548,15 @@ class SpeechLLM(nn.Module):
     def _output_head(self, batch: Batch) -> RowSubsetHead | None:
         """llm.output_vocab=auto on the int8 path: the output layer's Latin-script rows when every item
         answers in a Latin-script language (ASR: its source language, ST: its target); None: all rows."""
-        head = self.llm.get_output_embeddings()
-        if self.cfg.llm.output_vocab != "auto" or self.llm_quantized != "int8" or getattr(head, "bias", None) is not None:
-            return None
         answers = [(tgt if task == "st" else src) or "" for task, src, tgt in zip(batch.tasks, batch.src_langs, batch.tgt_langs)]
         if not all(lang.split("-")[0].lower() in LATIN_LANGUAGES for lang in answers):
+            return None
+        return self._latin_rows()
+
+    def _latin_rows(self) -> RowSubsetHead | None:
+        """The output layer's Latin-script rows on the int8 path with llm.output_vocab=auto, else None."""
+        head = self.llm.get_output_embeddings()
+        if self.cfg.llm.output_vocab != "auto" or self.llm_quantized != "int8" or getattr(head, "bias", None) is not None:
             return None
         if self._latin_head is None:
             self._latin_head = RowSubsetHead(head.weight, latin_token_ids(self.tokenizer, set(self.prompter.stop_ids)))

@@ -251,6 +251,12 @@ class AlignConfig:
     lm_order: int = 0  # > 0: an n-gram LM over the head's tokens (ngram.py), fused into the beam search
     lm_weight: float = 0.5  # fusion weight of the LM's log-probabilities
     lm_bonus: float = 1.0  # added per token (the LM alone would prefer short answers)
+    # > 0: the beam's best `rescore_nbest` texts within `rescore_margin` (log-score) of its best are
+    # rescored by the frozen LLM (rescore.py): this weight times the LLM's log-probability of the
+    # text is added to the beam score. Beyond the margin the LLM rarely changes the choice (dev).
+    rescore: float = 0.0
+    rescore_nbest: int = 8
+    rescore_margin: float = 3.0
     # text files (a sentence per line) the LM learns from, besides the transcripts
     lm_text: list[str] = field(default_factory=list)
 
@@ -270,6 +276,11 @@ class AlignConfig:
             p.append("vocab=chars needs decode=beam (the LLM reads the spelt text's own tokens, not its letters)")
         if self.beam_size < 1 or self.lm_order < 0 or self.lm_weight < 0:
             p.append("beam_size must be >= 1, lm_order and lm_weight >= 0")
+        if self.rescore < 0 or self.rescore_nbest < 1 or self.rescore_margin < 0:
+            p.append(f"rescore={self.rescore} and rescore_margin={self.rescore_margin} must be >= 0, "
+                     f"rescore_nbest={self.rescore_nbest} >= 1")
+        if self.rescore > 0 and self.decode != "beam":
+            p.append("rescore > 0 needs decode=beam (the LLM rescores the beam's best texts)")
         _check(p, "align", self)
 
 
