@@ -87,3 +87,16 @@ def test_bad_arguments_are_named(tiny_llm_dir):
         model.prefix_cache.batch_cache(model.llm, model.embed_text, [], 2)
     with pytest.raises(ValueError, match="batch_size"):
         model.prefix_cache.batch_cache(model.llm, model.embed_text, [1, 2], 0)
+
+
+def test_the_prefix_pass_never_reads_the_output_layer(tiny_llm_dir):
+    """Only keys and values are wanted: a real LLM's output layer is its biggest read (0.54 GB on
+    the demo's), and its file-mapped pages would stay resident after the Latin rows released them."""
+    model = build(tiny_llm_dir)
+    calls = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(lambda *args: calls.append(1))
+    try:
+        cache = model.prefix_cache.batch_cache(model.llm, model.embed_text, [5, 6, 7], 2, model._cache_kw)
+    finally:
+        hook.remove()
+    assert calls == [] and cache.get_seq_length() == 3
