@@ -441,6 +441,26 @@ def test_beam_decoding_with_the_stage_lm_feeds_the_llm_exact_token_embeddings(al
         assert torch.cdist(got, rows).min(-1).values.max() < 1e-4
     together = model.generate(batch, max_new_tokens=4)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+    # align.rescore on a word-piece head: the LLM reads the rows of the beam text it scored best
+    rescored = SpeechLLM.from_pretrained(out, ["align.rescore=1000", "align.rescore_margin=1000000"]).eval()
+    with torch.no_grad():
+        speech = rescored._adapt(batch, batch.hidden, batch.hidden_lengths)
+        adapted = rescored.adapter(batch.hidden.float(), batch.hidden_lengths)
+        log_probs = rescored.align_head(adapted.embeds).float().log_softmax(-1).numpy()
+    from speechwire.decoding import ctc_nbest
+    from speechwire.rescore import start_token, text_logprobs
+
+    a, choices = rescored.cfg.align, 0
+    for b in range(3):
+        nbest = [rescored.align_head.token_ids(torch.tensor(p)) for p, _ in
+                 ctc_nbest(log_probs[b, : int(adapted.lengths[b])], beam=a.beam_size,
+                           lm=rescored.align_head.lm, lm_weight=a.lm_weight, token_bonus=a.lm_bonus)[: a.rescore_nbest]
+                 if p]
+        with torch.no_grad():
+            best = nbest[int(text_logprobs(rescored.llm, None, nbest, start_token(rescored.tokenizer)).argmax())]
+        assert torch.equal(speech.embeds[b, : int(speech.lengths[b])], table[best].float())
+        choices += len(nbest) > 1
+    assert choices >= 1
     with pytest.raises(FileNotFoundError, match="align.lm_text: .*nope.txt does not exist"):
         train(load_config(cfg_path, [f"train.output_dir={tmp_path / 'x'}", "align.lm_order=2",
                                      f"align.lm_text=[{tmp_path / 'nope.txt'}]"]), progress=False)
