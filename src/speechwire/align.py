@@ -290,9 +290,55 @@ def word_vocab(tokenizer) -> list[int]:
     return [i for i, text in enumerate(texts) if WORD_PIECE.match(text)]
 
 
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+         "sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth", "nine": "ninth",
+            "twelve": "twelfth"}
+
+
+def number_words(n: int) -> str:
+    """A whole number as spoken English words: 7 -> "seven", 305 -> "three hundred five",
+    21000 -> "twenty one thousand"."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + (f" {_ONES[n % 10]}" if n % 10 else "")
+    if n < 1000:
+        return f"{_ONES[n // 100]} hundred" + (f" {number_words(n % 100)}" if n % 100 else "")
+    for scale, name in ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand")):
+        if n >= scale:
+            return f"{number_words(n // scale)} {name}" + (f" {number_words(n % scale)}" if n % scale else "")
+    raise AssertionError(n)
+
+
+def _say_number(match: re.Match) -> str:
+    """One number of a transcript as it is read aloud (`spell`): groups digits, decimals, suffix."""
+    digits, decimals, suffix = match.group(1), match.group(2), (match.group(3) or "").lower()
+    if len(digits) > 1 and digits.startswith("0") or len(digits) > 15:  # "007", long codes: digit by digit
+        words = " ".join(_ONES[int(d)] for d in digits)
+    elif 1100 <= int(digits) <= 1999 and not suffix and not decimals:  # a year: "nineteen ninety nine"
+        n = int(digits)
+        words = f"{number_words(n // 100)} " + (number_words(n % 100) if n % 100 >= 10 else
+                                                 f"oh {_ONES[n % 100]}" if n % 100 else "hundred")
+    else:
+        words = number_words(int(digits))
+    if decimals:
+        words += " point " + " ".join(_ONES[int(d)] for d in decimals)
+    elif suffix:  # 1st, 22nd, 3rd, 40th: the last word becomes an ordinal
+        head, _, last = words.rpartition(" ")
+        last = _ORDINAL.get(last) or (last[:-1] + "ieth" if last.endswith("y") else last + "th")
+        words = f"{head} {last}".strip()
+    return f" {words} "
+
+
 def spell(text: str) -> str:
-    """What a chars head writes for `text`: lower case, accents and marks dropped ("Café-bar, 2!" ->
-    "cafe bar 2"), hyphens and other spaces as one space."""
+    """What a chars head writes for `text`: lower case, accents and marks dropped, numbers as words
+    ("Café-bar, 2!" -> "cafe bar two", "Press 5" -> "press five": the head learns the words from
+    every clip that says them, and the WER normaliser reads them back as digits), hyphens and other
+    spaces as one space."""
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 21,000 -> 21000
+    text = re.sub(r"(\d+)(?:\.(\d+))?(st|nd|rd|th)?\b", _say_number, text, flags=re.IGNORECASE)
     text = unicodedata.normalize("NFKD", text.lower().replace("\u2019", "'"))
     text = re.sub(r"[-\s]+", " ", text)
     return re.sub(r" +", " ", "".join(c for c in text if c in ALPHABET)).strip()
