@@ -276,7 +276,9 @@ def transcript_vocab(transcripts: Sequence[str], text_ids) -> list[int]:
 
 VOCABS = ("transcripts", "words", "full", "chars")
 # align.vocab=chars: the head spells lower-case words letter by letter in the LLM's own one-character
-# tokens, so every sound is heard in many words (a word-piece head learns each piece from its own few clips)
+# tokens, so every sound is heard in many words (a word-piece head learns each piece from its own few clips).
+# `spell` writes numbers as words, so the digits are never a label now; they stay in the alphabet so
+# that heads trained before (digits as digits) keep their vocabulary
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789' "
 # A token that spells a piece of a Latin-script word (lower case, Capitalised or a short acronym), a
 # contraction, a number up to 3 digits or common punctuation, with or without its leading space, or a space.
