@@ -71,7 +71,8 @@ def release_file_pages(tensor) -> bool:
     process's memory until it ends (the demo LLM's 0.54 GB output layer, read once to copy its
     Latin rows, then never again). `madvise(MADV_DONTNEED)` drops them; a later read maps them
     again from the file, the same bytes. Only whole pages of a file mapping are dropped: a tensor
-    in anonymous memory would lose its contents, so it is left alone.
+    in anonymous memory would lose its contents, so it is left alone. The tensor must still hold
+    the file's bytes (a weight changed in place after loading would read as the file again).
 
     Returns:
         True when pages were dropped; False for anonymous memory, a non-contiguous or empty tensor,

@@ -4,8 +4,8 @@ The alignment head's beam knows English only through a small n-gram LM, so its b
 often a near-miss of the sound that no English speaker would write ("Tu is day.", "enty",
 "Saderday"). The frozen LLM knows English: each of the beam's best few texts is scored by the
 LLM's log-probability of the text on its own, and the item keeps the candidate with the highest
-``beam score + weight * LLM log-probability``. One padded forward pass scores every candidate of
-a batch; nothing is generated.
+``beam score + weight * LLM log-probability``. A few padded forward passes (texts of similar
+length together) score every candidate of a batch; nothing is generated.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def text_logprobs(llm, head: Callable[[torch.Tensor], torch.Tensor] | None, text
 
     Args:
         llm: a Hugging Face causal LM.
-        head: the output layer to score with ((M, d) hidden -> (M, V) scores, e.g. a
-            `llm.RowSubsetHead`), or None for the LLM's own logits.
+        head: the output layer to score with ((M, d) hidden -> (M, V) scores; a `llm.RowSubsetHead`
+            normalises over its rows and gives -inf to a text with a token outside them), or None
+            for the LLM's own output layer.
         texts: token ids per text (no start token); an empty text scores 0.
         start: the token every text follows (`start_token`).
         chunk: texts per forward pass, taken in length order (little padding).
