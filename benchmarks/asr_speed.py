@@ -8,6 +8,7 @@ Systems (ASR), each in its own process (so its peak resident memory is its own),
 another, same torch/CTranslate2 threads:
 - speechwire: the shipped demo run as `speechwire transcribe/evaluate/serve` load it now
   (llm.quantize=auto: int8 LLM on the CPU; prompt-prefix KV cache);
+- speechwire no rescoring: the same with align.rescore=0 (the beam's best text, no LLM scoring pass);
 - speechwire full vocab: the same with llm.output_vocab=full (every output row scored at each step,
   as before Latin-script answers were decoded over the Latin rows only);
 - speechwire fp32: the same run with llm.quantize=none and no prefix cache (the path before both);
@@ -15,7 +16,7 @@ another, same torch/CTranslate2 threads:
   CTranslate2 weights the demo's encoder comes from, greedy, English, no timestamps, one clip
   per call (its usual use; it pads every window to 30 s);
 - plain HF Whisper: the demo's baseline (speechwire.demo.baselines.PlainWhisper), batched.
-ST runs the three speechwire systems only.
+ST runs the four speechwire systems only.
 
 Test sets: the demo's real and synthetic test sets (--limit per set) and one recording of about
 --long-minutes made of real test clips with 0.5 s of silence between them; speechwire and plain
@@ -41,12 +42,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ASR_SYSTEMS = ("speechwire", "speechwire full vocab", "speechwire fp32", "faster-whisper int8", "faster-whisper fp32",
-               "plain HF whisper")
-ST_SYSTEMS = ("speechwire", "speechwire full vocab", "speechwire fp32")
+ASR_SYSTEMS = ("speechwire", "speechwire no rescoring", "speechwire full vocab", "speechwire fp32",
+               "faster-whisper int8", "faster-whisper fp32", "plain HF whisper")
+ST_SYSTEMS = ("speechwire", "speechwire no rescoring", "speechwire full vocab", "speechwire fp32")
 # each speechwire system: the shipped run loaded with these overrides
-SPEECHWIRE_OVERRIDES = {"speechwire": [], "speechwire full vocab": ["llm.output_vocab=full"],
-                        "speechwire fp32": ["llm.quantize=none"]}
+SPEECHWIRE_OVERRIDES = {"speechwire": [], "speechwire no rescoring": ["align.rescore=0"],
+                        "speechwire full vocab": ["llm.output_vocab=full"], "speechwire fp32": ["llm.quantize=none"]}
 SILENCE_S = 0.5  # between clips of the long recording
 SAMPLE_RATE = 16000
 
