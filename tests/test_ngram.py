@@ -123,3 +123,16 @@ def test_nbest_is_ranked_distinct_and_scores_each_prefix_exactly(seed, beam):
     assert 1 <= len(nbest) <= beam and scores == sorted(scores, reverse=True)
     assert len({tuple(p) for p, _ in nbest}) == len(nbest)
     assert nbest[0][0] == ctc_beam_search(logp, beam=beam, lm=lm, lm_weight=0.5, token_bonus=1.0)
+
+
+def test_the_logprob_memo_stays_bounded_and_never_changes_a_value(monkeypatch):
+    """A long-running server asks for ever new (context, token) pairs: the memo starts afresh at its
+    cap instead of growing, and a value computed again is the same."""
+    import speechwire.ngram as ngram
+
+    monkeypatch.setattr(ngram, "CACHE_ENTRIES", 5)
+    lm = TokenNgramLM.build([[1, 2, 3, 4], [2, 3, 1], [4, 4, 2]], order=3, vocab_size=4)
+    pairs = [(lm.context(prefix), token) for prefix in ([], [1], [2, 3], [4, 4], [3]) for token in (1, 2, 3, 4, EOS)]
+    first = [lm.logprob(c, t) for c, t in pairs]
+    assert len(lm._cache) <= 5
+    assert [lm.logprob(c, t) for c, t in pairs] == first
