@@ -597,4 +597,4 @@ def test_head_inference_logits_and_token_rows_equal_the_reference_computation():
         assert torch.equal(head(y), ref)
         head.blank.add_(1.0)  # a changed blank is seen on the next call
         assert torch.equal(head(y)[..., 1:], ref[..., 1:]) and not torch.equal(head(y)[..., 0], ref[..., 0])
-    assert torch.equal(head.token_rows([1, 4, 4499]), table[head.vocab_ids[[0, 3, 4498]]])
+    assert torch.equal(head.token_rows(head.token_ids(torch.tensor([1, 4, 4499]))), table[head.vocab_ids[[0, 3, 4498]]])

@@ -154,10 +154,10 @@ class TiedCTCHead(nn.Module):
         index = {int(v): k + 1 for k, v in enumerate(self.vocab_ids.tolist())}
         return [[index[t] for t in ids if t in index] for ids in token_ids]
 
-    def token_rows(self, indices: Sequence[int]) -> torch.Tensor:
-        """Head indices (1..K) -> (L, d) the tokens' own LLM embedding rows (`readout` of one-hot posteriors)."""
-        ids = self.vocab_ids[torch.tensor(indices, dtype=torch.long, device=self.vocab_ids.device) - 1]
-        return self.table.detach()[ids.to(self.table.device)].float().to(self.blank.device)  # no (K, d) copy
+    def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
+        """LLM token ids -> (L, d) their own embedding rows (`readout` of one-hot posteriors over them)."""
+        ids = torch.as_tensor(list(ids), dtype=torch.long, device=self.table.device)
+        return self.table.detach()[ids].float().to(self.blank.device)  # no (K, d) copy
 
     def labels(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Map LLM token ids to head indices; tokens outside the vocabulary are dropped (counted).

@@ -11,8 +11,9 @@ The model computes next-token scores; what to do with them lives here (as in whi
   speech sits between (``llm.marker_init: '"'``) and a chat preamble ("Sure, here it is:");
 - `word_change`: how far an answer strays from the words the alignment head heard
   (``eval.max_rewrite``: the LLM answered a spoken question instead of copying it);
-- `ctc_beam_search`: which tokens the alignment head's outputs spell (``align.decode: beam``),
-  with an n-gram LM of English text fused in (ngram.py), instead of the best path.
+- `ctc_nbest` (`ctc_beam_search`: its best): which tokens the alignment head's outputs spell
+  (``align.decode: beam``), with an n-gram LM of English text fused in (ngram.py), instead of the
+  best path; its best few texts are what ``align.rescore`` hands the LLM (rescore.py).
 """
 
 from __future__ import annotations

@@ -355,7 +355,7 @@ class SpeechLLM(nn.Module):
         for b, (cands, pick) in enumerate(zip(candidates, picks)):
             if cands:
                 ids, _, text = cands[pick]
-                items.append(head.table.detach()[ids].float().to(logits.device))  # (L_b, d): the tokens' own rows
+                items.append(head.token_rows(ids))  # (L_b, d): the tokens' own embedding rows
             else:
                 text, t = "", int(logits[b, : int(lengths[b]), 0].argmin()) if int(lengths[b]) else 0
                 items.append(head.posterior_embeddings(logits[b, t: t + 1]))
