@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from speechwire.align import (
+    ALPHABET,
     BLANK,
     TiedCTCHead,
     alignment_loss,
@@ -24,6 +25,8 @@ from speechwire.align import (
     greedy_decode,
     greedy_runs,
     restrict_labels,
+    sentence,
+    spell,
     time_mask,
     token_error_rate,
     transcript_vocab,
@@ -598,3 +601,39 @@ def test_head_inference_logits_and_token_rows_equal_the_reference_computation():
         head.blank.add_(1.0)  # a changed blank is seen on the next call
         assert torch.equal(head(y)[..., 1:], ref[..., 1:]) and not torch.equal(head(y)[..., 0], ref[..., 0])
     assert torch.equal(head.token_rows(head.token_ids(torch.tensor([1, 4, 4499]))), table[head.vocab_ids[[0, 3, 4498]]])
+
+
+def test_cif_fires_one_vector_per_letter_under_a_chars_head_and_is_read_output_by_output(aligned, tmp_path):
+    """align.vocab=chars with the cif adapter: its training target count is the transcript's letters
+    (the head's labels), its outputs are scored one by one (cross-entropy) and decoded one by one
+    (nothing merged, decoding.label_nbest); a ctc adapter's own head predicts the same alphabet."""
+    tmp, manifest, _, cfg_path, _ = aligned
+    chars = ["align.vocab=chars", "align.lm_order=3", "align.collapse=true", "align.readout=posterior",
+             "align.decode=beam"]
+    cif = ["adapter.name=cif", "adapter.hidden_size=64", "adapter.num_layers=1", "adapter.num_heads=4",
+           "adapter.ffn_size=128"]
+    run = tmp_path / "cif"
+    summary = train(load_config(cfg_path, [f"train.output_dir={run}", "train.save_every=0",
+                                           f"data.dev_manifest={manifest}", *chars, *cif]), progress=False)
+    assert summary["final_dev"]["metrics"]["asr"]["wer"] < 0.5  # greedy, output by output
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if "lm_loss" in x]
+    assert log[-1]["lm_loss"] < 0.5 * log[0]["lm_loss"]  # the per-output cross-entropy is trained (not 0: counts match)
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
+    from speechwire.features import FeatureCache
+
+    model = SpeechLLM.from_pretrained(run).train()
+    utts = load_manifest(manifest)
+    batch = collate([CachedFeatureDataset(utts, FeatureCache.for_config(model.cfg))[i] for i in range(4)])
+    targets = model._adapter_targets(batch)
+    assert targets.target_lengths.tolist() == [len(spell(u.transcript)) for u in utts[:4]]
+    model.eval()
+    with torch.no_grad():
+        speech = model._adapt(batch, batch.hidden, batch.hidden_lengths)  # beam over outputs: label_nbest
+    assert sum(h == sentence(u.transcript) for h, u in zip(speech.heard, utts)) >= 2
+    ctc = SpeechLLM(load_config(cfg_path, [*chars, "adapter.name=ctc", "adapter.hidden_size=64", "adapter.num_layers=1",
+                                           "adapter.num_heads=4", "adapter.ffn_size=128"])).train()
+    ctc.align_head.set_vocab(ctc.transcript_ids.ids.values())
+    assert ctc.adapter.head.out_features == len(ALPHABET) + 1 and ctc.adapter.blank == 0
+    targets = ctc._adapter_targets(batch)
+    assert targets.ctc_labels[0, : len(utts[0].transcript)].tolist() == ctc.align_head.head_indices(
+        [ctc.transcript_ids(utts[0].transcript)])[0]

@@ -136,3 +136,59 @@ def test_the_logprob_memo_stays_bounded_and_never_changes_a_value(monkeypatch):
     first = [lm.logprob(c, t) for c, t in pairs]
     assert len(lm._cache) <= 5
     assert [lm.logprob(c, t) for c, t in pairs] == first
+
+
+def _exhaustive_label_best(log_probs: np.ndarray, lm, lm_weight: float, bonus: float) -> tuple[list[int], float]:
+    """Every token sequence of one token per output, scored as label_nbest scores it (brute force)."""
+    import itertools
+
+    from speechwire.ngram import EOS
+
+    tokens = log_probs[:, 1:] - np.logaddexp.reduce(log_probs[:, 1:], axis=1, keepdims=True)
+    best = ([], -np.inf)
+    for seq in itertools.product(range(1, log_probs.shape[1]), repeat=log_probs.shape[0]):
+        score = sum(float(tokens[t, k - 1]) + bonus + lm_weight * lm.logprob(lm.context(seq[:t]), k) for t, k in enumerate(seq))
+        score += lm_weight * lm.logprob(lm.context(seq), EOS)
+        if score > best[1]:
+            best = (list(seq), score)
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(T=st.integers(1, 4), seed=st.integers(0, 10_000), weight=st.sampled_from([0.0, 0.5, 2.0]))
+def test_label_nbest_with_a_wide_beam_is_the_exhaustive_best(T, seed, weight):
+    """label_nbest (CIF outputs, one token each): nothing merged, the blank column never read, and
+    with every token kept it finds the best fused score of all K^T sequences."""
+    from speechwire.decoding import label_nbest
+
+    rng = np.random.default_rng(seed)
+    K = 3
+    lp = rng.standard_normal((T, K + 1))
+    lp[:, 0] = 50.0  # a huge blank changes nothing: it is not read
+    lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    lm = TokenNgramLM.build([[1, 1, 2], [3, 2], [1, 1]], 2, K)
+    nbest = label_nbest(lp, beam=K ** T, lm=lm, lm_weight=weight, token_bonus=0.3, top_k=K)
+    assert all(len(p) == T for p, _ in nbest) and len({tuple(p) for p, _ in nbest}) == len(nbest) == K ** T
+    assert [s for _, s in nbest] == sorted((s for _, s in nbest), reverse=True)
+    want, score = _exhaustive_label_best(lp, lm, weight, 0.3)
+    assert nbest[0][0] == want and abs(nbest[0][1] - score) < 1e-6
+
+
+def test_label_nbest_keeps_repeats_and_greedy_decode_too():
+    """'ll' is two outputs of the same letter: kept by the CIF decoders, merged by CTC's."""
+    import torch
+
+    from speechwire.align import greedy_decode
+    from speechwire.decoding import ctc_beam_search, label_nbest
+
+    lp = np.log(np.array([[0.01, 0.97, 0.01, 0.01], [0.01, 0.97, 0.01, 0.01], [0.01, 0.01, 0.97, 0.01]]))
+    assert label_nbest(lp, beam=4)[0][0] == [1, 1, 2]
+    assert ctc_beam_search(lp, beam=4) == [1, 2]
+
+    class Head:
+        def token_ids(self, idx):
+            return (torch.as_tensor(idx) + 100).tolist()
+
+    logits = torch.tensor(lp, dtype=torch.float32)[None]
+    assert greedy_decode(Head(), logits, torch.tensor([3]), one_per_token=True) == [[101, 101, 102]]
+    assert greedy_decode(Head(), logits, torch.tensor([2]), one_per_token=True) == [[101, 101]]

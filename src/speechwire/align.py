@@ -225,8 +225,13 @@ def greedy_runs(logits: torch.Tensor, length: int) -> list[tuple[int, int, int]]
     return runs
 
 
-def greedy_decode(head: TiedCTCHead, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-    """CTC best path -> LLM token ids per item (repeats merged, blanks dropped)."""
+def greedy_decode(head: TiedCTCHead, logits: torch.Tensor, lengths: torch.Tensor,
+                  one_per_token: bool = False) -> list[list[int]]:
+    """CTC best path -> LLM token ids per item (repeats merged, blanks dropped). one_per_token (CIF):
+    each output's best token other than the blank, nothing merged."""
+    if one_per_token:
+        best = logits[..., 1:].argmax(-1) + 1  # (B, T')
+        return [head.token_ids(best[b, : int(lengths[b])]) for b in range(logits.shape[0])]
     runs = [greedy_runs(logits[b], int(lengths[b])) for b in range(logits.shape[0])]
     return [head.token_ids(torch.tensor([k for k, _, _ in r if k != BLANK], dtype=torch.long, device=logits.device))
             for r in runs]
@@ -455,9 +460,10 @@ def evaluate_alignment(model, utts, cfg, progress: bool = False, feature_cache=N
             ids = model.with_tokens(batch).tokens.transcripts  # the transcripts' LLM token ids
             labels, label_lengths, dropped = model.align_head.labels(ids)
             n = int(label_lengths.sum())
-            loss_sum += float(alignment_loss(logits, out.lengths, labels, label_lengths)) * n
+            one = model.adapter.one_output_per_token  # CIF: scored and decoded output by output
+            loss_sum += float(alignment_loss(logits, out.lengths, labels, label_lengths, one_per_token=one)) * n
             tokens, oov = tokens + n, oov + dropped
-            decoded = greedy_decode(model.align_head, logits, out.lengths)
+            decoded = greedy_decode(model.align_head, logits, out.lengths, one_per_token=one)
             ref_ids += ids
             hyp_ids += decoded
             refs += [t or "" for t in batch.transcripts]

@@ -229,6 +229,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, out=args.out, shard=shard, probe=not args.no_probe)
         return 0
+    if args.baselines:
+        from speechwire.grid.baselines import BASELINES, grid_baselines
+
+        out = output_root(spec, args.out)
+        grid_baselines(spec, out, progress=not args.quiet)
+        print(f"baselines of every SFM level written to {out / BASELINES}; speechwire report {out} shows them")
+        return 0
     if args.status:
         from speechwire.grid.status import grid_status, status_table
 
@@ -269,7 +276,7 @@ def _check_launch_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(given)} only apply to --launcher slurm")
     if args.max_parallel is not None and args.launcher is None:
         raise ValueError("--max-parallel needs --launcher local or --launcher slurm")
-    modes = [f for f, on in (("--dry-run", args.dry_run), ("--status", args.status),
+    modes = [f for f, on in (("--dry-run", args.dry_run), ("--status", args.status), ("--baselines", args.baselines),
                              (f"--launcher {args.launcher}", args.launcher)) if on]
     if len(modes) > 1:
         raise ValueError(f"{' and '.join(modes)} do not go together; pick one")
@@ -480,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard", default=None, help="i/n: run every n-th combination from the i-th (0-based)")
     g.add_argument("--out", default=None, help="grid folder (default: output_dir of the grid file or runs/NAME)")
     g.add_argument("--no-cache", action="store_true", help="encode audio in every run (no feature cache)")
+    g.add_argument("--baselines", action="store_true", help="plain Whisper (per SFM level) and the cascade (per LLM "
+                   "level) on the grid's test sets, into GRID_DIR/baselines.json for the report; trains nothing")
     add_launch_options(g)
 
     r = _command(sub, "report", cmd_report, "report.md, results.csv/json and plots from a grid folder", "grid_dir")

@@ -198,3 +198,35 @@ def ctc_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 
         return float(np.logaddexp(pb, pnb)) + end
 
     return sorted(((list(prefix), final((prefix, s))) for prefix, s in beams.items()), key=lambda ps: -ps[1])
+
+
+def label_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,
+                token_bonus: float = 0.0, top_k: int = 8) -> list[tuple[list[int], float]]:
+    """Beam search over outputs that are one token each (CIF fires one vector per token), with the
+    same shallow fusion as `ctc_nbest`: every output adds exactly one token, repeats included
+    ("ll" is two outputs), and the blank column is never read.
+
+    Args:
+        log_probs: (T', K + 1) log-softmax of the alignment head; index 0 (the blank) is ignored
+            and the tokens are renormalised without it.
+        beam, lm, lm_weight, token_bonus, top_k: as in `ctc_nbest`.
+
+    Returns:
+        Up to `beam` (prefix, score) pairs, best first: head indices (1..K), one per output, and
+        the fused log-score including the LM's end of sentence; [([], score)] for no outputs.
+    """
+    tokens = log_probs[:, 1:] - np.logaddexp.reduce(log_probs[:, 1:], axis=1, keepdims=True)  # (T', K)
+    top_k = min(top_k, tokens.shape[1])
+    beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+    for row in tokens:
+        candidates = [int(k) for k in np.argpartition(-row, top_k - 1)[:top_k]]
+        grown = []
+        for prefix, score in beams:
+            context = lm.context(prefix) if lm is not None else ()
+            for k in candidates:
+                fused = float(row[k]) + token_bonus + (lm_weight * lm.logprob(context, k + 1) if lm is not None else 0.0)
+                grown.append((prefix + (k + 1,), score + fused))
+        beams = sorted(grown, key=lambda ps: -ps[1])[:beam]
+    ends = [(list(prefix), score + (lm_weight * lm.logprob(lm.context(prefix), EOS) if lm is not None else 0.0))
+            for prefix, score in beams]
+    return sorted(ends, key=lambda ps: -ps[1])

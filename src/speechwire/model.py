@@ -32,10 +32,20 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from speechwire.adapters import AdapterContext, AdapterOutput, AdapterTargets, build_adapter
-from speechwire.align import CharSpeller, TiedCTCHead, alignment_loss, collapse, restrict_labels, sentence, time_mask
+from speechwire.align import (
+    ALPHABET,
+    BLANK,
+    CharSpeller,
+    TiedCTCHead,
+    alignment_loss,
+    collapse,
+    restrict_labels,
+    sentence,
+    time_mask,
+)
 from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
-from speechwire.decoding import StepCallback, clean_answer, ctc_nbest, greedy_search, word_change
+from speechwire.decoding import StepCallback, clean_answer, ctc_nbest, greedy_search, label_nbest, word_change
 from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.llm import LATIN_LANGUAGES, ChatPrompter, RowSubsetHead, latin_token_ids, load_llm, load_tokenizer
@@ -148,8 +158,14 @@ class SpeechLLM(nn.Module):
         embedding = self.llm.get_input_embeddings()
         d_llm = embedding.embedding_dim
         vocab = self.llm.get_output_embeddings().weight.shape[0]
+        a = cfg.align
+        has_head = cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 or a.readout != "adapter"
+        # an adapter with its own CTC head (ctc) predicts the units the transcripts are written in: the
+        # LLM's tokens, or under a spelling head its alphabet (blank 0, letters 1..K as the head numbers them)
+        self.head_units = has_head and a.vocab == "chars"
         ctx = AdapterContext(in_dim=self.encoder.dim, out_dim=d_llm, frame_rate=self.encoder.frame_rate,
-                             vocab_size=vocab, pad_id=self.tokenizer.pad_token_id)
+                             vocab_size=len(ALPHABET) + 1 if self.head_units else vocab,
+                             pad_id=BLANK if self.head_units else self.tokenizer.pad_token_id)
         self.adapter = build_adapter(cfg.adapter, ctx)
         fresh = device is None  # from_pretrained: every trainable weight comes from the checkpoint
         # ours, not the authors' (docs/adapters.md); `preset: paper` skips it. The alignment stage
@@ -166,9 +182,7 @@ class SpeechLLM(nn.Module):
         elif fresh:
             start = embedding.weight.detach().float().mean(0)
         self.audio_markers = nn.Parameter(start.expand(2, d_llm).clone())  # (2, d_llm): start, end
-        a = cfg.align
-        self.align_head = TiedCTCHead(embedding.weight, a.temperature, fresh) \
-            if cfg.train.stage == "align" or a.collapse or a.ctc_weight > 0 or a.readout != "adapter" else None
+        self.align_head = TiedCTCHead(embedding.weight, a.temperature, fresh) if has_head else None
         self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
         # KV cache of the prompt before the audio, shared by every batch (prefix_cache.py); None: no reuse
         self.prefix_cache: PrefixCache | None = PrefixCache()
@@ -242,6 +256,9 @@ class SpeechLLM(nn.Module):
     def _adapter_targets(self, batch: Batch) -> AdapterTargets:
         """The adapter's training targets, both from the source transcript (for ST too, as in the
         authors' code): CTC labels, and the CIF target length = the transcript's token count.
+        With an alignment head the CIF count is the head's labels (letters under align.vocab=chars:
+        CIF then fires one vector per letter, which the head scores one by one), and a ctc adapter's
+        labels are the head's letters under align.vocab=chars (its head predicts the alphabet).
 
         An ST item without a transcript (None or blank) leaves the batch without CTC labels (the ctc
         adapter then raises, naming the field), and its CIF target falls back to the token count of
@@ -257,13 +274,22 @@ class SpeechLLM(nn.Module):
             warnings.warn(f"{self.cfg.adapter.name} adapter: ST items {ids} have no transcript; their target length is the token "
                           "count of their translation instead (further items are not reported)", stacklevel=3)
             self._warned_no_transcript = True
-        tgt_len = torch.tensor([len(c) for c in tokens.sources], device=self.device)
+        units = tokens.sources
+        if self.align_head is not None and not missing and tokens.transcripts is not None:
+            # the adapter's outputs are scored by the alignment head: CIF fires one vector per head
+            # label (a letter under align.vocab=chars), and a ctc adapter's own head spells them too
+            head = self.align_head.head_indices(tokens.transcripts)
+            units = head if self.head_units else tokens.sources
+            tgt_len = torch.tensor([len(c) for c in head], device=self.device)
+        else:
+            tgt_len = torch.tensor([len(c) for c in units], device=self.device)
         if missing:
             return AdapterTargets(target_lengths=tgt_len)
-        labels = torch.full((len(tgt_len), max(1, int(tgt_len.max()))), IGNORE, dtype=torch.long, device=self.device)
-        for i, c in enumerate(tokens.sources):
+        lengths = torch.tensor([len(c) for c in units], device=self.device)
+        labels = torch.full((len(units), max(1, int(lengths.max()))), IGNORE, dtype=torch.long, device=self.device)
+        for i, c in enumerate(units):
             labels[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=tgt_len)
+        return AdapterTargets(target_lengths=tgt_len, ctc_labels=labels, ctc_label_lengths=lengths)
 
     def _sequences(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, with_targets: bool,
                    skip_prefix: int = 0):
@@ -316,6 +342,8 @@ class SpeechLLM(nn.Module):
         if posterior and self.cfg.align.decode == "beam" and not self.training:
             embeds, lengths, heard = self._beam_tokens(logits, out.lengths)
             return AdapterOutput(embeds, lengths, aux, aux_losses, heard=heard)
+        elif posterior and self.adapter.one_output_per_token:  # CIF: each output is one token already
+            embeds, lengths = self.align_head.posterior_embeddings(logits), out.lengths
         elif posterior:  # the readout is linear in the posteriors: pool them first, then one (K, d) product per token
             probs, lengths = collapse(self.align_head.posteriors(logits), out.lengths, logits)
             embeds = self.align_head.readout(probs)
@@ -336,9 +364,10 @@ class SpeechLLM(nn.Module):
         chars = a.vocab == "chars"
         keep = a.rescore_nbest if a.rescore > 0 else 1
         candidates = []  # per item: (LLM token ids, beam score, heard sentence of a chars head)
+        search = label_nbest if self.adapter.one_output_per_token else ctc_nbest  # CIF: one token per output
         for b in range(logits.shape[0]):
-            nbest = ctc_nbest(log_probs[b, : int(lengths[b])], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
-                              token_bonus=a.lm_bonus)[:keep]
+            nbest = search(log_probs[b, : int(lengths[b])], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
+                           token_bonus=a.lm_bonus)[:keep]
             cands = []
             for tokens, score in nbest if nbest[0][0] else []:  # the best beam empty: nothing heard
                 if not tokens or score < nbest[0][1] - a.rescore_margin:

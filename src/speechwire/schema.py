@@ -79,6 +79,9 @@ class AdapterConfig:
     ctc_loss_weight: float = 0.1
     ctc_blank_id: int | None = None  # None: the LLM tokenizer's pad token
     ctc_keep_blanks: bool = True  # blank runs pooled like the others (authors, paper); False drops them
+    # training segments: argmax (the head's best label per frame, the authors') | aligned (the head's best
+    # path through the transcript: at least one segment per token, so an LLM-free objective can score them)
+    ctc_train_segments: Literal["argmax", "aligned"] = "argmax"
     # window-level Q-Former
     window_seconds: float = 0.333
     queries_per_window: int = 1

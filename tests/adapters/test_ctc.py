@@ -229,3 +229,53 @@ def test_label_padding_value_is_ignored_and_bad_ids_are_clear_errors():
     t.ctc_labels[0, 0] = VOCAB  # outside the head's vocabulary
     with pytest.raises(ValueError, match="vocab_size"):
         adapter(x, lens, t)
+
+
+def _ctc_paths(labels: list[int], T: int, U: int, blank: int = 0):
+    """Every frame labelling of length T whose CTC collapse is `labels` (brute force)."""
+    for path in itertools.product(range(U), repeat=T):
+        collapsed = [k for i, k in enumerate(path) if k != blank and (i == 0 or path[i - 1] != k)]
+        if collapsed == labels:
+            yield path
+
+
+@settings(max_examples=120, deadline=None)
+@given(T=st.integers(1, 6), labels=st.lists(st.integers(1, 2), min_size=0, max_size=4), seed=st.integers(0, 10_000))
+def test_forced_frame_labels_is_the_best_ctc_path_through_the_labels(T, labels, seed):
+    from speechwire.adapters.ctc import forced_frame_labels
+
+    U = 3
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.randn(2, T + 2, U, generator=g).log_softmax(-1)  # item 1 is padding-length noise
+    lab = torch.tensor([labels + [0] * (4 - len(labels)), [1, 0, 0, 0]])
+    path, aligned = forced_frame_labels(logp, torch.tensor([T, T + 2]), lab, torch.tensor([len(labels), 1]), blank=0)
+    paths = list(_ctc_paths(labels, T, U))
+    assert bool(aligned[0]) == (bool(paths) and len(labels) > 0)
+    assert path[0, T:].eq(0).all()  # past the valid frames: blank
+    if aligned[0]:
+        got = path[0, :T].tolist()
+        assert tuple(got) in paths
+        best = max(sum(float(logp[0, t, k]) for t, k in enumerate(p)) for p in paths)
+        assert abs(sum(float(logp[0, t, k]) for t, k in enumerate(got)) - best) < 1e-4
+    else:  # no path (or nothing to align): each frame's argmax
+        assert path[0, :T].tolist() == logp[0, :T].argmax(-1).tolist()
+    assert bool(aligned[1]) and 1 in path[1].tolist()
+
+
+def test_aligned_training_segments_give_every_token_a_segment_from_the_first_step():
+    """ctc_train_segments=aligned: an untrained head's argmax says nothing, yet each training item
+    has a segment per transcript token (and blank runs between); evaluation still uses the argmax."""
+    labels = [[3, 5, 9, 11], [7, 2, 2], [30, 1]]
+    x, lens = make_frames([20, 16, 12], seed=2)
+    aligned = tiny_adapter("ctc", ctc_train_segments="aligned").train()
+    out = aligned(x, lens, _targets(labels))
+    assert [int(n) >= len(lab) + (lab[-1] == lab[-2]) for n, lab in zip(out.lengths, labels)] == [True] * 3
+    argmax = tiny_adapter("ctc").train()
+    assert torch.equal(argmax.eval()(x, lens).lengths, aligned.eval()(x, lens).lengths)
+    with torch.no_grad():  # the head made to say blank everywhere: argmax segments collapse to one per item
+        for adapter in (aligned, argmax):
+            adapter.head.bias[PAD] = 1e4
+    assert argmax.train()(x, lens, _targets(labels)).lengths.tolist() == [1, 1, 1]
+    # the best path now takes one frame per token and blank between every two: 2L - 1 segments or more
+    got = aligned.train()(x, lens, _targets(labels)).lengths.tolist()
+    assert all(2 * len(lab) - 1 <= n <= 2 * len(lab) + 1 for n, lab in zip(got, labels))

@@ -8,15 +8,18 @@ import pytest
 import yaml
 
 from speechwire.config import ConfigError
-from speechwire.grid.spec import load_grid, parse_shard, plan
+from speechwire.grid.spec import load_grid, parse_shard, plan, run_config
 
 GRIDS = sorted((Path(__file__).parents[2] / "configs").glob("*_grid.yaml"))
 
 
 @pytest.mark.parametrize("path", GRIDS, ids=[p.name for p in GRIDS])
 def test_every_grid_file_loads(path):
-    runs = plan(load_grid(path))
-    assert len(runs) == {"paper_grid": 40, "small_real_grid": 20}.get(path.stem, len(runs))
+    spec = load_grid(path)
+    runs = plan(spec)
+    assert len(runs) == {"paper_grid": 40, "small_real_grid": 20, "small_real_chars_grid": 22}.get(path.stem, len(runs))
+    for run in runs:  # every run's experiment config is valid
+        run_config(spec, run, Path("runs") / path.stem, None)
 
 
 def test_plan_names_and_shards(grid_file):

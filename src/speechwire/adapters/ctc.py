@@ -23,6 +23,14 @@ tensor of that size, where the full log_softmax path makes four. The loss and it
 those of CTC over the full log_softmax (tested); benchmarks/ctc_head.py measures the speed and
 memory against it (with Qwen's 151k-token vocabulary at 50 frames/s the head is most of a step).
 
+Training segments (ctc_train_segments): `argmax`, as above (the authors'), or `aligned`: the frames
+are labelled by the head's best CTC path through the transcript (Viterbi, `forced_frame_labels`)
+instead of each frame's argmax, so a training item has at least one segment per transcript token
+from the first step. The LLM-free alignment stage needs this: its loss scores the pooled outputs
+against the transcript and cannot where there are fewer segments than tokens, and an untrained
+head's argmax is blank everywhere within a few steps (one segment per item). Evaluation always
+segments by argmax. (CIF does the same with its target count in training.)
+
 Blank runs are kept by default, each averaged into one vector, as in the authors' code
 (`CtcAdapter._ctc_compress_sequence`; their comment: blanks are not removed, as in the original
 CTC-compression paper, Gaido et al. 2021); ctc_keep_blanks=False drops them (a shorter output).
@@ -91,6 +99,57 @@ def segment_mean(x: torch.Tensor, seg: torch.Tensor, keep: torch.Tensor, counts:
     sums = x.new_zeros(B * K, C).index_add_(0, flat, x[keep])  # (B*K, C)
     n = x.new_zeros(B * K).index_add_(0, flat, x.new_ones(flat.shape[0]))  # (B*K,)
     return (sums / n.clamp(min=1)[:, None]).view(B, K, C)
+
+
+def forced_frame_labels(log_probs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+                        label_lengths: torch.Tensor, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's label on the best CTC path through the transcript (Viterbi alignment).
+
+    Args:
+        log_probs: (B, T, U) per-frame log-probabilities; labels index its last dimension.
+        lengths: (B,) valid frames; labels (B, L) padded anyhow past label_lengths (B,); blank: the
+            blank's index.
+    Returns:
+        frame labels (B, T) long (blank past the valid frames), and aligned (B,) bool: False where
+        no path exists (more tokens, with the blanks repeats need, than frames): those items'
+        labels are each frame's argmax instead.
+    """
+    B, T, _ = log_probs.shape
+    L = labels.shape[1]
+    S = 2 * L + 1
+    dev = log_probs.device
+    ext = torch.full((B, S), blank, dtype=torch.long, device=dev)  # blank, y1, blank, y2, ..., blank
+    ext[:, 1::2] = labels.clamp(min=0)
+    states = torch.arange(S, device=dev)
+    n_states = 2 * label_lengths + 1  # (B,)
+    live = states[None] < n_states[:, None]  # (B, S)
+    skip = torch.zeros(B, S, dtype=torch.bool, device=dev)  # s-2 -> s: into a token unlike the one before
+    skip[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
+    emit = log_probs.float().gather(2, ext[:, None, :].expand(B, T, S))  # (B, T, S)
+    neg = torch.tensor(-math.inf, device=dev)
+    score = torch.where(states[None] < 2, emit[:, 0], neg)
+    score = torch.where(live, score, neg)
+    back = torch.zeros(B, T, S, dtype=torch.long, device=dev)  # how far back each state came from
+    for t in range(1, T):
+        one = nn.functional.pad(score[:, :-1], (1, 0), value=-math.inf)
+        two = torch.where(skip, nn.functional.pad(score[:, :-2], (2, 0), value=-math.inf), neg)
+        best, step = torch.stack([score, one, two]).max(0)  # (B, S)
+        running = (t < lengths)[:, None]
+        score = torch.where(running, torch.where(live, best + emit[:, t], neg), score)
+        back[:, t] = torch.where(running, step, 0)
+    last = (n_states - 1).clamp(min=0)
+    end_scores = torch.stack([score.gather(1, last[:, None])[:, 0],
+                              score.gather(1, (last - 1).clamp(min=0)[:, None])[:, 0]])  # (2, B)
+    end_best, end_pick = end_scores.max(0)
+    aligned = torch.isfinite(end_best) & (label_lengths > 0)
+    state = last - end_pick * (label_lengths > 0)  # (B,)
+    path = torch.zeros(B, T, dtype=torch.long, device=dev)
+    for t in range(T - 1, -1, -1):
+        path[:, t] = state
+        state = state - back[:, t].gather(1, state[:, None])[:, 0]
+    frame = ext.gather(1, path)  # (B, T)
+    frame = torch.where(aligned[:, None], frame, log_probs.argmax(-1))
+    return frame.masked_fill(~lengths_to_mask(lengths, T), blank), aligned
 
 
 class _VocabScores(torch.autograd.Function):
@@ -162,12 +221,12 @@ class CTCAdapter(Adapter):
     """CTC-guided mean pooling before the Base stack (data-dependent length).
 
     Config fields: ctc_loss_weight (0.1), ctc_blank_id (None = ctx.pad_id), ctc_keep_blanks
-    (True), plus the stack's fields; needs ctx.vocab_size. Its output's `ratio` is
+    (True), ctc_train_segments (argmax), plus the stack's fields; needs ctx.vocab_size. Its output's `ratio` is
     sum(input frames) / sum(outputs).
     """
 
     deterministic_length = False
-    config_fields = ("ctc_loss_weight", "ctc_blank_id", "ctc_keep_blanks", "targets_add_special_tokens",
+    config_fields = ("ctc_loss_weight", "ctc_blank_id", "ctc_keep_blanks", "ctc_train_segments", "targets_add_special_tokens",
                      *STACK_FIELDS)  # model.py makes the labels
 
     def __init__(self, cfg: AdapterConfig, ctx: AdapterContext) -> None:
@@ -222,6 +281,11 @@ class CTCAdapter(Adapter):
 
         frame_labels = torch.full(valid.shape, self.blank, dtype=torch.long, device=x.device)  # (B, T)
         frame_labels[valid] = best
+        if self.training and self.cfg.ctc_train_segments == "aligned":
+            with torch.no_grad():
+                path, aligned = forced_frame_labels(log_probs.detach(), lengths, local, label_lengths, blank)
+            on_path = columns[path.clamp(max=columns.numel() - 1)]  # the path never takes the last (bucket) column
+            frame_labels = torch.where(aligned[:, None] & valid, on_path, frame_labels)
         seg, keep, counts = segment_ids(frame_labels, lengths, self.blank, self.cfg.ctc_keep_blanks)
         pooled = segment_mean(x, seg, keep, counts)  # (B, K, C)
         return AdapterOutput(self.stack(pooled, counts), counts, aux_loss, aux_losses,

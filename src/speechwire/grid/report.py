@@ -19,6 +19,7 @@ from typing import Any
 
 from speechwire.files import read_jsonl
 from speechwire.grid.analysis import best_by_group, explain, lower_is_better, ranking, term_label, variance_shares
+from speechwire.grid.baselines import baseline_lines, read_baselines
 from speechwire.grid.layout import EVENTS, RUN_FILE
 from speechwire.grid.spec import label, load_grid, matches, plan, role
 from speechwire.tables import markdown_table
@@ -228,6 +229,7 @@ def write_report(grid_dir: str | Path, plots: bool = True, where: dict[str, list
             lines += ["", f"Best adapter per SFM x LLM pair ({better} mean {a['name']}):", ""]
             keys = [k for k in a["best_adapter"][0] if k not in ("value", "runner_up")]
             lines += markdown_table(a["best_adapter"], keys + ["value", "runner_up"])
+    lines += baseline_lines(read_baselines(grid_dir))
     caches = cache_summary(rows, factors, cache_builds(grid_dir))
     if any(c["reads"] for c in caches):
         lines += ["", "## Feature cache", "", "The grid encodes every clip once per SFM before the runs (cache builds, "
