@@ -260,3 +260,10 @@ def test_real_time_factor_and_tokens_per_second():
         real_time_factor(1.0, 0.0)
     with pytest.raises(ValueError, match="seconds=0"):
         tokens_per_second(10, 0)
+
+
+def test_edit_distance_counts_word_edits_and_an_empty_reference():
+    from speechwire.metrics import edit_distance
+
+    assert edit_distance(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
+    assert edit_distance(["a", "b"], []) == 2 and edit_distance([], ["a", "b"]) == 2 and edit_distance([], []) == 0

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from speechwire.data import eval_loader
 from speechwire.data.batch import pad_right
-from speechwire.metrics import score
+from speechwire.metrics import edit_distance, score
 from speechwire.ngram import TokenNgramLM
 
 BLANK = 0  # index of the blank in the head's logits; token v_k is index k + 1
@@ -422,17 +422,9 @@ def read_lm_text(paths: Sequence[str]) -> list[str]:
 
 def token_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> float:
     """Edit distance over token ids, summed, divided by the reference tokens."""
-    import jiwer
-
-    errors = total = 0
-    for r, h in zip(refs, hyps):
-        total += len(r)
-        if not r:
-            errors += len(h)
-            continue
-        out = jiwer.process_words(" ".join(map(str, r)), " ".join(map(str, h)))
-        errors += out.substitutions + out.deletions + out.insertions
-    return errors / max(total, 1)
+    pairs = list(zip(refs, hyps))
+    errors = sum(edit_distance([str(t) for t in r], [str(t) for t in h]) for r, h in pairs)
+    return errors / max(sum(len(r) for r, _ in pairs), 1)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
+from speechwire.metrics import edit_distance
 from speechwire.ngram import EOS
 
 MAX_LOOP_PERIOD = 24  # longest repeated phrase looked for, in tokens (a clause)
@@ -132,12 +133,7 @@ def word_change(heard: str, answer: str) -> float:
     """Word edit distance from `heard` to `answer` over the words heard (case and punctuation
     ignored): 0 for a faithful copy, ~1 for an answer to the question instead of its words."""
     a, b = (re.sub(r"[^\w' ]", " ", t.lower()).split() for t in (heard, answer))
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        diagonal, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
-    return row[len(b)] / max(len(a), 1)
+    return edit_distance(a, b) / max(len(a), 1)
 
 
 def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,

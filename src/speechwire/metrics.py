@@ -149,6 +149,15 @@ def wer_per_utterance(
     return [wer([r], [h], normalize=False)["wer"] for r, h in zip(refs, hyps)]
 
 
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Fewest substitutions, deletions and insertions that turn the words `ref` into `hyp` (jiwer, no
+    normalisation); an empty `ref` costs one insertion per word of `hyp`."""
+    if not ref:
+        return len(hyp)
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return out.substitutions + out.deletions + out.insertions
+
+
 def _bleu_tokenizer(tgt_lang: str | None) -> tuple[str, str | None]:
     """sacrebleu tokenizer for a target language, and a note when we had to fall back."""
     lang = (tgt_lang or "").lower().split("-")[0]

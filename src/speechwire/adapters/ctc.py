@@ -284,7 +284,9 @@ class CTCAdapter(Adapter):
         if self.training and self.cfg.ctc_train_segments == "aligned":
             with torch.no_grad():
                 path, aligned = forced_frame_labels(log_probs.detach(), lengths, local, label_lengths, blank)
-            on_path = columns[path.clamp(max=columns.numel() - 1)]  # the path never takes the last (bucket) column
+            # an aligned item's path holds only the blank and its tokens, never the last (bucket) column;
+            # the others keep `best` below, so the clamp only keeps their unused indices in range
+            on_path = columns[path.clamp(max=columns.numel() - 1)]
             frame_labels = torch.where(aligned[:, None] & valid, on_path, frame_labels)
         seg, keep, counts = segment_ids(frame_labels, lengths, self.blank, self.cfg.ctc_keep_blanks)
         pooled = segment_mean(x, seg, keep, counts)  # (B, K, C)

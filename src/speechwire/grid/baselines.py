@@ -44,6 +44,7 @@ def grid_baselines(spec: GridSpec, out: Path, progress: bool = True) -> dict[str
     llm = next((f for f in spec.factors if role(f) == "llm"), None)
     results = read_baselines(out)
     out.mkdir(parents=True, exist_ok=True)
+    llms: dict[str, tuple[Any, Any]] = {}  # LLM level -> (model, tokenizer), loaded once for every SFM and test set
     for sfm_level in dict.fromkeys(r.levels.get(sfm, "sfm") for r in runs):
         first = next(r for r in runs if r.levels.get(sfm, "sfm") == sfm_level)
         cfg = run_config(spec, first, out, None)
@@ -63,7 +64,7 @@ def grid_baselines(spec: GridSpec, out: Path, progress: bool = True) -> dict[str
             texts, seconds = whisper.run(utts, batch_size=cfg.eval.batch_size, progress=progress,
                                          desc=f"plain whisper ({sfm_level}, {test})")
             audio = {i: utterance_duration(u) for i, u in enumerate(utts)}
-            asr = [i for i in range(len(utts)) if i not in set(st)]
+            asr = sorted(set(range(len(utts))) - set(st))
             if asr and "plain whisper" not in done:
                 share = sum(audio[i] for i in asr) / sum(audio.values())
                 done["plain whisper"] = {**score("asr", [utts[i].target for i in asr], [texts[i] for i in asr]),
@@ -73,8 +74,9 @@ def grid_baselines(spec: GridSpec, out: Path, progress: bool = True) -> dict[str
                 name = f"cascade ({level})"
                 if name in done:
                     continue
-                model = load_llm(llm_cfg, torch.device("cpu"))  # as the runs decode: llm.quantize applied
-                tok = load_tokenizer(llm_cfg)
+                if level not in llms:  # as the runs decode: llm.quantize applied
+                    llms[level] = load_llm(llm_cfg, torch.device("cpu")), load_tokenizer(llm_cfg)
+                model, tok = llms[level]
                 hyps, t_sec = llm_translate(model, tok, [texts[i] for i in st], [utts[i].tgt_lang for i in st],
                                             system_prompt=llm_cfg.system_prompt, max_new_tokens=cfg.eval.max_new_tokens,
                                             batch_size=cfg.eval.batch_size)
@@ -83,7 +85,6 @@ def grid_baselines(spec: GridSpec, out: Path, progress: bool = True) -> dict[str
                 done[name] = {**score("st", [utts[i].target for i in st], hyps, tgt_lang=utts[st[0]].tgt_lang),
                               "rtf": round((w_sec + t_sec) / st_audio, 4)}
                 write_atomic(out / BASELINES, json.dumps(results, indent=2), "grid baselines")
-                del model
     return results
 
 
