@@ -2,15 +2,15 @@
 # Debian/Ubuntu packages for `speechwire data synth` (the demo corpus): espeak-ng + sox (speech
 # synthesis), trans-de-en (English/German sentence pairs), asterisk-core-sounds-en(-wav) (real
 # English prompts); flite, festival and its voices (other speakers: train and held-out voices),
-# asterisk-core-sounds-en-gsm (the prompts' telephone encoding);
-# chromium (the browser page's tests, driven by Playwright). Installs what is missing when run as root; otherwise prints the command.
+# asterisk-core-sounds-en-gsm (the prompts' telephone encoding); wamerican (/usr/share/dict/words:
+# the demo's lexicon, align.lexicon); chromium (the browser page's tests, driven by Playwright). Installs what is missing when run as root; otherwise prints the command.
 # Idempotent and silent when everything is present. Not root / not Debian: prints what to
 # install and exits 0 (the tests that need these packages skip). Usage: scripts/install_system_deps.sh
 set -euo pipefail
 
 PACKAGES=(espeak-ng sox trans-de-en asterisk-core-sounds-en-wav asterisk-core-sounds-en
           flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts asterisk-core-sounds-en-gsm
-          chromium)
+          wamerican chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -637,3 +637,66 @@ def test_cif_fires_one_vector_per_letter_under_a_chars_head_and_is_read_output_b
     targets = ctc._adapter_targets(batch)
     assert targets.ctc_labels[0, : len(utts[0].transcript)].tolist() == ctc.align_head.head_indices(
         [ctc.transcript_ids(utts[0].transcript)])[0]
+
+
+def test_a_lexicon_rides_in_the_checkpoint_and_the_beam_spells_with_it(aligned, tmp_path):
+    """align.word_weight: the alignment stage builds the lexicon (the texts' words + align.lexicon's word
+    list) and word LM, the LM stage inherits them, and the loaded model's beam adds their scores; a
+    checkpoint without one cannot be asked to use one."""
+    tmp, manifest, run, cfg_path, _ = aligned
+    (tmp_path / "words.txt").write_text("Tuesday\nApril\n", encoding="utf-8")
+    chars = ["align.vocab=chars", "align.lm_order=3", "align.collapse=true", "align.readout=posterior",
+             "align.decode=beam", "align.word_weight=0.5", "align.word_order=2", f"align.lexicon=[{tmp_path / 'words.txt'}]"]
+    align_run, out = tmp_path / "align", tmp_path / "lm"
+    train(load_config(cfg_path, [f"train.output_dir={align_run}", "train.save_every=0", "data.dev_manifest=null",
+                                 "train.max_steps=40", *chars]), progress=False)
+    saved = load_file(str(align_run / "trainable.safetensors"))
+    assert {"align_head.word_list", "align_head.word_grams"} <= saved.keys()
+    train(load_config(cfg_path, ["train.stage=lm", f"train.init_from={align_run}", "train.max_steps=0",
+                                 f"train.output_dir={out}", "data.dev_manifest=null", *chars]), progress=False)
+    model = SpeechLLM.from_pretrained(out, ["align.word_oov=-2.5"]).eval()
+    words = model.align_head.words
+    from speechwire.data import CachedFeatureDataset, collate, load_manifest
+    from speechwire.decoding import ctc_nbest
+    from speechwire.features import FeatureCache
+    from speechwire.lexicon import WordScorer
+
+    utts = load_manifest(manifest)
+    assert {"tuesday", "april"} <= set(words.words) and set(spell(utts[0].transcript).split()) <= set(words.words)
+    assert words.lm.order == 2 and "".join(sorted(words.chars)) == "".join(sorted(ALPHABET))
+    batch = collate([CachedFeatureDataset(utts, FeatureCache.for_config(model.cfg))[i] for i in range(4)])
+    with torch.no_grad():
+        _, heard = model._greedy(batch, 1)
+        assert (words.weight, words.oov) == (0.5, -2.5)  # set from the config, as loaded
+        o = model.adapter(batch.hidden.float(), batch.hidden_lengths)
+        log_probs = model.align_head(o.embeds).float().log_softmax(-1).numpy()
+    reference = WordScorer.from_tensors({k.removeprefix("align_head."): v for k, v in saved.items() if "word_" in k})
+    reference.weight, reference.oov = 0.5, -2.5  # the config's weight, the override's penalty
+    a, tok = model.cfg.align, model.prompter.tok
+    for b in range(4):
+        best = ctc_nbest(log_probs[b, : int(o.lengths[b])], beam=a.beam_size, lm=model.align_head.lm,
+                         lm_weight=a.lm_weight, token_bonus=a.lm_bonus, words=reference)[0][0]
+        assert heard[b] == sentence(tok.decode(model.align_head.token_ids(torch.tensor(best))))
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    from safetensors.torch import save_file
+
+    weights = load_file(str(bare / "trainable.safetensors"))
+    save_file({k: v for k, v in weights.items() if "word_" not in k}, str(bare / "trainable.safetensors"))
+    with pytest.raises(ValueError, match=r"align.word_weight=0.5 but this checkpoint has no lexicon.*add_lexicon"):
+        SpeechLLM.from_pretrained(bare)
+    assert SpeechLLM.from_pretrained(bare, ["align.word_weight=0"]).align_head.words is None
+    # scripts/add_lexicon.py gives it back from the config's own texts and word lists
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("add_lexicon", Path(__file__).parents[1] / "scripts" / "add_lexicon.py")
+    add_lexicon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(add_lexicon)
+    assert add_lexicon.add_lexicon(bare, ["align.word_oov=-2.5"]) == len(words)
+    again = SpeechLLM.from_pretrained(bare).align_head.words
+    assert again.words == words.words and again.lm.counts == words.lm.counts and again.chars == words.chars
+    assert load_config(bare / "config.yaml").align.word_oov == -2.5
+    with pytest.raises(Exception, match="word_weight > 0 needs vocab=chars"):
+        load_config(None, ["align.word_weight=0.5"])
+    with pytest.raises(Exception, match="word_oov=1.0 <= 0"):
+        load_config(None, ["align.word_oov=1.0"])

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from speechwire.data import eval_loader
 from speechwire.data.batch import pad_right
+from speechwire.lexicon import WORD_KEYS, WordScorer, read_word_list
 from speechwire.metrics import edit_distance, score
 from speechwire.ngram import TokenNgramLM
 
@@ -68,6 +69,8 @@ class TiedCTCHead(nn.Module):
         self._rows: torch.Tensor | None = None
         self.lm: TokenNgramLM | None = None  # for align.decode=beam; saved as two data tensors
         self._lm_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.words: WordScorer | None = None  # a chars head's lexicon and word LM (align.word_weight)
+        self._word_tensors: dict[str, torch.Tensor] = {}
 
     def set_vocab(self, ids: Sequence[int]) -> None:
         self.vocab_ids = torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long,
@@ -79,20 +82,28 @@ class TiedCTCHead(nn.Module):
         self.lm = lm
         self._lm_tensors = tensors if tensors is not None or lm is None else lm.to_tensors()
 
+    def set_words(self, words: WordScorer | None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Use `words` in beam search; `tensors`: its `to_tensors()` when already at hand."""
+        self.words = words
+        self._word_tensors = {} if words is None else tensors if tensors is not None else words.to_tensors()
+
     def data_tensors(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold besides weights: the vocabulary and the n-gram LM, if any."""
-        data = {"vocab_ids": self.vocab_ids}
+        """What a checkpoint must hold besides weights: the vocabulary, the n-gram LM and the
+        lexicon, if any."""
+        data = {"vocab_ids": self.vocab_ids, **self._word_tensors}
         if self._lm_tensors is not None:
             data["lm_grams"], data["lm_counts"] = self._lm_tensors
         return data
 
     def load_data(self, data: dict[str, torch.Tensor]) -> None:
-        """Set the vocabulary and LM from `data_tensors()`' keys (missing LM: none)."""
+        """Set the vocabulary, LM and lexicon from `data_tensors()`' keys (missing ones: none)."""
         self.set_vocab(data["vocab_ids"].tolist())
         self.set_lm(None)
         if data.get("lm_grams") is not None and data.get("lm_counts") is not None:
             grams, counts = data["lm_grams"].cpu(), data["lm_counts"].cpu()
             self.set_lm(TokenNgramLM.from_tensors(grams, counts, len(self.vocab_ids)), (grams, counts))
+        tensors = {k: data[k].cpu() for k in WORD_KEYS if data.get(k) is not None}
+        self.set_words(WordScorer.from_tensors(tensors) if len(tensors) == len(WORD_KEYS) else None, tensors)
 
     def keys(self) -> torch.Tensor:
         """(K, d) unit-norm token embeddings of the vocabulary (cached; the table is frozen)."""
@@ -407,6 +418,15 @@ def build_head_lm(head: TiedCTCHead, texts: Sequence[str], text_ids, order: int)
     """An n-gram LM over the head's tokens from sentences (tokens outside the vocabulary dropped)."""
     sentences = head.head_indices(text_ids(text) for text in texts if text and text.strip())
     return TokenNgramLM.build(sentences, order, len(head.vocab_ids))
+
+
+def build_head_words(head: TiedCTCHead, tok, texts: Sequence[str], cfg) -> WordScorer:
+    """A chars head's lexicon and word LM from sentences and the word lists of `cfg.lexicon`
+    (`cfg`: AlignConfig; `tok`: the LLM's tokenizer, whose one-character tokens the head spells)."""
+    by_id = {i: c for c, i in CharSpeller(tok).ids.items()}
+    chars = "".join(by_id[int(i)] for i in head.vocab_ids)  # head index k spells chars[k - 1]
+    return WordScorer.build(chars, (spell(t) for t in texts), (spell(w) for w in read_word_list(cfg.lexicon)),
+                            cfg.word_order)
 
 
 def read_lm_text(paths: Sequence[str]) -> list[str]:

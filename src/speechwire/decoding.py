@@ -137,13 +137,20 @@ def word_change(heard: str, answer: str) -> float:
 
 
 def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,
-                    token_bonus: float = 0.0, top_k: int = 8, blank_skip: float = 0.999) -> list[int]:
+                    token_bonus: float = 0.0, top_k: int = 8, blank_skip: float = 0.999, words=None) -> list[int]:
     """The best prefix of `ctc_nbest` (its arguments); an empty list for no token."""
-    return ctc_nbest(log_probs, beam, lm, lm_weight, token_bonus, top_k, blank_skip)[0][0]
+    return ctc_nbest(log_probs, beam, lm, lm_weight, token_bonus, top_k, blank_skip, words)[0][0]
+
+
+def _end_score(prefix: tuple[int, ...], lm, lm_weight: float, words) -> float:
+    """What ending the text after `prefix` adds: the LM's end of sentence, the last word's score."""
+    end = lm_weight * lm.logprob(lm.context(prefix), EOS) if lm is not None else 0.0
+    return end + (words.final(prefix) if words is not None else 0.0)
 
 
 def ctc_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,
-              token_bonus: float = 0.0, top_k: int = 8, blank_skip: float = 0.999) -> list[tuple[list[int], float]]:
+              token_bonus: float = 0.0, top_k: int = 8, blank_skip: float = 0.999,
+              words=None) -> list[tuple[list[int], float]]:
     """CTC prefix beam search over one item's frames, with shallow fusion of a token n-gram LM.
 
     Each prefix keeps two log-probabilities (paths ending in blank, in a token); extending a
@@ -157,6 +164,8 @@ def ctc_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 
         lm: a `ngram.TokenNgramLM` over head indices, or None (plain beam search).
         lm_weight, token_bonus: fusion weight and per-token bonus (the LM penalises length).
         top_k: tokens tried per frame (by CTC probability).
+        words: a `lexicon.WordScorer` (a chars head), or None: its `extend(prefix, k)` is added with
+            the LM's score, its `final(prefix)` at the end.
 
     Returns:
         Up to `beam` (prefix, score) pairs, best first: head indices (1..K) with repeats merged and
@@ -181,6 +190,8 @@ def ctc_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 
             context = lm.context(prefix) if lm is not None else ()
             for k in candidates:
                 fused = float(row[k]) + token_bonus + (lm_weight * lm.logprob(context, k) if lm is not None else 0.0)
+                if words is not None:
+                    fused += words.extend(prefix, k)
                 # a repeat of the last token is a new token only after a blank
                 score = (pb if prefix and k == prefix[-1] else total) + fused
                 new = nxt.setdefault(prefix + (k,), [neg, neg])
@@ -188,16 +199,12 @@ def ctc_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 
         ranked = sorted(nxt.items(), key=lambda kv: -np.logaddexp(kv[1][0], kv[1][1]))[:beam]
         beams = {p: (s[0], s[1]) for p, s in ranked}
 
-    def final(item) -> float:
-        prefix, (pb, pnb) = item
-        end = lm_weight * lm.logprob(lm.context(prefix), EOS) if lm is not None else 0.0
-        return float(np.logaddexp(pb, pnb)) + end
-
-    return sorted(((list(prefix), final((prefix, s))) for prefix, s in beams.items()), key=lambda ps: -ps[1])
+    return sorted(((list(prefix), float(np.logaddexp(pb, pnb)) + _end_score(prefix, lm, lm_weight, words))
+                   for prefix, (pb, pnb) in beams.items()), key=lambda ps: -ps[1])
 
 
 def label_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,
-                token_bonus: float = 0.0, top_k: int = 8) -> list[tuple[list[int], float]]:
+                token_bonus: float = 0.0, top_k: int = 8, words=None) -> list[tuple[list[int], float]]:
     """Beam search over outputs that are one token each (CIF fires one vector per token), with the
     same shallow fusion as `ctc_nbest`: every output adds exactly one token, repeats included
     ("ll" is two outputs), and the blank column is never read.
@@ -205,7 +212,7 @@ def label_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float 
     Args:
         log_probs: (T', K + 1) log-softmax of the alignment head; index 0 (the blank) is ignored
             and the tokens are renormalised without it.
-        beam, lm, lm_weight, token_bonus, top_k: as in `ctc_nbest`.
+        beam, lm, lm_weight, token_bonus, top_k, words: as in `ctc_nbest`.
 
     Returns:
         Up to `beam` (prefix, score) pairs, best first: head indices (1..K), one per output, and
@@ -221,8 +228,9 @@ def label_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float 
             context = lm.context(prefix) if lm is not None else ()
             for k in candidates:
                 fused = float(row[k]) + token_bonus + (lm_weight * lm.logprob(context, k + 1) if lm is not None else 0.0)
+                if words is not None:
+                    fused += words.extend(prefix, k + 1)
                 grown.append((prefix + (k + 1,), score + fused))
         beams = sorted(grown, key=lambda ps: -ps[1])[:beam]
-    ends = [(list(prefix), score + (lm_weight * lm.logprob(lm.context(prefix), EOS) if lm is not None else 0.0))
-            for prefix, score in beams]
+    ends = [(list(prefix), score + _end_score(prefix, lm, lm_weight, words)) for prefix, score in beams]
     return sorted(ends, key=lambda ps: -ps[1])

@@ -48,6 +48,7 @@ from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
 from speechwire.decoding import StepCallback, clean_answer, ctc_nbest, greedy_search, label_nbest, word_change
 from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
+from speechwire.lexicon import WORD_KEYS
 from speechwire.llm import LATIN_LANGUAGES, ChatPrompter, RowSubsetHead, latin_token_ids, load_llm, load_tokenizer
 from speechwire.prefix_cache import PrefixCache, common_prefix
 from speechwire.rescore import choose, start_token
@@ -57,7 +58,7 @@ DAMAGED_HINT = ("copy the run folder again, or load a complete checkpoint instea
                 "RUN/checkpoints/step-*)")
 CONFIG_NAME = "config.yaml"
 IGNORE = -100
-HEAD_DATA = {"align_head.vocab_ids", "align_head.lm_grams", "align_head.lm_counts"}  # checkpoint data, not weights
+HEAD_DATA = {f"align_head.{k}" for k in ("vocab_ids", "lm_grams", "lm_counts", *WORD_KEYS)}  # checkpoint data, not weights
 
 
 @dataclass
@@ -365,9 +366,12 @@ class SpeechLLM(nn.Module):
         keep = a.rescore_nbest if a.rescore > 0 else 1
         candidates = []  # per item: (LLM token ids, beam score, heard sentence of a chars head)
         search = label_nbest if self.adapter.one_output_per_token else ctc_nbest  # CIF: one token per output
+        words = head.words if a.word_weight > 0 else None
+        if words is not None:
+            words.weight, words.oov = a.word_weight, a.word_oov  # the config's, which --set may have changed
         for b in range(logits.shape[0]):
             nbest = search(log_probs[b, : int(lengths[b])], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
-                           token_bonus=a.lm_bonus)[:keep]
+                           token_bonus=a.lm_bonus, words=words)[:keep]
             cands = []
             for tokens, score in nbest if nbest[0][0] else []:  # the best beam empty: nothing heard
                 if not tokens or score < nbest[0][1] - a.rescore_margin:
@@ -625,6 +629,10 @@ class SpeechLLM(nn.Module):
         data = {k.removeprefix("align_head."): state.pop(k) for k in list(state) if k in HEAD_DATA}
         if self.align_head is not None and "vocab_ids" in data:
             self.align_head.load_data(data)
+        if self.cfg.align.word_weight > 0 and self.align_head is not None and self.align_head.words is None:
+            raise ValueError(f"{file}: align.word_weight={self.cfg.align.word_weight} but this checkpoint has no "
+                             "lexicon (its alignment stage ran without one): --set align.word_weight=0, or add one "
+                             "with `python scripts/add_lexicon.py RUN`")
         expected = set(self.trainable_state_dict()) - HEAD_DATA
         missing, unexpected = expected - set(state), set(state) - expected
         if partial:

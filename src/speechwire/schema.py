@@ -262,6 +262,12 @@ class AlignConfig:
     rescore_margin: float = 3.0
     # text files (a sentence per line) the LM learns from, besides the transcripts
     lm_text: list[str] = field(default_factory=list)
+    # > 0, vocab=chars: words in the beam (lexicon.py): this weight times a word n-gram LM's
+    # log-probability when a word ends, `word_oov` when the word being spelt leaves the lexicon
+    word_weight: float = 0.0
+    word_oov: float = -4.0
+    word_order: int = 1  # the word LM's n (counted on the transcripts and lm_text)
+    lexicon: list[str] = field(default_factory=list)  # word lists (one per line) beside the texts' words
 
     def __post_init__(self) -> None:
         p = []
@@ -282,6 +288,11 @@ class AlignConfig:
         if self.rescore < 0 or self.rescore_nbest < 1 or self.rescore_margin < 0:
             p.append(f"rescore={self.rescore} and rescore_margin={self.rescore_margin} must be >= 0, "
                      f"rescore_nbest={self.rescore_nbest} >= 1")
+        if self.word_weight < 0 or self.word_oov > 0 or self.word_order < 1:
+            p.append(f"word_weight={self.word_weight} must be >= 0, word_oov={self.word_oov} <= 0, "
+                     f"word_order={self.word_order} >= 1")
+        if self.word_weight > 0 and self.vocab != "chars":
+            p.append("word_weight > 0 needs vocab=chars (the lexicon scores spelt words)")
         if self.rescore > 0 and self.decode != "beam":
             p.append("rescore > 0 needs decode=beam (the LLM rescores the beam's best texts)")
         _check(p, "align", self)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from speechwire.align import alignment_vocab, build_head_lm, evaluate_alignment, read_lm_text
+from speechwire.align import alignment_vocab, build_head_lm, build_head_words, evaluate_alignment, read_lm_text
 from speechwire.config import AdapterFieldWarning, ExperimentConfig, flatten, load_config, resolve_device, save_config, to_dict
 from speechwire.data import load_manifest, make_dataloader
 from speechwire.errors import DamagedFileError
@@ -146,9 +146,13 @@ class Trainer:
         if cfg.train.stage == "align":
             transcripts = [u.transcript for u in utts]
             self.model.align_head.set_vocab(alignment_vocab(cfg.align.vocab, transcripts, self.model.prompter))
+            texts = transcripts + read_lm_text(cfg.align.lm_text) if cfg.align.lm_order or cfg.align.word_weight else []
             if cfg.align.lm_order > 0:
-                self.model.align_head.set_lm(build_head_lm(self.model.align_head, transcripts + read_lm_text(cfg.align.lm_text),
-                                                           self.model.transcript_ids, cfg.align.lm_order))
+                self.model.align_head.set_lm(build_head_lm(self.model.align_head, texts, self.model.transcript_ids,
+                                                           cfg.align.lm_order))
+            if cfg.align.word_weight > 0:
+                self.model.align_head.set_words(
+                    build_head_words(self.model.align_head, self.model.prompter.tok, texts, cfg.align))
         if cfg.train.init_from:
             skipped = self.model.load_trainable(cfg.train.init_from, partial=True)
             with warnings.catch_warnings():  # a config we wrote: its fields were warned about (or not) when it was made
