@@ -34,8 +34,8 @@ def reference(words: WordScorer, text: str) -> float:
             continue
         if w not in words.words:
             total += words.oov
-        total += words.weight * words.lm.logprob(words.lm.context(seen), words.ids.get(w, words.unknown))
-        seen.append(words.ids.get(w, words.unknown))
+        total += words.weight * words.lm.logprob(words.lm.context(seen), words.word_id(w))
+        seen.append(words.word_id(w))
     return total + words.weight * words.lm.logprob(words.lm.context(seen), EOS)
 
 

@@ -63,7 +63,6 @@ class WordScorer:
             raise ValueError("WordScorer needs a head alphabet with the space (align.vocab=chars)")
         self.chars, self.space = chars, chars.index(" ") + 1
         self.words = sorted(set(words))
-        self.ids = {w: i + 1 for i, w in enumerate(self.words)}
         self.unknown = len(self.words) + 1
         self.lm, self.weight, self.oov = lm, weight, oov
         self._inside: dict[tuple[int, ...], bool] = {(): True}
@@ -102,6 +101,12 @@ class WordScorer:
 
     # --- pieces ----------------------------------------------------------------------------------
 
+    def word_id(self, word: str) -> int:
+        """1 + the word's place in the sorted lexicon; `unknown` for a word outside it (a bisection:
+        no second table of 100k words)."""
+        i = bisect.bisect_left(self.words, word)
+        return i + 1 if i < len(self.words) and self.words[i] == word else self.unknown
+
     def inside(self, part: tuple[int, ...]) -> bool:
         """Whether the letters `part` begin some lexicon word."""
         known = self._inside.get(part)
@@ -118,7 +123,7 @@ class WordScorer:
             if len(self._word_ids) > MEMO_ENTRIES:
                 self.clear()
             text = "".join(self.chars[k - 1] for k in prefix)
-            known = self._word_ids[prefix] = tuple(self.ids.get(w, self.unknown) for w in text.split())
+            known = self._word_ids[prefix] = tuple(map(self.word_id, text.split()))
         return known
 
     def _word_start(self, prefix: tuple[int, ...]) -> int:
@@ -129,7 +134,7 @@ class WordScorer:
 
     def _word_end(self, prefix: tuple[int, ...], start: int) -> float:
         part = prefix[start:]
-        word = self.ids.get("".join(self.chars[k - 1] for k in part), self.unknown)
+        word = self.word_id("".join(self.chars[k - 1] for k in part))
         context = self.lm.context(self.word_ids(tuple(prefix[:start])))
         # a non-word still inside the lexicon ("twelft") pays here what one that left it paid on the way
         missed = self.oov if word == self.unknown and self.inside(part) else 0.0
