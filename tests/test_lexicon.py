@@ -119,3 +119,16 @@ def test_word_lists_are_read_and_a_missing_one_is_named(tmp_path):
         read_word_list(["/usr/share/dict/nope"])
     with pytest.raises(ValueError, match="needs a head alphabet with the space"):
         WordScorer.build("abc", ["abc"])
+
+
+def test_the_memos_stay_bounded_and_never_change_a_score(monkeypatch):
+    import speechwire.lexicon as lexicon
+
+    words = scorer(order=2)
+    texts = ["twelt of clubs", "ten of them", "the tuesday", "qxz zzq"]
+    expected = [incremental(words, t) for t in texts]
+    monkeypatch.setattr(lexicon, "MEMO_ENTRIES", 5)
+    words.clear()
+    for _ in range(3):
+        assert [incremental(words, t) for t in texts] == expected
+        assert len(words._inside) <= 6 and len(words._word_ids) <= 6

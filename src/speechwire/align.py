@@ -425,7 +425,7 @@ def build_head_words(head: TiedCTCHead, tok, texts: Sequence[str], cfg) -> WordS
     (`cfg`: AlignConfig; `tok`: the LLM's tokenizer, whose one-character tokens the head spells)."""
     by_id = {i: c for c, i in CharSpeller(tok).ids.items()}
     chars = "".join(by_id[int(i)] for i in head.vocab_ids)  # head index k spells chars[k - 1]
-    return WordScorer.build(chars, (spell(t) for t in texts), (spell(w) for w in read_word_list(cfg.lexicon)),
+    return WordScorer.build(chars, (spell(t) for t in texts if t), (spell(w) for w in read_word_list(cfg.lexicon)),
                             cfg.word_order)
 
 

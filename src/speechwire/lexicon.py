@@ -24,7 +24,7 @@ import torch
 
 from speechwire.ngram import EOS, TokenNgramLM
 
-MEMO_ENTRIES = 100_000  # spelt prefixes whose word ids are remembered (one clip makes a few thousand)
+MEMO_ENTRIES = 100_000  # per memo: spelt prefixes and partial words remembered (one clip makes a few thousand)
 
 
 def read_word_list(paths: Sequence[str]) -> list[str]:
@@ -72,7 +72,7 @@ class WordScorer:
     def build(cls, chars: str, texts: Iterable[str], lexicon: Iterable[str] = (), order: int = 1) -> "WordScorer":
         """From spelt sentences (`align.spell`: lower case, words split by single spaces) and extra
         lexicon words (spelt the same way; a list entry that spells as several words is skipped)."""
-        sentences = [t.split() for t in texts if t.strip()]
+        sentences = [t.split() for t in texts if t and t.strip()]
         extra = [w for w in lexicon if w and " " not in w]
         words = sorted({w for s in sentences for w in s} | set(extra))
         ids = {w: i + 1 for i, w in enumerate(words)}
@@ -111,6 +111,8 @@ class WordScorer:
         """Whether the letters `part` begin some lexicon word."""
         known = self._inside.get(part)
         if known is None:
+            if len(self._inside) > MEMO_ENTRIES:
+                self.clear()
             text = "".join(self.chars[k - 1] for k in part)
             i = bisect.bisect_left(self.words, text)
             known = self._inside[part] = i < len(self.words) and self.words[i].startswith(text)

@@ -631,7 +631,7 @@ class SpeechLLM(nn.Module):
             self.align_head.load_data(data)
         if self.cfg.align.word_weight > 0 and self.align_head is not None and self.align_head.words is None:
             raise ValueError(f"{file}: align.word_weight={self.cfg.align.word_weight} but this checkpoint has no "
-                             "lexicon (its alignment stage ran without one): --set align.word_weight=0, or add one "
+                             "lexicon (its alignment stage ran without one): set align.word_weight=0, or add one "
                              "with `python scripts/add_lexicon.py RUN`")
         expected = set(self.trainable_state_dict()) - HEAD_DATA
         missing, unexpected = expected - set(state), set(state) - expected

@@ -263,7 +263,7 @@ class AlignConfig:
     # text files (a sentence per line) the LM learns from, besides the transcripts
     lm_text: list[str] = field(default_factory=list)
     # > 0, vocab=chars: words in the beam (lexicon.py): this weight times a word n-gram LM's
-    # log-probability when a word ends, `word_oov` when the word being spelt leaves the lexicon
+    # log-probability when a word ends, `word_oov` once per word that is not in the lexicon
     word_weight: float = 0.0
     word_oov: float = -4.0
     word_order: int = 1  # the word LM's n (counted on the transcripts and lm_text)
