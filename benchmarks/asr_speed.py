@@ -8,7 +8,9 @@ Systems (ASR), each in its own process (so its peak resident memory is its own),
 another, same torch/CTranslate2 threads:
 - speechwire: the shipped demo run as `speechwire transcribe/evaluate/serve` load it now
   (llm.quantize=auto: int8 LLM on the CPU; prompt-prefix KV cache);
-- speechwire no rescoring: the same with align.rescore=0 (the beam's best text, no LLM scoring pass);
+- speechwire rescoring: the same with align.rescore=0.7 (the frozen LLM picks among the beam's best texts);
+- speechwire float32 rows: the same with llm.output_precision=float32 (the Latin output rows as the
+  layer stores them, the default before int8 rows);
 - speechwire full vocab: the same with llm.output_vocab=full (every output row scored at each step,
   as before Latin-script answers were decoded over the Latin rows only);
 - speechwire fp32: the same run with llm.quantize=none and no prefix cache (the path before both);
@@ -42,11 +44,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ASR_SYSTEMS = ("speechwire", "speechwire no rescoring", "speechwire full vocab", "speechwire fp32",
+ASR_SYSTEMS = ("speechwire", "speechwire rescoring", "speechwire float32 rows", "speechwire full vocab", "speechwire fp32",
                "faster-whisper int8", "faster-whisper fp32", "plain HF whisper")
-ST_SYSTEMS = ("speechwire", "speechwire no rescoring", "speechwire full vocab", "speechwire fp32")
+ST_SYSTEMS = ("speechwire", "speechwire rescoring", "speechwire float32 rows", "speechwire full vocab", "speechwire fp32")
 # each speechwire system: the shipped run loaded with these overrides
-SPEECHWIRE_OVERRIDES = {"speechwire": [], "speechwire no rescoring": ["align.rescore=0"],
+SPEECHWIRE_OVERRIDES = {"speechwire": [], "speechwire rescoring": ["align.rescore=0.7"],
+                        "speechwire float32 rows": ["llm.output_precision=float32"],
                         "speechwire full vocab": ["llm.output_vocab=full"], "speechwire fp32": ["llm.quantize=none"]}
 SILENCE_S = 0.5  # between clips of the long recording
 SAMPLE_RATE = 16000
@@ -334,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     systems = args.systems or (ASR_SYSTEMS if args.task == "asr" else ST_SYSTEMS)
-    if args.tiny:  # faster-whisper needs Whisper's real tokenizer and special tokens: no tiny random stand-in
-        systems = [s for s in systems if not s.startswith("faster-whisper")]
+    if args.tiny:  # faster-whisper needs Whisper's real tokenizer and special tokens: no tiny random stand-in;
+        # the tiny run's head decodes greedily, and rescoring needs a beam
+        systems = [s for s in systems if not s.startswith("faster-whisper") and s != "speechwire rescoring"]
     unknown = [s for s in systems if s not in (ASR_SYSTEMS if args.task == "asr" else ST_SYSTEMS)]
     if unknown:
         ap.error(f"unknown system(s) {unknown} for --task {args.task}; choose from "

@@ -77,3 +77,13 @@ def test_release_file_pages_drops_a_weights_files_pages_and_keeps_its_values(tmp
     assert not release_file_pages(anonymous) and torch.equal(anonymous, values)
     assert not release_file_pages(mapped[:, :5])  # not contiguous
     assert not release_file_pages(torch.empty(0))
+
+
+def test_trim_heap_hands_back_freed_heap_pages_or_says_it_cannot(monkeypatch):
+    assert isinstance(memory.trim_heap(), bool)  # glibc: True when pages went back, False when none were free
+
+    def no_glibc(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(memory.ctypes, "CDLL", no_glibc)
+    assert memory.trim_heap() is False  # musl, macOS: nothing to do, no error

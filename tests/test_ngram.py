@@ -43,6 +43,39 @@ def test_lm_round_trips_through_checkpoint_tensors(sentences, order, vocab):
             assert back.logprob(back.context(prefix), w) == lm.logprob(lm.context(prefix), w)
 
 
+def _reference_logprob(sentences, order, vocab_size, prefix, token):
+    """Interpolated absolute discounting straight from tuple counts (ngram.py's docstring formula)."""
+    from collections import Counter
+
+    from speechwire.ngram import BOS, DISCOUNT, UNIGRAM_ADD
+
+    counts = Counter()
+    for ids in sentences:
+        seq = [BOS] * (order - 1) + list(ids) + [EOS]
+        for i in range(order - 1, len(seq)):
+            for n in range(1, order + 1):
+                counts[tuple(seq[i - n + 1: i + 1])] += 1
+    unigrams = sum(c for g, c in counts.items() if len(g) == 1)
+    p = (counts[(token,)] + UNIGRAM_ADD) / (unigrams + UNIGRAM_ADD * (vocab_size + 1))
+    context = ([BOS] * (order - 1) + list(prefix))[len(prefix):]
+    for n in range(2, order + 1):
+        h = tuple(context[len(context) - (n - 1):])
+        followers = [c for g, c in counts.items() if len(g) == n and g[:-1] == h]
+        if followers:
+            p = max(counts[h + (token,)] - DISCOUNT, 0.0) / sum(followers) + DISCOUNT * len(followers) / sum(followers) * p
+    return math.log(p)
+
+
+@given(st.lists(st.lists(st.integers(1, 7), max_size=6), min_size=1, max_size=10), st.integers(1, 5),
+       st.lists(st.integers(1, 7), max_size=7), st.sampled_from([1, 4, 7, EOS]))
+@settings(max_examples=60, deadline=None)
+def test_packed_keys_give_the_formulas_probabilities(sentences, order, prefix, token):
+    lm = TokenNgramLM.build(sentences, order=order, vocab_size=7)
+    assert lm.logprob(lm.context(prefix), token) == pytest.approx(
+        _reference_logprob(sentences, order, 7, prefix, token), rel=1e-12)
+    assert all(lm.key(lm.gram(k)) == k for k in lm.counts)
+
+
 def _frames(path: list[int], K: int, sharp: float = 4.0) -> np.ndarray:
     """(T, K + 1) log-probs whose best path is `path` (0 = blank)."""
     logits = np.zeros((len(path), K + 1))

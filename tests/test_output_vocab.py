@@ -4,6 +4,7 @@ never scored; other answer languages, and output_vocab=full, score every row."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -61,6 +62,27 @@ def test_row_subset_head_scores_its_rows_only():
     assert torch.allclose(picked[:2], expected[:2], atol=1e-5) and picked[2] == float("-inf") == expected[2]
 
 
+@pytest.mark.parametrize("precision, tolerance", [("bfloat16", 0.01), ("int8", 0.03)])
+def test_row_subset_head_in_fewer_bytes_stays_close_to_float(precision, tolerance):
+    """bfloat16 and int8 rows: every score within `tolerance` of the largest score's size, the same
+    best row where float's best leads by more than twice that, logprobs from the same scores."""
+    weight = torch.randn(500, 64, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(6, 64, generator=torch.Generator().manual_seed(1)) * 3
+    rows = list(range(0, 500, 3))
+    exact, low = RowSubsetHead(weight, rows), RowSubsetHead(weight, rows, chunk=40, precision=precision)
+    a, b = exact(hidden)[:, rows], low(hidden)[:, rows]
+    size = a.abs().amax(1, keepdim=True)
+    assert ((a - b).abs() <= tolerance * size).all()
+    top2 = a.topk(2).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance * size[:, 0]
+    assert (a.argmax(1) == b.argmax(1))[clear].all() and clear.any()
+    targets = torch.tensor(rows[:6])
+    expected = low(hidden).log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    assert torch.allclose(low.logprobs(hidden, targets), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="llm.output_precision='fp8'"):
+        RowSubsetHead(weight, rows, precision="fp8")
+
+
 def int8_model(tiny_llm_dir, *overrides):
     torch.manual_seed(3)
     cfg = load_config(None, [f"llm.model={tiny_llm_dir}", *TINY_ADAPTER, *overrides])
@@ -71,7 +93,7 @@ def int8_model(tiny_llm_dir, *overrides):
 
 
 def test_a_latin_answer_is_decoded_over_the_latin_rows(tiny_llm_dir):
-    auto = int8_model(tiny_llm_dir)
+    auto = int8_model(tiny_llm_dir, "llm.output_precision=float32")  # the rows' values as the layer's: same scores
     full = int8_model(tiny_llm_dir, "llm.output_vocab=full")
     rows = set(latin_token_ids(auto.tokenizer, set(auto.prompter.stop_ids)))
     batch = make_batch([4000, 9000, 6000], ["a", "b", "c"], tasks=["asr", "st", "asr"], tgt_langs=[None, "de", None])
@@ -84,6 +106,15 @@ def test_a_latin_answer_is_decoded_over_the_latin_rows(tiny_llm_dir):
     # an answer in another script (ST into Japanese) scores every row
     assert auto._output_head(make_batch([4000], ["x"], tasks=["st"], tgt_langs=["ja"])) is None
     assert auto._output_head(batch) is auto._latin_head
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_the_latin_rows_in_fewer_bytes_decode_latin_answers(tiny_llm_dir, precision):
+    model = int8_model(tiny_llm_dir, f"llm.output_precision={precision}")
+    rows = set(latin_token_ids(model.tokenizer, set(model.prompter.stop_ids)))
+    out = model.generate_output(make_batch([4000, 9000], ["a", "b"]), max_new_tokens=8)
+    assert model._latin_head.precision == precision and all(set(ids) <= rows for ids in out.token_ids)
+    assert sum(map(len, out.token_ids)) > 0
 
 
 def test_float_path_scores_every_row(tiny_llm_dir):

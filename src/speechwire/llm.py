@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from torch.nn import functional as F
 
 from speechwire.data.manifest import language_name as manifest_language_name
 from speechwire.errors import OFFLINE_SIGNS, loading
-from speechwire.memory import release_file_pages
+from speechwire.memory import release_file_pages, trim_heap
 from speechwire.quantize import load_int8, quantize_for_inference
 from speechwire.schema import LLMConfig, instructions, torch_dtype
 from speechwire.weights.resolve import resolve_model
@@ -276,24 +277,64 @@ def latin_token_ids(tokenizer, keep: set[int]) -> list[int]:
     return ids
 
 
+OUTPUT_PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def _pack_int8(values: torch.Tensor, scales: torch.Tensor):
+    """(K, d) int8 values and (K,) per-row scales -> the packed weight of torch's int8 matrix kernels
+    (what torch's dynamic int8 Linear holds)."""
+    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        zero = torch.zeros(len(scales), dtype=torch.long)
+        weight = torch._make_per_channel_quantized_tensor(values, scales, zero, 0)
+        return torch.ops.quantized.linear_prepack(weight, None)
+
+
 class RowSubsetHead:
     """The LLM's output layer on some of its rows: (B, d) hidden -> (B, V) scores, -inf outside the
-    rows; each decoding step reads only those rows' weights (lm_head is most of a step on a CPU)."""
+    rows; each decoding step reads only those rows' weights (lm_head is most of a step on a CPU).
 
-    def __init__(self, weight: torch.Tensor, rows: list[int], chunk: int = 8192) -> None:
+    `precision` (llm.output_precision) is how the rows are kept: float32 (the layer's own values),
+    bfloat16 (half the bytes; a bf16 matrix product, fast where the CPU has bf16 instructions), or
+    int8 (a quarter: one scale per row, run by the int8 kernels the quantised LLM layers use)."""
+
+    def __init__(self, weight: torch.Tensor, rows: list[int], chunk: int = 8192, precision: str = "float32") -> None:
+        if precision not in OUTPUT_PRECISIONS:
+            raise ValueError(f"llm.output_precision={precision!r}: expected one of {', '.join(OUTPUT_PRECISIONS)}")
         weight = weight.detach()
+        self.precision = precision
         self.rows = torch.tensor(sorted({r for r in rows if r < weight.shape[0]}), dtype=torch.long, device=weight.device)
-        self.weight = weight.new_empty(len(self.rows), weight.shape[1])  # (K, d): a copy, read contiguously
+        self.weight, self._packed = None, []  # float rows (K, d), or the int8 kernels' packed row chunks
+        if precision != "int8":
+            self.weight = weight.new_empty(len(self.rows), weight.shape[1], dtype=torch_dtype(precision))
         for i in range(0, len(self.rows), chunk):  # the layer's file pages are dropped as they are copied
             part = self.rows[i: i + chunk]
-            self.weight[i: i + len(part)] = weight[part]
+            block = weight[part].float()
             release_file_pages(weight[int(part[0]): int(part[-1]) + 1])
+            if precision == "int8":  # symmetric, one scale per row: a row's largest value maps to 127
+                scale = block.abs().amax(1).clamp_(min=1e-12).div_(127)
+                values = block.div_(scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+                self._packed.append(_pack_int8(values, scale.double()))  # packed chunk by chunk: no whole int8 copy
+            else:
+                self.weight[i: i + len(part)] = block
+            del block
+            trim_heap()  # else the heap keeps every chunk's freed temporaries resident (~0.2 GiB at the peak)
         self.vocab_size = weight.shape[0]
         self._position: torch.Tensor | None = None  # token id -> its row here (logprobs), built at first use
 
+    def _scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(M, d) -> (M, K) float32 scores of the rows."""
+        if self._packed:
+            # reduce_range: 7-bit activations, as torch's dynamic int8 Linear runs fbgemm (no int16 overflow);
+            # every chunk quantises the same activations the same way: one matrix product's scores
+            x = hidden.float().contiguous()
+            return torch.cat([torch.ops.quantized.linear_dynamic(x, p, reduce_range=True) for p in self._packed], -1)
+        return F.linear(hidden.to(self.weight.dtype), self.weight).float()
+
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         scores = hidden.new_full((hidden.shape[0], self.vocab_size), float("-inf"))
-        scores[:, self.rows] = F.linear(hidden.to(self.weight.dtype), self.weight).to(scores.dtype)
+        scores[:, self.rows] = self._scores(hidden).to(scores.dtype)
         return scores
 
     def logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -303,6 +344,6 @@ class RowSubsetHead:
             self._position = torch.full((self.vocab_size,), -1, dtype=torch.long, device=self.rows.device)
             self._position[self.rows] = torch.arange(len(self.rows), device=self.rows.device)
         at = self._position[targets]  # (M,) the target's row in the subset, -1 outside
-        logp = F.linear(hidden.to(self.weight.dtype), self.weight).float().log_softmax(-1)  # (M, K)
+        logp = self._scores(hidden).log_softmax(-1)  # (M, K)
         picked = logp.gather(-1, at.clamp(min=0)[:, None])[:, 0]
         return picked.masked_fill(at < 0, float("-inf"))

@@ -101,3 +101,19 @@ def release_file_pages(tensor) -> bool:
         return False
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return madvise(first, last - first, _MADV_DONTNEED) == 0
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's `malloc_trim`).
+
+    glibc serves blocks of up to 32 MB from its heap once a freed block of that size raised its
+    mmap threshold, and keeps the heap's freed pages resident: copying a weight matrix in 29 MB
+    chunks left ~0.18 GiB of freed chunks counted in the resident set until trimmed.
+
+    Returns:
+        True when memory was returned; False when there was none or the C library is not glibc.
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False

@@ -592,7 +592,8 @@ class SpeechLLM(nn.Module):
         if self.cfg.llm.output_vocab != "auto" or self.llm_quantized != "int8" or getattr(head, "bias", None) is not None:
             return None
         if self._latin_head is None:
-            self._latin_head = RowSubsetHead(head.weight, latin_token_ids(self.tokenizer, set(self.prompter.stop_ids)))
+            self._latin_head = RowSubsetHead(head.weight, latin_token_ids(self.tokenizer, set(self.prompter.stop_ids)),
+                                             precision=self.cfg.llm.output_precision)
         return self._latin_head
 
     # --- checkpoints ------------------------------------------------------------------------

@@ -17,7 +17,6 @@ memory"), or quantises a plain load (`quantize_for_inference`) where that cannot
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from speechwire.memory import trim_heap
 from speechwire.schema import LLMConfig, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,7 @@ def load_int8(folder: str | Path, cfg: LLMConfig, device: torch.device) -> nn.Mo
         if module in int8:
             quantize_linear_int8(llm, [module])
     llm.tie_weights()
-    try:  # glibc keeps the freed float32 layers' arena pages resident until asked (~0.14 GiB on the demo)
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim_heap()  # glibc keeps the freed float32 layers' heap pages resident until asked (~0.14 GiB on the demo)
     return llm
 
 
