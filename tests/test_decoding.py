@@ -1,9 +1,12 @@
-"""decoding.py: the loop guard and the answer cleaning, on lists and strings."""
+"""decoding.py: the loop guard, the answer cleaning and logaddexp, on lists, strings and floats."""
 
-from hypothesis import given
+import math
+
+import numpy as np
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechwire.decoding import clean_answer, loop_cut, word_change
+from speechwire.decoding import clean_answer, logaddexp, loop_cut, word_change
 
 
 def test_loop_cut_keeps_max_repeats_copies_of_a_token_or_a_phrase():
@@ -106,3 +109,10 @@ def test_word_change_is_an_edit_distance_over_the_heard_words(heard, answer):
     assert change == 0.0 if [w.lower() for w in heard] == answer else change > 0
     assert change * max(len(heard), 1) <= max(len(heard), len(answer)) + 1e-9  # never more edits than words
     assert word_change(h, h.upper()) == 0.0
+
+
+@given(st.one_of(st.just(-math.inf), st.floats(-1e4, 50, allow_nan=False)),
+       st.one_of(st.just(-math.inf), st.floats(-1e4, 50, allow_nan=False)))
+@settings(max_examples=300, deadline=None)
+def test_logaddexp_gives_numpys_value(x, y):
+    assert logaddexp(x, y) == float(np.logaddexp(x, y)) == logaddexp(y, x)

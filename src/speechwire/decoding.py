@@ -18,6 +18,7 @@ The model computes next-token scores; what to do with them lives here (as in whi
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 
@@ -142,6 +143,18 @@ def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: fl
     return ctc_nbest(log_probs, beam, lm, lm_weight, token_bonus, top_k, blank_skip, words)[0][0]
 
 
+def logaddexp(x: float, y: float) -> float:
+    """log(exp(x) + exp(y)) of two Python floats, computed as numpy.logaddexp computes it (the same
+    value), without numpy's per-call cost: the beam search makes a few hundred thousand per batch."""
+    if x == y:  # also both -inf
+        return x + _LN2
+    d = x - y
+    return x + math.log1p(math.exp(-d)) if d > 0 else y + math.log1p(math.exp(d))
+
+
+_LN2 = math.log(2.0)
+
+
 def _end_score(prefix: tuple[int, ...], lm, lm_weight: float, words) -> float:
     """What ending the text after `prefix` adds: the LM's end of sentence, the last word's score."""
     end = lm_weight * lm.logprob(lm.context(prefix), EOS) if lm is not None else 0.0
@@ -171,35 +184,36 @@ def ctc_nbest(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 
         Up to `beam` (prefix, score) pairs, best first: head indices (1..K) with repeats merged and
         blanks removed, and the fused log-score including the LM's end of sentence.
     """
-    neg = -np.inf
+    neg = -math.inf
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}
     top_k = min(top_k, log_probs.shape[1] - 1)
-    skip = np.log(blank_skip)
-    for row in log_probs:
-        blank = float(row[0])
-        candidates = [int(k) + 1 for k in np.argpartition(-row[1:], top_k - 1)[:top_k]] if blank < skip else []
+    skip = math.log(blank_skip)
+    for frame in log_probs:
+        row = frame.tolist()  # Python floats: numpy's per-scalar calls cost more than the arithmetic
+        blank = row[0]
+        candidates = [int(k) + 1 for k in np.argpartition(-frame[1:], top_k - 1)[:top_k]] if blank < skip else []
         nxt: dict[tuple[int, ...], list[float]] = {}
         for prefix, (pb, pnb) in beams.items():
-            total = np.logaddexp(pb, pnb)
+            total = logaddexp(pb, pnb)
             entry = nxt.setdefault(prefix, [neg, neg])
-            entry[0] = np.logaddexp(entry[0], total + blank)
+            entry[0] = logaddexp(entry[0], total + blank)
             if prefix:  # the last token again, no blank between: the same prefix
-                entry[1] = np.logaddexp(entry[1], pnb + float(row[prefix[-1]]))
+                entry[1] = logaddexp(entry[1], pnb + row[prefix[-1]])
             if not candidates:
                 continue
             context = lm.context(prefix) if lm is not None else ()
             for k in candidates:
-                fused = float(row[k]) + token_bonus + (lm_weight * lm.logprob(context, k) if lm is not None else 0.0)
+                fused = row[k] + token_bonus + (lm_weight * lm.logprob(context, k) if lm is not None else 0.0)
                 if words is not None:
                     fused += words.extend(prefix, k)
                 # a repeat of the last token is a new token only after a blank
                 score = (pb if prefix and k == prefix[-1] else total) + fused
                 new = nxt.setdefault(prefix + (k,), [neg, neg])
-                new[1] = np.logaddexp(new[1], score)
-        ranked = sorted(nxt.items(), key=lambda kv: -np.logaddexp(kv[1][0], kv[1][1]))[:beam]
+                new[1] = logaddexp(new[1], score)
+        ranked = sorted(nxt.items(), key=lambda kv: -logaddexp(kv[1][0], kv[1][1]))[:beam]
         beams = {p: (s[0], s[1]) for p, s in ranked}
 
-    return sorted(((list(prefix), float(np.logaddexp(pb, pnb)) + _end_score(prefix, lm, lm_weight, words))
+    return sorted(((list(prefix), logaddexp(pb, pnb) + _end_score(prefix, lm, lm_weight, words))
                    for prefix, (pb, pnb) in beams.items()), key=lambda ps: -ps[1])
 
 

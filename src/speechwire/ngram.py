@@ -92,7 +92,10 @@ class TokenNgramLM:
 
     def context(self, prefix: Sequence[int]) -> tuple[int, ...]:
         """The last order-1 symbols of a sentence prefix, BOS-padded."""
-        return tuple(([BOS] * (self.order - 1) + list(prefix))[len(prefix):])  # () for a unigram model
+        n = self.order - 1
+        if len(prefix) >= n:
+            return tuple(prefix[len(prefix) - n:])  # () for a unigram model
+        return (BOS,) * (n - len(prefix)) + tuple(prefix)
 
     def logprob(self, context: tuple[int, ...], token: int) -> float:
         """Natural log P(token | context); context from `context()`."""
@@ -106,9 +109,10 @@ class TokenNgramLM:
         for n in range(2, self.order + 1):
             h += (context[len(context) - (n - 1)] + 3) * self._powers[n - 2]
             total = self._total.get(h, 0)
-            if total:
-                c = self.counts.get(h * self.base + digit, 0)
-                p = max(c - DISCOUNT, 0.0) / total + DISCOUNT * self._types[h] / total * p
+            if not total:  # a context never seen: no longer context that ends with it was either
+                break
+            c = self.counts.get(h * self.base + digit, 0)
+            p = max(c - DISCOUNT, 0.0) / total + DISCOUNT * self._types[h] / total * p
         value = math.log(p)
         if len(self._cache) >= CACHE_ENTRIES:  # a server decodes for days: start afresh, keep what comes next
             self._cache.clear()
