@@ -60,6 +60,7 @@ def test_row_subset_head_scores_its_rows_only():
     picked = head.logprobs(hidden, targets)
     expected = scores.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
     assert torch.allclose(picked[:2], expected[:2], atol=1e-5) and picked[2] == float("-inf") == expected[2]
+    assert torch.allclose(head.logprobs(hidden, targets, chunk=1), picked, atol=1e-6)  # chunked positions: same values
 
 
 @pytest.mark.parametrize("precision, tolerance", [("bfloat16", 0.01), ("int8", 0.03)])

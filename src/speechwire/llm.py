@@ -337,13 +337,17 @@ class RowSubsetHead:
         scores[:, self.rows] = self._scores(hidden).to(scores.dtype)
         return scores
 
-    def logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """(M, d) hidden states, (M,) token ids -> (M,) log-probabilities of the targets, normalised
-        over the rows (what `__call__`'s log-softmax gives, without its (M, V) tensor); -inf outside."""
+        over the rows (what `__call__`'s log-softmax gives, without its (M, V) tensor); -inf outside.
+        `chunk` positions at a time: rescoring a batch's N-best scores hundreds of positions, whose
+        (M, K) scores would hold ~0.4 MB each (int8 rows: the chunk's activations share one scale)."""
         if self._position is None:
             self._position = torch.full((self.vocab_size,), -1, dtype=torch.long, device=self.rows.device)
             self._position[self.rows] = torch.arange(len(self.rows), device=self.rows.device)
         at = self._position[targets]  # (M,) the target's row in the subset, -1 outside
-        logp = self._scores(hidden).log_softmax(-1)  # (M, K)
-        picked = logp.gather(-1, at.clamp(min=0)[:, None])[:, 0]
+        picked = hidden.new_zeros(len(targets), dtype=torch.float32)
+        for i in range(0, len(targets), chunk):
+            logp = self._scores(hidden[i: i + chunk]).log_softmax(-1)  # (chunk, K)
+            picked[i: i + chunk] = logp.gather(-1, at[i: i + chunk].clamp(min=0)[:, None])[:, 0]
         return picked.masked_fill(at < 0, float("-inf"))

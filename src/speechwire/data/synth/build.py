@@ -53,6 +53,8 @@ STATE_FILE = ".build_state.json"
 LM_TEXT = "lm_text.txt"  # English sentences outside dev and test, one per line (align.lm_text)
 EXTRA_VERSION = 1  # bump when the other voices' or the augmentation's pipeline changes
 EXTRA_STATE_FILE = ".build_state_voices.json"
+HELD_OUT_VERSION = 2  # bump when the held-out voices' rendering changes (2: Piper seeded per sentence)
+HELD_OUT_STATE_FILE = ".build_state_unseen.json"
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,7 @@ def build_corpus(
               "max_seconds": max_seconds, "real": real, "version": CORPUS_VERSION,
               "voices": list(voices), "renditions": renditions if voices else 0, "held_out": list(held_out),
               "num_unseen_dev": min(num_unseen_dev, num_dev), "num_unseen_test": min(num_unseen_test, num_test),
-              "real_copies": real_copies and real}  # fmt: skip
+              "real_copies": real_copies and real, "held_out_version": HELD_OUT_VERSION if held_out else 0}  # fmt: skip
     summary_path = out_dir / "corpus.json"
     if summary_path.is_file():
         old = json.loads(summary_path.read_text())
@@ -313,6 +315,8 @@ def build_corpus(
     if voice_jobs:
         _prepare_state(out_dir, {"version": EXTRA_VERSION, "seed": seed, "voices": list(voices),
                                  "held_out": list(held_out)}, EXTRA_STATE_FILE, ("voices", "unseen", "real_aug"))
+        _prepare_state(out_dir, {"version": HELD_OUT_VERSION, "seed": seed, "held_out": list(held_out)},
+                       HELD_OUT_STATE_FILE, ("unseen",))  # an older build's held-out clips are rendered again
     voice_results = list(_run_jobs(extra.render_voice_job, voice_jobs, workers, progress, desc="other voices"))
     for folder, splits_of in (("voices", ("train", "dev")), ("unseen", ("dev", "test"))):
         done = [r for r in voice_results if r.job.wav.parent.parent.name == folder]

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,14 @@ def _run(cmd: list[str], text: str, voice: Voice, stdin: bytes | None = None) ->
                            f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
 
 
+# Piper samples its prosody noise inside the ONNX graph from onnxruntime's generator, unseeded by
+# default: every run rendered a sentence differently (39 of the 40 Piper test clips changed length
+# between two fresh builds, speechwire's WER on them moved by 5 points). Seeded from the sentence,
+# a clip is the same in every build and in any order.
+_PIPER_SEEDED = ("import runpy, sys, onnxruntime; onnxruntime.set_seed(int(sys.argv.pop(1))); "
+                 "sys.argv[0] = 'piper'; runpy.run_module('piper', run_name='__main__')")
+
+
 def speak(text: str, spec: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
     """Synthesise one sentence with a flite, festival or Piper voice.
 
@@ -172,8 +181,9 @@ def speak(text: str, spec: str, length_scale: float = 1.0) -> tuple[np.ndarray, 
         elif voice.engine == "festival":
             _run(["text2wave", "-eval", f"(voice_{voice.name})", "-o", str(wav), str(txt)], text, voice)
         else:
-            cmd = [sys.executable, "-m", "piper", "-m", str(piper_model()), "-f", str(wav),
-                       "--length-scale", f"{length_scale:.3f}"]
+            seed = zlib.crc32(f"{text}|{length_scale:.3f}".encode()) & 0x7FFFFFFF
+            cmd = [sys.executable, "-c", _PIPER_SEEDED, str(seed), "-m", str(piper_model()), "-f", str(wav),
+                   "--length-scale", f"{length_scale:.3f}"]
             _run(cmd, text, voice, stdin=text.encode("utf-8"))
         data = wav.read_bytes() if wav.is_file() else b""
     if len(data) <= 44:
