@@ -1,6 +1,7 @@
 """llm.output_vocab=auto: on the int8 CPU path, a Latin-script answer is decoded over the output
 layer's Latin-script rows only (llm.latin_token_ids, RowSubsetHead), the rest of the vocabulary
-never scored; other answer languages, and output_vocab=full, score every row."""
+never scored; other answer languages, and output_vocab=full, score every row.
+The CPU path also trims the C heap after each generation."""
 
 from __future__ import annotations
 
@@ -123,3 +124,13 @@ def test_float_path_scores_every_row(tiny_llm_dir):
     cfg = load_config(None, [f"llm.model={tiny_llm_dir}", *TINY_ADAPTER])
     model = SpeechLLM(cfg, encoder=ToyEncoder().freeze()).eval()
     assert model._output_head(make_batch([4000], ["x"])) is None  # training and float inference: the LLM as it is
+
+
+def test_cpu_generation_hands_freed_heap_pages_back(tiny_llm_dir, monkeypatch):
+    import speechwire.model as model_module
+
+    calls = []
+    monkeypatch.setattr(model_module, "trim_heap", lambda: calls.append(1) or True)
+    model = int8_model(tiny_llm_dir)
+    model.generate_output(make_batch([4000], ["a"]), max_new_tokens=2)
+    assert calls == [1]
