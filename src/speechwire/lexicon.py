@@ -101,6 +101,10 @@ class WordScorer:
 
     # --- pieces ----------------------------------------------------------------------------------
 
+    def letters(self, ids: Sequence[int]) -> str:
+        """The text that head indices spell."""
+        return "".join(self.chars[k - 1] for k in ids)
+
     def word_id(self, word: str) -> int:
         """1 + the word's place in the sorted lexicon; `unknown` for a word outside it (a bisection:
         no second table of 100k words)."""
@@ -113,7 +117,7 @@ class WordScorer:
         if known is None:
             if len(self._inside) > MEMO_ENTRIES:
                 self.clear()
-            text = "".join(self.chars[k - 1] for k in part)
+            text = self.letters(part)
             i = bisect.bisect_left(self.words, text)
             known = self._inside[part] = i < len(self.words) and self.words[i].startswith(text)
         return known
@@ -124,7 +128,7 @@ class WordScorer:
         if known is None:
             if len(self._word_ids) > MEMO_ENTRIES:
                 self.clear()
-            text = "".join(self.chars[k - 1] for k in prefix)
+            text = self.letters(prefix)
             known = self._word_ids[prefix] = tuple(map(self.word_id, text.split()))
         return known
 
@@ -136,7 +140,7 @@ class WordScorer:
 
     def _word_end(self, prefix: tuple[int, ...], start: int) -> float:
         part = prefix[start:]
-        word = self.word_id("".join(self.chars[k - 1] for k in part))
+        word = self.word_id(self.letters(part))
         context = self.lm.context(self.word_ids(tuple(prefix[:start])))
         # a non-word still inside the lexicon ("twelft") pays here what one that left it paid on the way
         missed = self.oov if word == self.unknown and self.inside(part) else 0.0
