@@ -145,6 +145,20 @@ def test_validation_keeps_the_best_checkpoint(mustc_corpus):
     assert [d["step"] for d in dev_lines] == [2, 4]
 
 
+def test_eval_every_without_a_dev_manifest_trains_on(mustc_corpus):
+    # the demo recipe sets eval_every; a user who drops the dev set (data.dev_manifest=null) must
+    # still get a trained run, not a crash at the first evaluation step
+    tmp, manifest = mustc_corpus
+    run = tmp / "nodev"
+    cfg = write_experiment(tmp, manifest, run, {"train": {"max_steps": 4, "eval_every": 2, "save_every": 0},
+                                                "data": {"dev_manifest": None}})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["best_dev"] is None and summary["final_dev"] is None
+    assert (run / "trainable.safetensors").is_file() and not (run / "best").exists()
+    assert not any('"dev"' in x for x in (run / "log.jsonl").read_text().splitlines())
+
+
 def test_bf16_mixed_precision_runs_on_cpu(mustc_corpus):
     tmp, manifest = mustc_corpus
     run = tmp / "bf16"

@@ -233,7 +233,7 @@ class Trainer:
                     self._log(record)
                 if self.step >= self.total_steps:
                     break  # the last step's validation and checkpoint come after the loop
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                if cfg.eval_every and self.dev and self.step % cfg.eval_every == 0:  # no dev manifest: nothing to score
                     self._validate()
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self._save_checkpoint()
