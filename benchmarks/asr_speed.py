@@ -14,8 +14,8 @@ another, same torch/CTranslate2 threads:
 - speechwire full vocab: the same with llm.output_vocab=full (every output row scored at each step,
   as before Latin-script answers were decoded over the Latin rows only);
 - speechwire fp32: the same run with llm.quantize=none and no prefix cache (the path before both);
-- faster-whisper int8 / float32: `faster_whisper.WhisperModel` on the same Whisper tiny.en
-  CTranslate2 weights the demo's encoder comes from, greedy, English, no timestamps, one clip
+- faster-whisper int8 / float32: `faster_whisper.WhisperModel` on the CTranslate2 weights the
+  run's encoder comes from (its `encoder.model: weights:NAME`; Whisper tiny.en for any other), greedy, English, no timestamps, one clip
   per call (its usual use; it pads every window to 30 s);
 - plain HF Whisper: the demo's baseline (speechwire.demo.baselines.PlainWhisper), batched.
 ST runs the four speechwire systems only.
@@ -158,12 +158,7 @@ class PlainWhisperSystem:
         self.bs = 16
 
     def clips(self, waves, langs) -> tuple[list[str], int]:
-        import torch
-
-        feats = self.w.features(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        with torch.no_grad():
-            ids = self.w.model.generate(feats, max_new_tokens=self.w.max_new_tokens, num_beams=1, do_sample=False,
-                                        return_timestamps=False)
+        ids = self.w.generate(waves)  # the demo baseline's own call (English, transcribe)
         rows = [[int(t) for t in row if int(t) < self.eot] for row in ids]  # text tokens: below the specials
         return [self.w.decode(r) for r in rows], sum(len(r) for r in rows)
 
@@ -310,9 +305,24 @@ def real_plan(args, tmp: Path) -> dict:
         sets["long"] = [long_recording(sets["real"], args.long_minutes, out)]
     plan = {"run": args.run or str(asset_dir(args.task)), "sets": sets}
     if args.task == "asr":
-        plan["ct2_dir"] = str(fetch_artifact("whisper-tiny.en"))
-        plan["hf_whisper"] = resolve_model("weights:whisper-tiny.en")[0]
+        sfm = run_sfm(Path(plan["run"]))
+        plan["ct2_dir"] = str(fetch_artifact(sfm))
+        plan["hf_whisper"] = resolve_model(f"weights:{sfm}")[0]
+        plan["sfm"] = sfm
     return plan
+
+
+def run_sfm(run: Path) -> str:
+    """The pinned Whisper a run's encoder comes from (`encoder.model: weights:NAME`), which faster-whisper
+    and plain Whisper then run: the same SFM on both sides. Whisper tiny.en for a run whose encoder is
+    a local folder or hub id (no CTranslate2 weights of it to hand)."""
+    from speechwire.config import load_config
+    from speechwire.model import CONFIG_NAME
+    from speechwire.weights.fetch import ARTIFACTS
+
+    ref = load_config(run / CONFIG_NAME).encoder.model
+    name = ref.removeprefix("weights:")
+    return name if ref.startswith("weights:") and name in ARTIFACTS and name.startswith("whisper") else "whisper-tiny.en"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,14 +377,15 @@ def main(argv: list[str] | None = None) -> int:
             timing = ", ".join(f"{k} {v['seconds']} s" for k, v in r["sets"].items())
             print(f"{name}: done ({timing})", file=sys.stderr, flush=True)
     head = (f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{args.threads} threads per system; run {Path(plan['run']).name}; RTF = model seconds / audio seconds "
+            f"{args.threads} threads per system; run {Path(plan['run']).name}"
+            f"{'; faster-whisper and plain Whisper: ' + plan['sfm'] if plan.get('sfm') else ''}; RTF = model seconds / audio seconds "
             "(load and audio reading excluded); tokens/s = generated tokens / model seconds")
     lines = [head, "", *table(results, plan)]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.tiny or args.out != ap.get_default("out"):
         (out / "table.md").write_text(text)
-        (out / "results.json").write_text(json.dumps({"command": command, "results": results,
+        (out / "results.json").write_text(json.dumps({"command": command, "sfm": plan.get("sfm"), "results": results,
                                                       "sets": {k: [{**c, "audio": Path(c["audio"]).name} for c in v]
                                                                for k, v in plan["sets"].items()}},
                                                      indent=1, ensure_ascii=False) + "\n")

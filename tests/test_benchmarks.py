@@ -36,3 +36,21 @@ def test_script_runs_tiny(script, tmp_path):
     assert "|---" in proc.stdout, f"{script} --tiny printed no markdown table:\n{proc.stdout[-2000:]}"
     if script == "asr_speed.py":
         assert {"table.md", "results.json", "speed.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+@pytest.mark.parametrize("encoder, sfm", [("weights:whisper-base", "whisper-base"),
+                                          ("weights:whisper-tiny.en", "whisper-tiny.en"),
+                                          ("/models/my-whisper", "whisper-tiny.en"),
+                                          ("weights:qwen2.5-coder-0.5b-instruct", "whisper-tiny.en")])
+def test_asr_speed_compares_against_the_runs_own_whisper(encoder, sfm, tmp_path):
+    # faster-whisper and plain Whisper run the SFM the run hears through (the demo moved to Whisper
+    # base); a run whose encoder has no pinned CTranslate2 weights falls back to tiny.en
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import asr_speed
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from speechwire.config import load_config, save_config
+
+    save_config(load_config(None, [f"encoder.model={encoder}"]), tmp_path / "config.yaml")
+    assert asr_speed.run_sfm(tmp_path) == sfm

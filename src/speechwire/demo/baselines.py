@@ -56,13 +56,17 @@ class PlainWhisper:
         self.decode = decode
 
     @torch.no_grad()
-    def transcribe(self, waves: list) -> list[str]:
-        """16 kHz mono float waveforms -> one transcript each (batched)."""
+    def generate(self, waves: list) -> torch.Tensor:
+        """16 kHz mono float waveforms -> (B, L) token ids, greedy; a multilingual Whisper is told to
+        transcribe English (left to itself it may detect another language, or translate)."""
         feats = self.features(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         kwargs = {"language": "en", "task": "transcribe"} if self.multilingual else {}
-        ids = self.model.generate(feats, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False,
-                                  return_timestamps=False, **kwargs)
-        return [self.decode([int(t) for t in row]) for row in ids]
+        return self.model.generate(feats, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False,
+                                   return_timestamps=False, **kwargs)
+
+    def transcribe(self, waves: list) -> list[str]:
+        """16 kHz mono float waveforms -> one transcript each (batched)."""
+        return [self.decode([int(t) for t in row]) for row in self.generate(waves)]
 
     def run(self, utts: list[Utterance], batch_size: int = 8, progress: bool = True,
             desc: str = "plain whisper") -> tuple[list[str], float]:
