@@ -15,8 +15,8 @@ another, same torch/CTranslate2 threads:
   as before Latin-script answers were decoded over the Latin rows only);
 - speechwire fp32: the same run with llm.quantize=none and no prefix cache (the path before both);
 - faster-whisper int8 / float32: `faster_whisper.WhisperModel` on the CTranslate2 weights the
-  run's encoder comes from (its `encoder.model: weights:NAME`; Whisper tiny.en for any other), greedy, English, no timestamps, one clip
-  per call (its usual use; it pads every window to 30 s);
+  run's encoder comes from (its `encoder.model: weights:NAME`; Whisper tiny.en for any other),
+  greedy, English, no timestamps, one clip per call (its usual use; it pads every window to 30 s);
 - plain HF Whisper: the demo's baseline (speechwire.demo.baselines.PlainWhisper), batched.
 ST runs the four speechwire systems only.
 
@@ -378,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: done ({timing})", file=sys.stderr, flush=True)
     head = (f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"{args.threads} threads per system; run {Path(plan['run']).name}"
-            f"{'; faster-whisper and plain Whisper: ' + plan['sfm'] if plan.get('sfm') else ''}; RTF = model seconds / audio seconds "
-            "(load and audio reading excluded); tokens/s = generated tokens / model seconds")
+            f"{'; faster-whisper and plain Whisper: ' + plan['sfm'] if plan.get('sfm') else ''}; "
+            "RTF = model seconds / audio seconds (load and audio reading excluded); "
+            "tokens/s = generated tokens / model seconds")
     lines = [head, "", *table(results, plan)]
     text = "\n".join(lines) + "\n"
     print(text)
