@@ -233,14 +233,14 @@ class Trainer:
                     self._log(record)
                 if self.step >= self.total_steps:
                     break  # the last step's validation and checkpoint come after the loop
-                if cfg.eval_every and self.dev and self.step % cfg.eval_every == 0:  # no dev manifest: nothing to score
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self._validate()
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self._save_checkpoint()
             else:
                 self.loader.set_epoch(self.loader.sampler_.epoch + 1)
         bar.close()
-        dev = self._validate() if self.dev else None
+        dev = self._validate()
         self._save_checkpoint()
         elapsed = time.time() - start
         summary = {"steps": self.step, "train_seconds": round(elapsed, 2),
@@ -271,7 +271,10 @@ class Trainer:
             self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
 
     def _validate(self) -> dict | None:
-        """Dev metric on the main process; keeps the best checkpoint in run_dir/best."""
+        """Dev metric on the main process; keeps the best checkpoint in run_dir/best. None without a
+        dev manifest (every process returns here alike: no barrier is left waiting)."""
+        if not self.dev:
+            return None
         result = None
         if self.acc.is_main_process:
             model = self.unwrapped
