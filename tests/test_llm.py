@@ -23,6 +23,27 @@ def test_prompt_splits_around_audio_markers(tiny_llm_dir):
     assert tok.padding_side == "left"
 
 
+def test_tokenizer_drops_its_build_copies_and_tokenizes_as_before(tmp_path):
+    """Qwen2.5's tokenizer class keeps the vocabulary dict and merge list it built its Rust
+    tokenizer from (~64 MB); load_tokenizer frees them, and encoding, decoding and the vocabulary
+    still come from the Rust tokenizer, unchanged."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    d = save_tiny_llm(tmp_path / "m")
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "Qwen2Tokenizer"}))
+    plain = AutoTokenizer.from_pretrained(d)
+    assert type(plain).__name__ == "Qwen2Tokenizer" and len(plain._vocab) > 100 and hasattr(plain, "_merges")
+    tok = load_tokenizer(LLMConfig(model=str(d)))
+    assert not hasattr(tok, "_vocab") and not hasattr(tok, "_merges")
+    text = "Mr John Dashwood had then leisure, 12 ten of clubs!"
+    assert tok(text)["input_ids"] == plain(text)["input_ids"]
+    assert tok.decode(plain(text)["input_ids"]) == text
+    assert all(tok.get_vocab()[t] == i for t, i in plain.get_vocab().items())
+
+
 def test_instruction_after_audio_option(tiny_llm_dir):
     cfg = LLMConfig(model=str(tiny_llm_dir), audio_first=False)
     p = ChatPrompter(load_tokenizer(cfg), cfg)

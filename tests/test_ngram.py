@@ -37,7 +37,7 @@ def test_lm_round_trips_through_checkpoint_tensors(sentences, order, vocab):
     grams, counts = lm.to_tensors()
     assert grams.dtype == dtype and counts.dtype == torch.int32 and grams.shape == (len(lm), order)
     back = TokenNgramLM.from_tensors(grams, counts, vocab_size=vocab_size)
-    assert back.counts == lm.counts
+    assert list(back.items()) == list(lm.items())
     for prefix in ([], [1], [2, 3, 4]):
         for w in (1, 5, vocab_size, EOS):
             assert back.logprob(back.context(prefix), w) == lm.logprob(lm.context(prefix), w)
@@ -73,7 +73,23 @@ def test_packed_keys_give_the_formulas_probabilities(sentences, order, prefix, t
     lm = TokenNgramLM.build(sentences, order=order, vocab_size=7)
     assert lm.logprob(lm.context(prefix), token) == pytest.approx(
         _reference_logprob(sentences, order, 7, prefix, token), rel=1e-12)
-    assert all(lm.key(lm.gram(k)) == k for k in lm.counts)
+    assert all(lm.key(lm.gram(k)) == k for k, _ in lm.items())
+
+
+@given(st.lists(st.lists(st.integers(1, 5), max_size=6), min_size=1, max_size=8), st.lists(st.integers(1, 5), max_size=5))
+@settings(max_examples=25, deadline=None)
+def test_keys_beyond_64_bits_give_the_same_probabilities(sentences, prefix):
+    """A token head over Qwen's 151,936 tokens with a 4-gram LM: keys up to 151,940**4 do not fit
+    in 64 bits and are kept as Python integers, with the same probabilities and checkpoint tensors."""
+    vocab = 151_936
+    sentences = [[w * 30_000 for w in s] for s in sentences]
+    lm = TokenNgramLM.build(sentences, order=4, vocab_size=vocab)
+    assert lm.base**4 >= 2**63
+    for token in (30_000, 150_000, EOS):
+        want = _reference_logprob(sentences, 4, vocab, [w * 30_000 for w in prefix], token)
+        assert lm.logprob(lm.context([w * 30_000 for w in prefix]), token) == pytest.approx(want, rel=1e-12)
+    back = TokenNgramLM.from_tensors(*lm.to_tensors(), vocab_size=vocab)
+    assert list(back.items()) == list(lm.items())
 
 
 def _frames(path: list[int], K: int, sharp: float = 4.0) -> np.ndarray:

@@ -78,7 +78,7 @@ def test_row_subset_head_in_fewer_bytes_stays_close_to_float(precision, toleranc
     top2 = a.topk(2).values
     clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance * size[:, 0]
     assert (a.argmax(1) == b.argmax(1))[clear].all() and clear.any()
-    targets = torch.tensor(rows[:6])
+    targets = torch.tensor(rows[::30][:6])  # rows in different pieces of 40: the denominator sums them all
     expected = low(hidden).log_softmax(-1).gather(-1, targets[:, None])[:, 0]
     assert torch.allclose(low.logprobs(hidden, targets), expected, atol=1e-4)
     with pytest.raises(ValueError, match="llm.output_precision='fp8'"):

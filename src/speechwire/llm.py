@@ -17,6 +17,7 @@ import logging
 import re
 import unicodedata
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,22 @@ def load_tokenizer(cfg: LLMConfig):
         log.warning("llm %s has no chat template; using speechwire's fallback template", cfg.model)
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
     tok.padding_side = "left"
+    _drop_build_copies(tok)
     return tok
+
+
+def _drop_build_copies(tok) -> None:
+    """Free the vocabulary and merges a fast tokenizer was built from.
+
+    transformers' BPE tokenizers (Qwen2, GPT-2, Llama 3) keep them as Python objects after building
+    the Rust tokenizer from them and never read them again: Qwen2.5's 151,936-entry dict and
+    151,387 merge tuples hold ~64 MB of a transcribing process's 1.2 GB. The Rust tokenizer keeps
+    its own copy; a slow (Python) tokenizer needs them and keeps them."""
+    if getattr(tok, "backend_tokenizer", None) is None:
+        return
+    for name in ("_vocab", "_merges"):
+        tok.__dict__.pop(name, None)
+    trim_heap()
 
 
 def load_llm(cfg: LLMConfig, device: torch.device | None = None) -> nn.Module:
@@ -291,6 +307,17 @@ def _pack_int8(values: torch.Tensor, scales: torch.Tensor):
         return torch.ops.quantized.linear_prepack(weight, None)
 
 
+def _float_blocks(weight: torch.Tensor, rows: torch.Tensor, size: int = 2048) -> Iterator[tuple[int, torch.Tensor]]:
+    """(offset in `rows`, float32 copy of `size` of the rows) of `weight`, block by block. The layer's
+    file pages under each block are dropped once it is copied: a 2048-row block holds 7 MB (the
+    demo's 8192-row chunks in one go held ~70 MB more at the transcribing process's peak)."""
+    for j in range(0, len(rows), size):
+        part = rows[j: j + size]
+        block = weight[part].float()
+        release_file_pages(weight[int(part[0]): int(part[-1]) + 1])
+        yield j, block
+
+
 class RowSubsetHead:
     """The LLM's output layer on some of its rows: (B, d) hidden -> (B, V) scores, -inf outside the
     rows; each decoding step reads only those rows' weights (lm_head is most of a step on a CPU).
@@ -308,29 +335,39 @@ class RowSubsetHead:
         self.weight, self._packed = None, []  # float rows (K, d), or the int8 kernels' packed row chunks
         if precision != "int8":
             self.weight = weight.new_empty(len(self.rows), weight.shape[1], dtype=torch_dtype(precision))
-        for i in range(0, len(self.rows), chunk):  # the layer's file pages are dropped as they are copied
+        for i in range(0, len(self.rows), chunk):
             part = self.rows[i: i + chunk]
-            block = weight[part].float()
-            release_file_pages(weight[int(part[0]): int(part[-1]) + 1])
             if precision == "int8":  # symmetric, one scale per row: a row's largest value maps to 127
-                scale = block.abs().amax(1).clamp_(min=1e-12).div_(127)
-                values = block.div_(scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+                values = torch.empty(len(part), weight.shape[1], dtype=torch.int8, device=weight.device)
+                scale = torch.empty(len(part), device=weight.device)
+                for j, block in _float_blocks(weight, part):
+                    scale[j: j + len(block)] = block.abs().amax(1).clamp_(min=1e-12).div_(127)
+                    values[j: j + len(block)] = block.div_(scale[j: j + len(block), None]).round_().clamp_(-127, 127)
                 self._packed.append(_pack_int8(values, scale.double()))  # packed chunk by chunk: no whole int8 copy
+                del values
             else:
-                self.weight[i: i + len(part)] = block
-            del block
+                for j, block in _float_blocks(weight, part):
+                    self.weight[i + j: i + j + len(block)] = block
             trim_heap()  # else the heap keeps every chunk's freed temporaries resident (~0.2 GiB at the peak)
         self.vocab_size = weight.shape[0]
         self._position: torch.Tensor | None = None  # token id -> its row here (logprobs), built at first use
 
     def _scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """(M, d) -> (M, K) float32 scores of the rows."""
+        return torch.cat([piece for _, piece in self._score_pieces(hidden)], -1)
+
+    def _score_pieces(self, hidden: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """(M, d) -> (first row, (M, k) float32 scores) of consecutive pieces of the rows."""
         if self._packed:
             # reduce_range: 7-bit activations, as torch's dynamic int8 Linear runs fbgemm (no int16 overflow);
-            # every chunk quantises the same activations the same way: one matrix product's scores
-            x = hidden.float().contiguous()
-            return torch.cat([torch.ops.quantized.linear_dynamic(x, p, reduce_range=True) for p in self._packed], -1)
-        return F.linear(hidden.to(self.weight.dtype), self.weight).float()
+            # every piece quantises the same activations the same way: one matrix product's scores
+            x, start = hidden.float().contiguous(), 0
+            for packed in self._packed:
+                piece = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)
+                yield start, piece
+                start += piece.shape[1]
+            return
+        yield 0, F.linear(hidden.to(self.weight.dtype), self.weight).float()
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         scores = hidden.new_full((hidden.shape[0], self.vocab_size), float("-inf"))
@@ -341,13 +378,20 @@ class RowSubsetHead:
         """(M, d) hidden states, (M,) token ids -> (M,) log-probabilities of the targets, normalised
         over the rows (what `__call__`'s log-softmax gives, without its (M, V) tensor); -inf outside.
         `chunk` positions at a time: rescoring a batch's N-best scores hundreds of positions, whose
-        (M, K) scores would hold ~0.4 MB each (int8 rows: the chunk's activations share one scale)."""
+        (M, K) scores would hold ~0.4 MB each (int8 rows: the chunk's activations share one scale); each
+        piece of rows' scores is folded into the log-softmax's denominator as it comes (int8: 2 MB, not 75)."""
         if self._position is None:
             self._position = torch.full((self.vocab_size,), -1, dtype=torch.long, device=self.rows.device)
             self._position[self.rows] = torch.arange(len(self.rows), device=self.rows.device)
         at = self._position[targets]  # (M,) the target's row in the subset, -1 outside
         picked = hidden.new_zeros(len(targets), dtype=torch.float32)
         for i in range(0, len(targets), chunk):
-            logp = self._scores(hidden[i: i + chunk]).log_softmax(-1)  # (chunk, K)
-            picked[i: i + chunk] = logp.gather(-1, at[i: i + chunk].clamp(min=0)[:, None])[:, 0]
+            want = at[i: i + chunk]
+            total = torch.full_like(picked[i: i + chunk], float("-inf"))  # log of the softmax's denominator
+            for start, piece in self._score_pieces(hidden[i: i + chunk]):  # (chunk, k): never a whole (chunk, K)
+                total = torch.logaddexp(total, piece.logsumexp(-1))
+                inside = (want >= start) & (want < start + piece.shape[1])
+                chosen = piece.gather(-1, (want - start).clamp(0, piece.shape[1] - 1)[:, None])[:, 0]
+                picked[i: i + chunk] = torch.where(inside, chosen, picked[i: i + chunk])
+            picked[i: i + chunk] -= total
         return picked.masked_fill(at < 0, float("-inf"))

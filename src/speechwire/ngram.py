@@ -17,9 +17,12 @@ Symbols: head indices 1..K (0 is the blank and never a token), BOS = -1, EOS = -
 from __future__ import annotations
 
 import math
+from array import array
+from bisect import bisect_left
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 BOS, EOS = -1, -2
@@ -34,8 +37,9 @@ class TokenNgramLM:
     """Counts of every n-gram up to `order` over head-index sequences.
 
     Each n-gram is kept as one integer (`key`: its symbols as the digits of a number in base K + 4,
-    no digit 0, so n-grams of every length get distinct keys) in flat dictionaries: a character
-    7-gram LM of the demo's corpus (465k n-grams) takes 0.09 GiB this way, 0.13 as tuples.
+    no digit 0, so n-grams of every length get distinct keys), in sorted flat arrays found by
+    bisection: a character 7-gram LM of the demo's corpus (459k n-grams) takes 0.012 GiB this way
+    (0.07 in dictionaries: a Python int and a dict slot per key), and loads in 0.2 s instead of 2.4.
 
     Args:
         order: n (3 = trigram).
@@ -49,17 +53,46 @@ class TokenNgramLM:
         self.order, self.vocab_size = order, vocab_size
         self.base = vocab_size + 4  # digits: EOS 1, BOS 2, token k -> k + 3
         self._powers = [self.base**i for i in range(order)]
-        self.counts: dict[int, int] = {}  # key(n-gram) -> count
-        # per context key: the counts' total and the number of distinct followers
-        self._total: dict[int, int] = {}
-        self._types: dict[int, int] = {}
-        for gram, c in (counts or {}).items():
-            context = self.key(gram[:-1])
-            self.counts[context * self.base + gram[-1] + 3] = c
-            self._total[context] = self._total.get(context, 0) + c
-            self._types[context] = self._types.get(context, 0) + 1
-        self._unigrams = self._total.get(0, 0)
+        counts = counts or {}
+        grams = np.zeros((len(counts), order), dtype=np.int64)
+        for row, gram in zip(grams, counts):
+            row[order - len(gram):] = gram
+        self._index(grams, np.fromiter(counts.values(), dtype=np.int64, count=len(counts)))
         self._cache: dict[tuple[tuple[int, ...], int], float] = {}
+
+    def _index(self, grams: np.ndarray, counts: np.ndarray) -> None:
+        """Sorted key tables of `grams` ((N, order) symbols, right-aligned, left-padded with 0)."""
+        # keys up to base**order: int64 where they fit (a character 7-gram LM: 44**7), else Python ints
+        dtype = np.int64 if self.base**self.order < 2**63 else object
+        keys = np.zeros(len(grams), dtype=dtype)
+        for column in grams.T.astype(dtype):
+            keys = np.where(column != 0, keys * self.base + column + 3, keys)
+        last = grams[:, -1].astype(dtype) if len(grams) else keys
+        contexts = (keys - last - 3) // self.base
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._counts = _flat(keys[order]), _flat(counts[order])
+        # per context key: the counts' total and the number of distinct followers
+        context_keys, which = np.unique(contexts, return_inverse=True)
+        totals = np.zeros(len(context_keys), dtype=np.int64)
+        np.add.at(totals, which, counts)
+        self._contexts, self._totals = _flat(context_keys), _flat(totals)
+        self._types = _flat(np.bincount(which, minlength=len(context_keys)))
+        self._unigrams = self._total(0)[0]
+
+    def _count(self, key: int) -> int:
+        i = bisect_left(self._keys, key)
+        return self._counts[i] if i < len(self._keys) and self._keys[i] == key else 0
+
+    def _total(self, context: int) -> tuple[int, int]:
+        """(the counts' total, the number of distinct followers) of a context key; (0, 0) if unseen."""
+        i = bisect_left(self._contexts, context)
+        if i < len(self._contexts) and self._contexts[i] == context:
+            return self._totals[i], self._types[i]
+        return 0, 0
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(key, count) of every n-gram, in key order."""
+        return zip(self._keys, self._counts)
 
     def key(self, gram: Sequence[int]) -> int:
         """An n-gram's integer key (the empty one: 0)."""
@@ -88,7 +121,7 @@ class TokenNgramLM:
         return cls(order, vocab_size, counts)
 
     def __len__(self) -> int:
-        return len(self.counts)
+        return len(self._keys)
 
     def context(self, prefix: Sequence[int]) -> tuple[int, ...]:
         """The last order-1 symbols of a sentence prefix, BOS-padded."""
@@ -104,15 +137,15 @@ class TokenNgramLM:
         if cached is not None:
             return cached
         digit = token + 3
-        p = (self.counts.get(digit, 0) + UNIGRAM_ADD) / (self._unigrams + UNIGRAM_ADD * (self.vocab_size + 1))
+        p = (self._count(digit) + UNIGRAM_ADD) / (self._unigrams + UNIGRAM_ADD * (self.vocab_size + 1))
         h = 0  # the key of the context's last n - 1 symbols, grown from the right
         for n in range(2, self.order + 1):
             h += (context[len(context) - (n - 1)] + 3) * self._powers[n - 2]
-            total = self._total.get(h, 0)
+            total, types = self._total(h)
             if not total:  # a context never seen: no longer context that ends with it was either
                 break
-            c = self.counts.get(h * self.base + digit, 0)
-            p = max(c - DISCOUNT, 0.0) / total + DISCOUNT * self._types[h] / total * p
+            c = self._count(h * self.base + digit)
+            p = max(c - DISCOUNT, 0.0) / total + DISCOUNT * types / total * p
         value = math.log(p)
         if len(self._cache) >= CACHE_ENTRIES:  # a server decodes for days: start afresh, keep what comes next
             self._cache.clear()
@@ -123,14 +156,21 @@ class TokenNgramLM:
 
     def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, order) n-grams right-aligned and left-padded with 0 (no symbol is 0), in the smallest
-        integer type that holds the vocabulary (a character LM's millions of n-grams: int8), (N,) int32 counts."""
+        integer type that holds the vocabulary (a character LM's millions of n-grams: int8), (N,) int32 counts,
+        in key order."""
         dtype = next(t for t in (torch.int8, torch.int16, torch.int32) if self.vocab_size <= torch.iinfo(t).max)
-        items = sorted((self.gram(key), c) for key, c in self.counts.items())
-        rows = [(0,) * (self.order - len(gram)) + gram for gram, _ in items]
-        return (torch.tensor(rows, dtype=dtype).reshape(len(items), self.order),
-                torch.tensor([c for _, c in items], dtype=torch.int32))
+        rows = [(0,) * (self.order - len(gram)) + gram for gram in map(self.gram, self._keys)]
+        return (torch.tensor(rows, dtype=dtype).reshape(len(rows), self.order),
+                torch.tensor(list(self._counts), dtype=torch.int32))
 
     @classmethod
     def from_tensors(cls, grams: torch.Tensor, counts: torch.Tensor, vocab_size: int) -> "TokenNgramLM":
-        return cls(int(grams.shape[1]), vocab_size,
-                   {tuple(x for x in row if x != 0): int(c) for row, c in zip(grams.tolist(), counts.tolist())})
+        """The LM of `to_tensors()`' output (rows in any order)."""
+        lm = cls(int(grams.shape[1]), vocab_size)
+        lm._index(grams.numpy().astype(np.int64), counts.numpy().astype(np.int64))
+        return lm
+
+
+def _flat(values: np.ndarray) -> array | list:
+    """A C array of 64-bit integers for bisection (8 bytes an entry); a list where they do not fit."""
+    return array("q", values.tobytes()) if values.dtype == np.int64 else values.tolist()
