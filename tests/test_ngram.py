@@ -180,11 +180,14 @@ def test_the_logprob_memo_stays_bounded_and_never_changes_a_value(monkeypatch):
     import speechwire.ngram as ngram
 
     monkeypatch.setattr(ngram, "CACHE_ENTRIES", 5)
+    monkeypatch.setattr(ngram, "FOLLOWER_ENTRIES", 3)
     lm = TokenNgramLM.build([[1, 2, 3, 4], [2, 3, 1], [4, 4, 2]], order=3, vocab_size=4)
     pairs = [(lm.context(prefix), token) for prefix in ([], [1], [2, 3], [4, 4], [3]) for token in (1, 2, 3, 4, EOS)]
     first = [lm.logprob(c, t) for c, t in pairs]
-    assert len(lm._cache) <= 5
+    assert len(lm._cache) <= 5 and len(lm._followers_memo) <= 3
     assert [lm.logprob(c, t) for c, t in pairs] == first
+    fresh = TokenNgramLM.build([[1, 2, 3, 4], [2, 3, 1], [4, 4, 2]], order=3, vocab_size=4)
+    assert [fresh.logprob(c, t) for c, t in reversed(pairs)][::-1] == first
 
 
 def _exhaustive_label_best(log_probs: np.ndarray, lm, lm_weight: float, bonus: float) -> tuple[list[int], float]:

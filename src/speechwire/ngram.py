@@ -31,15 +31,20 @@ UNIGRAM_ADD = 0.1
 # logprob's memo: ~3,000 new entries per clip with a character 7-gram LM, ~175 bytes each, so the
 # cap holds ~80 clips' worth in ~45 MB (2 million entries grew a server by ~0.35 GB)
 CACHE_ENTRIES = 250_000
+# _followers' memo: one small table per context, ~0.5 kB each with a character 7-gram LM; 16 real
+# clips ask ~11,000 contexts
+FOLLOWER_ENTRIES = 20_000
 
 
 class TokenNgramLM:
     """Counts of every n-gram up to `order` over head-index sequences.
 
     Each n-gram is kept as one integer (`key`: its symbols as the digits of a number in base K + 4,
-    no digit 0, so n-grams of every length get distinct keys), in sorted flat arrays found by
-    bisection: a character 7-gram LM of the demo's corpus (459k n-grams) takes 0.012 GiB this way
-    (0.07 in dictionaries: a Python int and a dict slot per key), and loads in 0.2 s instead of 2.4.
+    no digit 0, so n-grams of every length get distinct keys) in one sorted flat array: a
+    character 7-gram LM of the demo's corpus (459k n-grams) takes 0.01 GiB this way (0.07 in
+    dictionaries: a Python int and a dict slot per key) and loads in 0.2 s instead of 2.4. The
+    followers of a context are one run of that array (`_followers`), read into a small table the
+    first time decoding asks for the context.
 
     Args:
         order: n (3 = trigram).
@@ -61,34 +66,33 @@ class TokenNgramLM:
         self._cache: dict[tuple[tuple[int, ...], int], float] = {}
 
     def _index(self, grams: np.ndarray, counts: np.ndarray) -> None:
-        """Sorted key tables of `grams` ((N, order) symbols, right-aligned, left-padded with 0)."""
+        """Sorted key table of `grams` ((N, order) symbols, right-aligned, left-padded with 0)."""
         # keys up to base**order: int64 where they fit (a character 7-gram LM: 44**7), else Python ints
         dtype = np.int64 if self.base**self.order < 2**63 else object
         keys = np.zeros(len(grams), dtype=dtype)
         for column in grams.T.astype(dtype):
             keys = np.where(column != 0, keys * self.base + column + 3, keys)
-        last = grams[:, -1].astype(dtype) if len(grams) else keys
-        contexts = (keys - last - 3) // self.base
         order = np.argsort(keys, kind="stable")
         self._keys, self._counts = _flat(keys[order]), _flat(counts[order])
-        # per context key: the counts' total and the number of distinct followers
-        context_keys, which = np.unique(contexts, return_inverse=True)
-        totals = np.zeros(len(context_keys), dtype=np.int64)
-        np.add.at(totals, which, counts)
-        self._contexts, self._totals = _flat(context_keys), _flat(totals)
-        self._types = _flat(np.bincount(which, minlength=len(context_keys)))
-        self._unigrams = self._total(0)[0]
+        self._followers_memo: dict[int, tuple[dict[int, int], int]] = {}
 
-    def _count(self, key: int) -> int:
-        i = bisect_left(self._keys, key)
-        return self._counts[i] if i < len(self._keys) and self._keys[i] == key else 0
+    def _followers(self, context: int) -> tuple[dict[int, int], int]:
+        """The n-grams that continue a context key, as {last digit: count}, and their total count.
 
-    def _total(self, context: int) -> tuple[int, int]:
-        """(the counts' total, the number of distinct followers) of a context key; (0, 0) if unseen."""
-        i = bisect_left(self._contexts, context)
-        if i < len(self._contexts) and self._contexts[i] == context:
-            return self._totals[i], self._types[i]
-        return 0, 0
+        The keys of a context's followers (context * base + digit, digit < base) are one run of the
+        sorted keys, found by two bisections; the tables are memoised per context (decoding asks
+        the same few contexts for each of the beam's candidate tokens)."""
+        memo = self._followers_memo.get(context)
+        if memo is None:
+            first = context * self.base
+            lo = bisect_left(self._keys, first)
+            hi = bisect_left(self._keys, first + self.base, lo)
+            counts = self._counts[lo:hi]
+            memo = ({key - first: c for key, c in zip(self._keys[lo:hi], counts)}, sum(counts))
+            if len(self._followers_memo) >= FOLLOWER_ENTRIES:
+                self._followers_memo.clear()
+            self._followers_memo[context] = memo
+        return memo
 
     def items(self) -> Iterator[tuple[int, int]]:
         """(key, count) of every n-gram, in key order."""
@@ -137,15 +141,15 @@ class TokenNgramLM:
         if cached is not None:
             return cached
         digit = token + 3
-        p = (self._count(digit) + UNIGRAM_ADD) / (self._unigrams + UNIGRAM_ADD * (self.vocab_size + 1))
+        followers, total = self._followers(0)
+        p = (followers.get(digit, 0) + UNIGRAM_ADD) / (total + UNIGRAM_ADD * (self.vocab_size + 1))
         h = 0  # the key of the context's last n - 1 symbols, grown from the right
         for n in range(2, self.order + 1):
             h += (context[len(context) - (n - 1)] + 3) * self._powers[n - 2]
-            total, types = self._total(h)
+            followers, total = self._followers(h)
             if not total:  # a context never seen: no longer context that ends with it was either
                 break
-            c = self._count(h * self.base + digit)
-            p = max(c - DISCOUNT, 0.0) / total + DISCOUNT * types / total * p
+            p = max(followers.get(digit, 0) - DISCOUNT, 0.0) / total + DISCOUNT * len(followers) / total * p
         value = math.log(p)
         if len(self._cache) >= CACHE_ENTRIES:  # a server decodes for days: start afresh, keep what comes next
             self._cache.clear()
