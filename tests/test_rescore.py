@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from speechwire.config import ConfigError, load_config
 from speechwire.llm import RowSubsetHead
-from speechwire.rescore import choose, start_token, text_logprobs
+from speechwire.rescore import candidate_logprobs, choose, start_token, text_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,27 @@ def test_batched_logprobs_equal_each_text_scored_alone(llm, texts):
         assert float(plain[i]) == pytest.approx(alone, abs=1e-4)
         assert float(via_head[i]) == pytest.approx(alone, abs=1e-4)
         assert float(via_rows[i]) == pytest.approx(alone, abs=1e-4)
+
+
+@given(st.lists(st.tuples(st.lists(st.integers(3, 60), max_size=6),
+                          st.lists(st.lists(st.integers(3, 60), max_size=5), min_size=1, max_size=4)),
+                min_size=1, max_size=6), st.integers(1, 4))
+@settings(max_examples=30, deadline=None)
+def test_shared_prefix_scores_equal_each_text_scored_alone(llm, items, chunk):
+    """candidate_logprobs: each item's common beginning run once, the rests after its cache rows
+    (chunked, in length order, across items): every candidate gets its own full-text score,
+    including a candidate that is the whole common prefix and one-token candidates."""
+    candidates = [[shared + rest for rest in rests] for shared, rests in items]
+    candidates = [[c for c in cands if c] or [[7]] for cands in candidates]
+    with torch.no_grad():
+        got = candidate_logprobs(llm, None, candidates, start=1, chunk=chunk)
+        every_row = RowSubsetHead(llm.get_output_embeddings().weight, list(range(llm.config.vocab_size)))
+        via_rows = candidate_logprobs(llm, every_row, candidates, start=1, chunk=chunk)
+    assert [len(g) for g in got] == [len(c) for c in candidates]
+    for cands, scores, row_scores in zip(candidates, got, via_rows):
+        for ids, score, row_score in zip(cands, scores, row_scores):
+            alone = _one_by_one(llm, ids, 1)
+            assert score == pytest.approx(alone, abs=1e-4) and row_score == pytest.approx(alone, abs=1e-4)
 
 
 def test_choose_weighs_the_beam_score_against_the_llm(llm):
