@@ -32,6 +32,7 @@ bench: install   # the CPU benchmarks whose tables docs/ records: adapters.md, t
 	$(BIN)/python benchmarks/grid_cache.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/asr_speed.py --limit 50 --threads 1
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/asr_speed.py --task st --limit 50 --threads 1 --out docs/results/speed/st
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/transcribe_memory.py --json docs/results/speed/memory_profile.json
 
 bench-serve: install   # `speechwire serve` load test on the demo's real ASR run at concurrency 1, 4, 16 (docs/serving.md)
 	test -f runs/demo-asr/config.yaml || $(BIN)/speechwire demo --limit 3 --out runs/demo-asr --quiet
