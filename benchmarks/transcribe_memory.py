@@ -33,16 +33,16 @@ class Sampler:
         threading.Thread(target=self._run, daemon=True).start()
 
     @staticmethod
-    def status(field: str) -> int:
-        """A /proc/self/status field in bytes (VmRSS, VmHWM); 0 where there is none."""
+    def resident() -> int:
+        """VmRSS of /proc/self/status in bytes; 0 where there is none."""
         for line in STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
 
     def _run(self) -> None:
         while True:
-            self.samples.append((self.step, self.status("VmRSS")))
+            self.samples.append((self.step, self.resident()))
             time.sleep(self.interval)
 
     def wrap(self, owner, name: str, label: str | None = None) -> None:
@@ -91,6 +91,7 @@ def main() -> int:
     import speechwire.model as model_module
     from speechwire.audio import load_audio
     from speechwire.longform import join_text, transcribe_long
+    from speechwire.memory import peak_memory_gib
     from speechwire.model import SpeechLLM
 
     if args.tiny:
@@ -123,7 +124,7 @@ def main() -> int:
     sampler.step = "end"
     time.sleep(0.02)
     rows = sampler.table()
-    peak = round(Sampler.status("VmHWM") / GIB, 3)
+    peak = peak_memory_gib()  # VmHWM: what /usr/bin/time reports
 
     print(f"{run} on {audio} ({len(wav) / 16000:.1f} s): {text!r}\n")
     print("| step | lowest VmRSS GiB | highest VmRSS GiB |")

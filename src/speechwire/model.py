@@ -17,7 +17,6 @@ collator's BatchTokenizer (DataLoader workers), or from `with_tokens` for batche
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import warnings
 from collections.abc import Mapping
@@ -51,7 +50,7 @@ from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.lexicon import WORD_KEYS
 from speechwire.llm import LATIN_LANGUAGES, ChatPrompter, RowSubsetHead, latin_token_ids, load_llm, load_tokenizer
 from speechwire.memory import trim_heap
-from speechwire.prefix_cache import PrefixCache, common_prefix
+from speechwire.prefix_cache import PrefixCache, cache_keyword, common_prefix, returned_cache
 from speechwire.rescore import choose, start_token
 
 WEIGHTS_NAME = "trainable.safetensors"
@@ -185,7 +184,7 @@ class SpeechLLM(nn.Module):
             start = embedding.weight.detach().float().mean(0)
         self.audio_markers = nn.Parameter(start.expand(2, d_llm).clone())  # (2, d_llm): start, end
         self.align_head = TiedCTCHead(embedding.weight, a.temperature, fresh) if has_head else None
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
+        self._cache_kw = cache_keyword(self.llm)
         # KV cache of the prompt before the audio, shared by every batch (prefix_cache.py); None: no reuse
         self.prefix_cache: PrefixCache | None = PrefixCache()
         self._latin_head: RowSubsetHead | None = None  # llm.output_vocab=auto, built at the first Latin answer
@@ -574,7 +573,7 @@ class SpeechLLM(nn.Module):
             run = self.llm if head is None else self.llm.get_decoder()  # the decoder: hidden states, no lm_head
             res = run(inputs_embeds=state["inputs"], attention_mask=state["mask"], position_ids=state["positions"],
                       use_cache=True, **{self._cache_kw: state["cache"]}, **({"logits_to_keep": 1} if head is None else {}))
-            state["cache"] = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+            state["cache"] = returned_cache(res)
             return res.logits[:, -1] if head is None else head(res.last_hidden_state[:, -1])
 
         # hand-written, not HF generate: per-item positions and stops make a batch decode what its items decode alone

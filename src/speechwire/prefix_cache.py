@@ -19,6 +19,7 @@ Letters: B batch, P prefix tokens, d_llm LLM width.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections import OrderedDict
 from typing import Callable
@@ -32,6 +33,16 @@ MAX_ENTRIES = 8  # prefixes kept per model (tasks x languages when the instructi
 def common_prefix(seqs: list[list[int]]) -> list[int]:
     """The longest list of ids every sequence starts with ([] for no sequences)."""
     return list(os.path.commonprefix(seqs))  # compares element by element, lists as well as strings ('' for none)
+
+
+def cache_keyword(module: nn.Module) -> str:
+    """The name `module.forward` takes a KV cache under: transformers renamed `past_key_values` to `cache`."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def returned_cache(output):
+    """The KV cache a transformers forward returned (under either name), or None."""
+    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
 
 
 class PrefixCache:
@@ -87,7 +98,7 @@ class PrefixCache:
             # only the keys and values are wanted: the decoder alone never reads the output layer
             # (0.54 GB on the demo LLM, whose pages would stay resident)
             res = llm.get_decoder()(**kwargs) if hasattr(llm, "get_decoder") else llm(**kwargs, logits_to_keep=1)
-            stored = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+            stored = returned_cache(res)
             if stored is None:
                 raise TypeError(f"{type(llm).__name__} returned no KV cache; prefix caching needs use_cache=True support")
             self._entries[key] = stored

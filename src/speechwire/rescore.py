@@ -12,11 +12,11 @@ rests after it (`candidate_logprobs`: a fifth less rescoring time than scoring e
 from __future__ import annotations
 
 import copy
-import inspect
-import os
 from collections.abc import Callable, Sequence
 
 import torch
+
+from speechwire.prefix_cache import cache_keyword, common_prefix, returned_cache
 
 Candidates = Sequence[tuple[Sequence[int], float]]  # one item's (LLM token ids, beam score), best first
 
@@ -67,11 +67,7 @@ def _padded_logprobs(llm, head, texts: Sequence[Sequence[int]], start: int, devi
         token_logprobs = scores.float().log_softmax(-1).gather(-1, wanted[:, None])[:, 0]
     else:  # the decoder's states at the scored positions only: no (N, L, V) for padding
         hidden = llm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
-        if hasattr(head, "logprobs"):  # a RowSubsetHead: (M, K) scores, never (M, V)
-            token_logprobs = head.logprobs(hidden, wanted)
-        else:
-            scores = (head or llm.get_output_embeddings())(hidden)
-            token_logprobs = scores.float().log_softmax(-1).gather(-1, wanted[:, None])[:, 0]
+        token_logprobs = _token_logprobs(llm, head, hidden, wanted)
     rows = torch.arange(len(texts), device=device)[:, None].expand_as(targets)[keep]
     return torch.zeros(len(texts), device=device).index_add_(0, rows, token_logprobs)
 
@@ -98,21 +94,23 @@ def candidate_logprobs(llm, head, items: Sequence[Sequence[Sequence[int]]], star
     if not hasattr(llm, "get_decoder"):
         return [text_logprobs(llm, head, cands, start).tolist() for cands in items]
     out: list[list[float]] = [[] for _ in items]
-    order = sorted(range(len(items)), key=lambda i: len(os.path.commonprefix([list(c) for c in items[i]])))
+    # each item's prefix: the start token + what all its candidates begin with (a whole candidate at most)
+    prefixes = [[start, *common_prefix([list(c) for c in cands])] for cands in items]
+    order = sorted(range(len(items)), key=lambda i: len(prefixes[i]))
     for i in range(0, len(order), chunk):  # items of similar prefix length together: little padding
         part = order[i: i + chunk]
-        for j, scores in zip(part, _shared_prefix_logprobs(llm, head, [items[j] for j in part], start, chunk)):
+        scored = _shared_prefix_logprobs(llm, head, [items[j] for j in part], [prefixes[j] for j in part], start, chunk)
+        for j, scores in zip(part, scored):
             out[j] = scores
     return out
 
 
-def _shared_prefix_logprobs(llm, head, items: Sequence[Sequence[Sequence[int]]], start: int,
-                            chunk: int) -> list[list[float]]:
-    """`candidate_logprobs` of a few items: one pass over their prefixes, then their candidates'
-    rests `chunk` at a time in length order, each after its item's cache rows."""
+def _shared_prefix_logprobs(llm, head, items: Sequence[Sequence[Sequence[int]]], prefixes: list[list[int]],
+                            start: int, chunk: int) -> list[list[float]]:
+    """`candidate_logprobs` of a few items (`prefixes`: start token + common prefix of each): one
+    pass over their prefixes, then their candidates' rests `chunk` at a time in length order,
+    each after its item's cache rows."""
     device = llm.get_input_embeddings().weight.device
-    # each item's prefix: the start token + what all its candidates begin with (a whole candidate at most)
-    prefixes = [[start, *os.path.commonprefix([list(c) for c in cands])] if cands else [start] for cands in items]
     width = max(map(len, prefixes))
     ids = torch.full((len(items), width), start, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
@@ -121,7 +119,7 @@ def _shared_prefix_logprobs(llm, head, items: Sequence[Sequence[Sequence[int]]],
         mask[i, : len(prefix)] = 1
     decoder = llm.get_decoder()
     first = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
-    cache = getattr(first, "cache", None) or getattr(first, "past_key_values", None)
+    cache = returned_cache(first)
     # (hidden row, target token, item, candidate) of every scored position
     hidden_rows, targets, owners = [], [], []
     shared = first.last_hidden_state  # (I, P, d)
@@ -137,7 +135,7 @@ def _shared_prefix_logprobs(llm, head, items: Sequence[Sequence[Sequence[int]]],
             targets.append(rest[0])
             owners.append((i, j))
     rests = sorted(((i, j, rest) for i, j, rest in rests if len(rest) > 1), key=lambda r: len(r[2]))
-    cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    cache_kw = cache_keyword(decoder)
     for k in range(0, len(rests), chunk):
         part = rests[k: k + chunk]
         rows = torch.tensor([i for i, _, _ in part], device=device)
@@ -160,16 +158,20 @@ def _shared_prefix_logprobs(llm, head, items: Sequence[Sequence[Sequence[int]]],
     scores = [[0.0] * len(cands) for cands in items]
     if not hidden_rows:
         return scores
-    hidden, wanted = torch.stack(hidden_rows), torch.tensor(targets, device=device)
-    if hasattr(head, "logprobs"):  # a RowSubsetHead: never (M, V)
-        token_logprobs = head.logprobs(hidden, wanted)
-    else:
-        logits = (head or llm.get_output_embeddings())(hidden)
-        token_logprobs = logits.float().log_softmax(-1).gather(-1, wanted[:, None])[:, 0]
+    token_logprobs = _token_logprobs(llm, head, torch.stack(hidden_rows), torch.tensor(targets, device=device))
     for (i, j), lp in zip(owners, token_logprobs.tolist()):
         for k in range(len(items[i])) if j is None else (j,):
             scores[i][k] += lp
     return scores
+
+
+def _token_logprobs(llm, head, hidden: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """(M, d) decoder states, (M,) next tokens -> (M,) their log-probabilities under `head` (a
+    `RowSubsetHead` scores its rows only, never (M, V)) or the LLM's output layer."""
+    if hasattr(head, "logprobs"):
+        return head.logprobs(hidden, wanted)
+    scores = (head or llm.get_output_embeddings())(hidden)
+    return scores.float().log_softmax(-1).gather(-1, wanted[:, None])[:, 0]
 
 
 def choose(llm, head, items: Sequence[Candidates], weight: float, start: int) -> list[int]:
