@@ -429,6 +429,9 @@ def test_lm_stage_with_posterior_readout_feeds_the_llm_token_embeddings(aligned)
     assert torch.allclose(vocab.T @ coef, speech.embeds[0, : speech.lengths[0]].T, atol=1e-4)
     together = model.generate(batch, max_new_tokens=4)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+    # eval.draft (on by default): what the head heard is verified as a draft; the answers are unchanged
+    undrafted = SpeechLLM.from_pretrained(out, ["eval.draft=false"]).eval()
+    assert model._greedy(batch, 12)[0] == undrafted._greedy(batch, 12)[0]
 
 
 def test_beam_decoding_with_the_stage_lm_feeds_the_llm_exact_token_embeddings(aligned, tmp_path):
@@ -463,6 +466,9 @@ def test_beam_decoding_with_the_stage_lm_feeds_the_llm_exact_token_embeddings(al
         assert torch.cdist(got, rows).min(-1).values.max() < 1e-4
     together = model.generate(batch, max_new_tokens=4)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+    # eval.draft (on by default): what the head heard is verified as a draft; the answers are unchanged
+    undrafted = SpeechLLM.from_pretrained(out, ["eval.draft=false"]).eval()
+    assert model._greedy(batch, 12)[0] == undrafted._greedy(batch, 12)[0]
     # align.rescore on a word-piece head: the LLM reads the rows of the beam text it scored best
     rescored = SpeechLLM.from_pretrained(out, ["align.rescore=1000", "align.rescore_margin=1000000"]).eval()
     with torch.no_grad():
@@ -540,11 +546,18 @@ def test_a_chars_head_spells_and_the_llm_reads_the_spelt_texts_own_tokens(aligne
     assert heard >= 2
     together = model.generate(batch, max_new_tokens=4)
     assert together == [model.generate(collate([it]), max_new_tokens=4)[0] for it in items]
+    # eval.draft (on by default): what the head heard is verified as a draft; the answers are unchanged
+    undrafted = SpeechLLM.from_pretrained(out, ["eval.draft=false"]).eval()
+    assert model._greedy(batch, 12)[0] == undrafted._greedy(batch, 12)[0]
     # eval.max_rewrite: the tiny random LLM writes noise, never a copy, so ASR answers fall back to what the head heard
     ids, spelt = model._greedy(batch, 4)
     assert spelt is not None and len(spelt) == 4 and all(s == sentence(s.rstrip(".").lower()) for s in spelt if s)
     guarded = SpeechLLM.from_pretrained(out, ["eval.max_rewrite=0.5"]).eval()
     assert guarded.generate(batch, max_new_tokens=4) == spelt
+    passes = []
+    guarded.llm.get_decoder().register_forward_hook(lambda *_: passes.append(1))
+    assert guarded.generate(batch, max_new_tokens=48) == [s for s in guarded._greedy(batch, 4)[1]]
+    assert len(passes) < 48 / 2  # the noise stops as soon as it is sure to be replaced, not after 48 tokens
     st_batch = dataclasses.replace(batch, tasks=["st"] * 4, tgt_langs=["de"] * 4, tokens=None)
     assert guarded.generate(st_batch, max_new_tokens=4) == model.generate(st_batch, max_new_tokens=4)  # ASR only
     # align.rescore: each item hears the one of its beam's best 3 texts (within the margin of the best's

@@ -54,7 +54,7 @@ def test_the_text_embeddings_go_between_the_audio_markers(model):
         if not prefills:
             prefills.append((kwargs["inputs_embeds"].detach().clone(), kwargs["attention_mask"].detach().clone()))
 
-    hook = model.llm.register_forward_pre_hook(first_call, with_kwargs=True)
+    hook = model.llm.get_decoder().register_forward_pre_hook(first_call, with_kwargs=True)
     cache, model.prefix_cache = model.prefix_cache, None  # the whole prompt in one pass (no cached prefix)
     try:
         model.generate_from_text(TEXTS)

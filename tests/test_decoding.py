@@ -3,10 +3,11 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechwire.decoding import clean_answer, logaddexp, loop_cut, word_change
+from speechwire.decoding import clean_answer, logaddexp, loop_cut, rewrite_bound, word_change
 
 
 def test_loop_cut_keeps_max_repeats_copies_of_a_token_or_a_phrase():
@@ -57,40 +58,66 @@ def test_clean_answer_keeps_what_may_have_been_said():
     assert clean_answer('"quoted"', None) == '"quoted"'  # no marker: quotes may be the text's own
 
 
-def _scripted(steps: list[list[int]], vocab: int = 10):
-    """next_logits that plays back `steps` (one token per item per step) and records what it was given."""
-    import torch
-
+def _scripted(steps: list[list[int]]):
+    """A greedy step that plays back `steps` (one token per item of the batch per step) and records
+    what it was given: (the tokens fed back, the items still decoding)."""
     given = []
 
-    def next_logits(tokens):
-        given.append(None if tokens is None else tokens.tolist())
+    def step(tokens, active):
+        given.append((tokens, list(active)))
         row = steps[len(given) - 1]
-        logits = torch.zeros(len(row), vocab)
-        logits[torch.arange(len(row)), torch.tensor(row)] = 1.0
-        return logits
-    return next_logits, given
+        return [[row[b]] for b in active]
+    return step, given
 
 
 def test_greedy_search_stops_each_item_on_its_own_and_feeds_back_its_choices():
     from speechwire.decoding import greedy_search
 
-    next_logits, given = _scripted([[1, 2], [9, 3], [4, 9], [5, 6]])
-    assert greedy_search(next_logits, 2, max_new=10, stops={9}) == [[1], [2, 3]]
-    assert given == [None, [1, 2], [9, 3]]  # stops once every item has hit a stop token
+    step, given = _scripted([[1, 2], [9, 3], [4, 9], [5, 6]])
+    assert greedy_search(step, 2, max_new=10, stops={9}) == [[1], [2, 3]]
+    # a finished item is no longer asked about; the step stops once every item has hit a stop token
+    assert given == [(None, [0, 1]), ([1, 2], [0, 1]), ([3], [1])]
 
 
 def test_greedy_search_cuts_loops_keeps_max_new_and_obeys_on_step():
     from speechwire.decoding import greedy_search
 
-    next_logits, _ = _scripted([[4, 1]] * 6)
-    assert greedy_search(next_logits, 2, max_new=6, stops={9}, max_repeats=2) == [[4, 4], [1, 1]]
-    next_logits, _ = _scripted([[4, 1], [5, 2], [6, 3]])
-    assert greedy_search(next_logits, 2, max_new=2, stops={9}) == [[4, 5], [1, 2]]
-    next_logits, given = _scripted([[4, 1], [5, 2], [6, 3]])
-    assert greedy_search(next_logits, 2, max_new=3, stops={9},
+    step, _ = _scripted([[4, 1]] * 6)
+    assert greedy_search(step, 2, max_new=6, stops={9}, max_repeats=2) == [[4, 4], [1, 1]]
+    step, _ = _scripted([[4, 1], [5, 2], [6, 3]])
+    assert greedy_search(step, 2, max_new=2, stops={9}) == [[4, 5], [1, 2]]
+    step, given = _scripted([[4, 1], [5, 2], [6, 3]])
+    assert greedy_search(step, 2, max_new=3, stops={9},
                          on_step=lambda answers: [0] if len(answers[0]) == 2 else None) == [[4, 5], [1, 2, 3]]
     assert greedy_search(_scripted([])[0], 3, max_new=0, stops={9}) == [[], [], []]
+
+
+def test_greedy_search_takes_several_proposed_tokens_through_the_same_checks():
+    from speechwire.decoding import greedy_search
+
+    given = []
+
+    def step(tokens, active):  # first pass: a verified draft; then one token per pass
+        given.append((tokens, list(active)))
+        return [[1, 2, 3], [5, 9, 7], [4, 4, 4, 4, 8], [6, 6]] if tokens is None else [[3] for _ in active]
+
+    # item 0: three tokens at once, then one per pass until max_new; 1: its stop token inside the
+    # proposal ends it there; 2: a loop inside the proposal is cut; 3: continues to max_new
+    assert greedy_search(step, 4, max_new=5, stops={9}) == [[1, 2, 3, 3, 3], [5], [4, 4, 4, 4, 8], [6, 6, 3, 3, 3]]
+    assert given[1] == ([3, 6], [0, 3])  # each item's newest token is what the model reads next
+    given.clear()
+    assert greedy_search(step, 4, max_new=5, stops={9}, max_repeats=2) == [[1, 2, 3, 3], [5], [4, 4], [6, 6, 3, 3]]
+
+
+def test_accept_draft_keeps_the_agreed_prefix_then_the_models_own_choice():
+    from speechwire.decoding import accept_draft
+
+    assert accept_draft([5, 6, 9], [5, 6]) == [5, 6, 9]
+    assert accept_draft([5, 7, 9], [5, 6]) == [5, 7]
+    assert accept_draft([8, 6, 9], [5, 6]) == [8]
+    assert accept_draft([4], []) == [4]
+    with pytest.raises(ValueError, match="one more"):
+        accept_draft([5, 6], [5, 6])
 
 
 def test_word_change_is_zero_for_a_copy_and_about_one_for_an_answer():
@@ -116,3 +143,18 @@ def test_word_change_is_an_edit_distance_over_the_heard_words(heard, answer):
 @settings(max_examples=300, deadline=None)
 def test_logaddexp_gives_numpys_value(x, y):
     assert logaddexp(x, y) == float(np.logaddexp(x, y)) == logaddexp(y, x)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["the", "cat", "Sat.", "on", "a", "mat,", "I'm", "42"]), max_size=12),
+       st.lists(st.sampled_from(["dog", "the", "ran", "x", "Mat", "?"]), max_size=40),
+       st.sampled_from([0.2, 0.5, 1.0, 2.5]))
+def test_an_answer_past_the_rewrite_bound_is_always_rewritten(heard, answer, limit):
+    heard_text, answer_text = " ".join(heard), " ".join(answer)
+    if len([w for w in answer if w != "?"]) > rewrite_bound(heard_text, limit):
+        assert word_change(heard_text, answer_text) > limit
+
+
+def test_rewrite_bound_counts_the_words_heard():
+    assert rewrite_bound("Press one, then pound.", 0.5) == 7  # 4 words + 2 changed + 1 for the rounding down
+    assert rewrite_bound("", 0.5) == 1 and rewrite_bound("", 2.0) == 3

@@ -101,6 +101,38 @@ def test_batched_generation_equals_one_by_one(tiny_llm_dir):
     assert batched == single
 
 
+def test_draft_verification_gives_the_plain_greedy_answer_in_fewer_passes(tiny_llm_dir):
+    """eval.draft: whatever the drafts (the answer itself, a wrong token midway, noise, longer than
+    the answer, none), the answers are the plain greedy ones; an agreeing draft saves the passes."""
+    model = build(tiny_llm_dir, seed=3).eval()
+    batch = model.with_tokens(make_batch([3200, 16000, 9000], ["a", "b", "c"], tasks=["asr", "st", "asr"],
+                                         tgt_langs=[None, "de", None]))
+    passes = []
+    model.llm.get_decoder().register_forward_hook(lambda *_: passes.append(1))
+    with torch.no_grad():
+        hidden, lengths = model.encode_audio(batch)
+        out = model._adapt(batch, hidden, lengths)
+        model._decode(batch, out.embeds, out.lengths, 10)  # the first call also computes the prompt prefix's cache
+        passes[:] = []
+        plain = model._decode(batch, out.embeds, out.lengths, 10)
+        assert len(passes) == 10  # the random LLM never stops: one pass per token
+        g = torch.Generator().manual_seed(0)
+        vocab = model.llm.get_input_embeddings().weight.shape[0]
+        noise = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (3, 0, 12)]
+        wrong = [a[:4] + [(a[4] + 1) % vocab] + a[5:] for a in plain]
+        for drafts in (plain, wrong, noise, [a + a for a in plain], [[], [], []], [plain[0], [], noise[2]]):
+            assert model._decode(batch, out.embeds, out.lengths, 10, drafts=drafts) == plain
+        passes[:] = []
+        model._decode(batch, out.embeds, out.lengths, 10, drafts=plain)
+        assert len(passes) == 1  # every draft agreed to max_new tokens: the first pass was the whole decode
+        passes[:] = []
+        model._decode(batch, out.embeds, out.lengths, 10, drafts=wrong)
+        assert len(passes) == 1 + 10 - 5  # 4 agreed + the model's own 5th token in the first pass
+        passes[:] = []
+        assert model._decode(batch, out.embeds, out.lengths, 10, drafts=[plain[0], [], []]) == plain
+        assert len(passes) == 10  # the items without a draft still take one pass per token
+
+
 def test_generate_from_waveform_list(tiny_llm_dir):
     model = build(tiny_llm_dir)
     waves = [torch.randn(4000).numpy(), torch.randn(7000)]

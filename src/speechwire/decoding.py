@@ -3,8 +3,10 @@
 The model computes next-token scores; what to do with them lives here (as in whisper's
 ``decoding.py``):
 
-- `greedy_search`: the LLM's answer, one best token per step until a stop token, for a whole
-  batch (the model hands it a function from the tokens just chosen to the next scores);
+- `greedy_search`: the LLM's answer, its best token at each step until a stop token, for a whole
+  batch (the model hands it a function from the tokens just chosen to the next ones);
+- `accept_draft`: a draft answer checked in one pass (``eval.draft``: the text the alignment head
+  heard, which the LLM mostly copies): the tokens the LLM agrees with, then its own;
 - `loop_cut`: a greedy loop, one token ("t t t t") or a phrase (a clause six times over),
   ends the answer after `max_repeats` copies;
 - `clean_answer`: the text without what the prompt made the LLM add: the quote marks the
@@ -23,7 +25,6 @@ import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
-import torch
 
 from speechwire.metrics import edit_distance
 from speechwire.ngram import EOS
@@ -33,14 +34,20 @@ MAX_LOOP_PERIOD = 24  # longest repeated phrase looked for, in tokens (a clause)
 StepCallback = Callable[[list[list[int]]], Iterable[int] | None]
 
 
-def greedy_search(next_logits: Callable[[torch.Tensor | None], torch.Tensor], batch_size: int, max_new: int,
-                  stops: set[int], max_repeats: int = 0, on_step: StepCallback | None = None) -> list[list[int]]:
-    """Greedy decoding of a batch: each item's best token per step until a stop token, a loop
-    (`loop_cut`), `max_new` tokens, or `on_step` stops it.
+# greedy_search's model side: (the tokens chosen last for the items still decoding, None at the first
+# call; their indices in the batch) -> per item the tokens the model proposes now, in order: its one
+# greedy token, or (draft verification) the draft tokens it agreed with and then its own next token
+GreedyStep = Callable[[list[int] | None, list[int]], list[list[int]]]
+
+
+def greedy_search(step: GreedyStep, batch_size: int, max_new: int, stops: set[int], max_repeats: int = 0,
+                  on_step: StepCallback | None = None) -> list[list[int]]:
+    """Greedy decoding of a batch: each item's best tokens until a stop token, a loop (`loop_cut`),
+    `max_new` tokens, or `on_step` stops it.
 
     Args:
-        next_logits: (B,) the tokens chosen at the last step (None at the first) -> (B, V) scores
-            of the next token; it keeps the model's own state (KV cache, positions).
+        step: see GreedyStep; it keeps the model's own state (KV cache, positions) and is only
+            asked about the items still decoding (a finished item's rows can be dropped).
         batch_size: B.
         max_new: most tokens generated per item.
         stops: token ids that end an item (not part of its answer).
@@ -48,28 +55,56 @@ def greedy_search(next_logits: Callable[[torch.Tensor | None], torch.Tensor], ba
         on_step: see StepCallback.
 
     Returns:
-        The generated ids per item, stop token excluded.
+        The generated ids per item, stop token excluded: what one token per step would give, as
+        the proposals are taken token by token through the same checks.
     """
     done = [False] * batch_size
     answers: list[list[int]] = [[] for _ in range(batch_size)]
-    token = None
-    for _ in range(max_new):
-        token = next_logits(token).float().argmax(-1)  # (B,)
-        for b, t in enumerate(token.tolist()):
-            if done[b] or t in stops:
-                done[b] = True
-                continue
-            answers[b].append(t)
-            cut = loop_cut(answers[b], max_repeats)  # a token or phrase loop ends the item, extra copy cut
-            if cut is not None:
-                del answers[b][cut:]
-                done[b] = True
+    active, last = (list(range(batch_size)) if max_new > 0 else []), None
+    while active:
+        for b, proposed in zip(active, step(last, active)):
+            for t in proposed:
+                if t in stops:
+                    done[b] = True
+                    break
+                answers[b].append(t)
+                cut = loop_cut(answers[b], max_repeats)  # a token or phrase loop ends the item, extra copy cut
+                if cut is not None:
+                    del answers[b][cut:]
+                    done[b] = True
+                    break
+                if len(answers[b]) >= max_new:
+                    done[b] = True
+                    break
         if on_step is not None:
             for b in on_step(answers) or ():  # e.g. a streaming client went away: its item stops here
                 done[b] = True
-        if all(done):
-            break
+        active = [b for b in active if not done[b]]
+        last = [answers[b][-1] for b in active]  # each unfinished item's newest token is what the model reads next
     return answers
+
+
+def accept_draft(choices: list[int], draft: list[int]) -> list[int]:
+    """The greedy tokens a verification pass yields: the longest prefix of `draft` the model agrees
+    with, then the model's own choice after it.
+
+    Args:
+        choices: the model's greedy token after the prompt and after each of the first k draft
+            tokens, k = 0 .. len(draft) (len(draft) + 1 entries).
+        draft: the proposed answer tokens.
+
+    Examples:
+        choices [5, 6, 9], draft [5, 6] -> [5, 6, 9] (all agreed; 9 comes after the draft);
+        choices [5, 7, 9], draft [5, 6] -> [5, 7] (6 was not the model's choice: 7 is, and 9 came
+        after a 6 that is not there).
+    """
+    if len(choices) != len(draft) + 1:
+        raise ValueError(f"accept_draft: {len(choices)} choices for a draft of {len(draft)} tokens (need one more)")
+    agreed = 0
+    while agreed < len(draft) and choices[agreed] == draft[agreed]:
+        agreed += 1
+    return draft[:agreed] + [choices[agreed]]
+
 
 _PREAMBLE = re.compile(
     r"""^\s*(?:(?:sure|certainly|of\s+course|okay|ok|alright|yes)\b[\s,!.]*)?
@@ -130,11 +165,24 @@ def clean_answer(text: str, marker: str | None = None) -> str:
     return text.strip()
 
 
+def words(text: str) -> list[str]:
+    """The words `word_change` compares: lower case, punctuation dropped."""
+    return re.sub(r"[^\w' ]", " ", text.lower()).split()
+
+
 def word_change(heard: str, answer: str) -> float:
     """Word edit distance from `heard` to `answer` over the words heard (case and punctuation
     ignored): 0 for a faithful copy, ~1 for an answer to the question instead of its words."""
-    a, b = (re.sub(r"[^\w' ]", " ", t.lower()).split() for t in (heard, answer))
+    a, b = words(heard), words(answer)
     return edit_distance(a, b) / max(len(a), 1)
+
+
+def rewrite_bound(heard: str, max_rewrite: float) -> int:
+    """The most words an answer can have and still be kept under ``eval.max_rewrite``: one with more
+    changes more than `max_rewrite` of the words heard (the length difference alone), so decoding it
+    further is wasted: the heard text replaces it whatever comes next."""
+    n = len(words(heard))
+    return n + int(max(n, 1) * max_rewrite) + 1
 
 
 def ctc_beam_search(log_probs: np.ndarray, beam: int = 8, lm=None, lm_weight: float = 0.0,

@@ -44,7 +44,17 @@ from speechwire.align import (
 )
 from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
-from speechwire.decoding import StepCallback, clean_answer, ctc_nbest, greedy_search, label_nbest, word_change
+from speechwire.decoding import (
+    StepCallback,
+    accept_draft,
+    clean_answer,
+    ctc_nbest,
+    greedy_search,
+    label_nbest,
+    rewrite_bound,
+    word_change,
+    words,
+)
 from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.lexicon import WORD_KEYS
@@ -537,7 +547,29 @@ class SpeechLLM(nn.Module):
         batch = self.with_tokens(batch)
         hidden, enc_lengths = self.encode_audio(batch)
         out = self._adapt(batch, hidden, enc_lengths)
-        return self._decode(batch, out.embeds, out.lengths, max_new, on_step), out.heard
+        drafts = None
+        if self.cfg.eval.draft and out.heard is not None:  # the LLM mostly copies what the head heard (ASR)
+            drafts = [self.prompter.text_ids(h)[:max_new] if task == "asr" and h.strip() else []
+                      for h, task in zip(out.heard, batch.tasks)]
+        on_step = self._stop_overlong(out.heard, batch.tasks, on_step)
+        return self._decode(batch, out.embeds, out.lengths, max_new, on_step, drafts), out.heard
+
+    def _stop_overlong(self, heard: list[str] | None, tasks: list[str], on_step: StepCallback | None
+                       ) -> StepCallback | None:
+        """`on_step` that also stops an ASR answer once eval.max_rewrite will replace it by what the
+        head heard (decoding.rewrite_bound): a chatty answer no longer holds its batch for max_new steps."""
+        limit = self.cfg.eval.max_rewrite
+        if heard is None or limit <= 0:
+            return on_step
+        bounds = {b: rewrite_bound(h, limit) for b, (h, task) in enumerate(zip(heard, tasks)) if task == "asr"}
+
+        def guarded(answers: list[list[int]]) -> set[int]:
+            stop = set(on_step(answers) or ()) if on_step is not None else set()
+            for b, bound in bounds.items():  # a word is at least one token: count words only past the bound
+                if len(answers[b]) > bound and len(words(self.answer_text(answers[b]))) > bound:
+                    stop.add(b)
+            return stop
+        return guarded
 
     def _decode_inputs(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor):
         """The first decoding step's inputs: (B, L, d_llm) embeddings, the (B, P + L) attention mask,
@@ -556,29 +588,76 @@ class SpeechLLM(nn.Module):
         return inputs, mask, positions, cache
 
     def _decode(self, batch: Batch, embeds: torch.Tensor, lengths: torch.Tensor, max_new: int,
-                on_step: StepCallback | None = None) -> list[list[int]]:
+                on_step: StepCallback | None = None, drafts: list[list[int]] | None = None) -> list[list[int]]:
         """Greedy decoding (KV cache) of the prompts around `embeds` (B, T', d_llm): the generated ids
-        per item, cut before the stop token."""
+        per item, cut before the stop token.
+
+        drafts: per item, answer tokens to verify in the first pass (eval.draft: what the head heard;
+            [] for none): the answer is the same as without them, in fewer LLM passes when they agree.
+            Items that have finished leave the batch, so later passes run only the rest."""
         inputs, mask, positions, cache = self._decode_inputs(batch, embeds, lengths)
         head = self._output_head(batch)
-        state = {"inputs": inputs, "mask": mask, "positions": positions, "cache": cache,
-                 "next": positions[:, -1:] + 1}
+        run = self.llm.get_decoder()  # hidden states; the output rows are applied to the positions that need them
+        scores = head if head is not None else self.llm.get_output_embeddings()
+        state = {"rows": list(range(inputs.shape[0])), "mask": mask, "cache": cache, "next": positions[:, -1:] + 1}
 
-        def next_logits(tokens: torch.Tensor | None) -> torch.Tensor:
-            """(B,) the tokens just chosen (None: the prompt itself) -> (B, V) next-token scores."""
-            if tokens is not None:
-                state["inputs"] = self.llm.get_input_embeddings()(tokens)[:, None]  # (B, 1, d_llm)
-                state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(tokens), 1)], 1)
-                state["positions"], state["next"] = state["next"], state["next"] + 1
-            run = self.llm if head is None else self.llm.get_decoder()  # the decoder: hidden states, no lm_head
-            res = run(inputs_embeds=state["inputs"], attention_mask=state["mask"], position_ids=state["positions"],
-                      use_cache=True, **{self._cache_kw: state["cache"]}, **({"logits_to_keep": 1} if head is None else {}))
+        def forward(inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            res = run(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
+                      **{self._cache_kw: state["cache"]})
             state["cache"] = returned_cache(res)
-            return res.logits[:, -1] if head is None else head(res.last_hidden_state[:, -1])
+            return res.last_hidden_state
+
+        def keep(active: list[int]) -> None:
+            """Drop finished items' rows from the mask, positions and KV cache (a cache class that
+            cannot select rows keeps them: their outputs are ignored)."""
+            if active == state["rows"] or not hasattr(state["cache"], "batch_select_indices"):
+                return
+            where = {b: i for i, b in enumerate(state["rows"])}
+            idx = torch.tensor([where[b] for b in active], device=state["mask"].device)
+            state["mask"], state["next"] = state["mask"][idx], state["next"][idx]
+            state["cache"].batch_select_indices(idx)
+            state["rows"] = active
+
+        def step(tokens: list[int] | None, active: list[int]) -> list[list[int]]:
+            if tokens is None:
+                return first_pass()
+            keep(active)
+            fed = dict(zip(active, tokens))
+            chosen = torch.tensor([fed.get(b, 0) for b in state["rows"]], device=state["mask"].device)
+            state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(chosen), 1)], 1)
+            hidden = forward(self.llm.get_input_embeddings()(chosen)[:, None], state["mask"], state["next"])
+            state["next"] = state["next"] + 1
+            best = dict(zip(state["rows"], scores(hidden[:, -1]).float().argmax(-1).tolist()))
+            return [[best[b]] for b in active]
+
+        def first_pass() -> list[list[int]]:
+            if not drafts or not any(drafts):
+                hidden = forward(inputs, state["mask"], positions)
+                return [[t] for t in scores(hidden[:, -1]).float().argmax(-1).tolist()]
+            B, L, D = inputs.shape[0], inputs.shape[1], max(len(d) for d in drafts)
+            ids = torch.zeros(B, D, dtype=torch.long, device=inputs.device)
+            room = torch.zeros(B, D, dtype=state["mask"].dtype, device=inputs.device)
+            for b, d in enumerate(drafts):
+                ids[b, :len(d)] = torch.tensor(d, dtype=torch.long)
+                room[b, :len(d)] = 1
+            draft_embeds = self.llm.get_input_embeddings()(ids).to(inputs.dtype)
+            steps = torch.arange(1, D + 1, device=inputs.device)
+            state["mask"] = torch.cat([state["mask"], room], 1)  # draft padding hidden, like prompt padding
+            hidden = forward(torch.cat([inputs, draft_embeds], 1), state["mask"],
+                             torch.cat([positions, state["next"] + steps - 1], 1))[:, L - 1:]  # (B, D + 1, d)
+            proposals = []
+            for b, d in enumerate(drafts):
+                choices = scores(hidden[b, : len(d) + 1]).float().argmax(-1).tolist()
+                proposed = accept_draft(choices, d)
+                agreed = len(proposed) - 1
+                state["mask"][b, state["mask"].shape[1] - D + agreed:] = 0  # the draft tokens it did not take
+                proposals.append(proposed)
+            state["next"] = state["next"] + torch.tensor([len(p) - 1 for p in proposals], device=inputs.device)[:, None]
+            return proposals
 
         # hand-written, not HF generate: per-item positions and stops make a batch decode what its items decode alone
-        return greedy_search(next_logits, inputs.shape[0], max_new, set(self.prompter.stop_ids),
-                             self.cfg.eval.max_repeats, on_step)
+        return greedy_search(step, inputs.shape[0], max_new, set(self.prompter.stop_ids), self.cfg.eval.max_repeats,
+                             on_step)
 
     def _output_head(self, batch: Batch) -> RowSubsetHead | None:
         """llm.output_vocab=auto on the int8 path: the output layer's Latin-script rows when every item

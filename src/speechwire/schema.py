@@ -311,6 +311,10 @@ class EvalConfig:
     # > 0, ASR with align.vocab=chars: an answer that changes more than this share of the words the head
     # heard is replaced by them (the frozen LLM answered or chatted instead of copying; decoding.word_change)
     max_rewrite: float = 0.0
+    # ASR with align.vocab=chars: the text the head heard is handed to the LLM's first pass as a draft of
+    # its answer; the tokens it agrees with cost no further passes (the same answer as without, up to
+    # float rounding: speculative decoding with the head as the drafter)
+    draft: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_repeats < 0 or self.max_rewrite < 0:
