@@ -6,10 +6,13 @@ Helpers (ToyEncoder, make_batch, mustc_manifest, Forker, ...) live in tests/help
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# derived inference weights (derived.py) of the tests' throwaway models go to a throwaway folder
+os.environ.setdefault("SPEECHWIRE_DERIVED", tempfile.mkdtemp(prefix="speechwire-derived-"))
 
 import pytest
 import torch

@@ -134,3 +134,22 @@ def test_cpu_generation_hands_freed_heap_pages_back(tiny_llm_dir, monkeypatch):
     model = int8_model(tiny_llm_dir)
     model.generate_output(make_batch([4000], ["a"]), max_new_tokens=2)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+def test_an_earlier_starts_latin_rows_are_read_back_unchanged(tiny_llm_dir, tmp_path, monkeypatch, precision):
+    """derived.py: the first model keeps its Latin rows on disk; the next one reads them instead of
+    picking and quantising them again, and scores every hidden state the same."""
+    monkeypatch.setenv("SPEECHWIRE_DERIVED", str(tmp_path))
+    first = int8_model(tiny_llm_dir, f"llm.output_precision={precision}")
+    hidden = torch.randn(5, first.llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    reference = first._latin_rows()(hidden)
+    assert len(list(tmp_path.glob("latin-rows-*.safetensors"))) == 1
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the Latin rows were computed again")
+    monkeypatch.setattr(RowSubsetHead, "__init__", not_again)
+    second = int8_model(tiny_llm_dir, f"llm.output_precision={precision}")
+    head = second._latin_rows()
+    assert head.precision == precision and torch.equal(head.rows, first._latin_rows().rows)
+    assert torch.equal(head(hidden), reference)

@@ -100,6 +100,44 @@ def test_streamed_int8_load_equals_quantizing_a_plain_load(tiny_llm_dir):
     assert load_int8(tiny_llm_dir, LLMConfig(model=str(tiny_llm_dir)), CPU) is None  # auto: tiny stays float
 
 
+def test_the_second_int8_load_reads_the_first_ones_layers_and_is_bit_equal(tiny_llm_dir, tmp_path, monkeypatch):
+    """derived.py: the first load keeps its int8 layers on disk, the second builds them from there
+    without quantising; a damaged file or a changed model file is never read (computed again)."""
+    import os
+    import shutil
+
+    from speechwire import quantize
+    from speechwire.quantize import load_int8
+
+    monkeypatch.setenv("SPEECHWIRE_DERIVED", str(tmp_path / "derived"))
+    folder = tmp_path / "llm"
+    shutil.copytree(tiny_llm_dir, folder)
+    cfg = LLMConfig(model=str(folder), quantize="int8")
+    ids = torch.randint(0, 200, (2, 30), generator=torch.Generator().manual_seed(0))
+    first = load_int8(folder, cfg, CPU).eval()
+    files = list((tmp_path / "derived").glob("int8-llm-*.safetensors"))
+    assert len(files) == 1
+    quantised = []
+    monkeypatch.setattr(quantize, "quantize_linear_int8", lambda llm, names=None: quantised.append(names))
+    second = load_int8(folder, cfg, CPU).eval()
+    assert quantised == []  # every layer came from the file
+    with torch.no_grad():
+        assert torch.equal(first(input_ids=ids).logits, second(input_ids=ids).logits)
+    monkeypatch.undo()
+    monkeypatch.setenv("SPEECHWIRE_DERIVED", str(tmp_path / "derived"))
+    files[0].write_bytes(b"not a safetensors file")  # damaged: ignored, computed again and rewritten
+    with torch.no_grad():
+        assert torch.equal(load_int8(folder, cfg, CPU).eval()(input_ids=ids).logits, first(input_ids=ids).logits)
+    assert files[0].stat().st_size > 1000
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # the model file changed: another key
+    load_int8(folder, cfg, CPU)
+    assert len(list((tmp_path / "derived").glob("int8-llm-*.safetensors"))) == 2
+    monkeypatch.setenv("SPEECHWIRE_DERIVED", "off")
+    shutil.rmtree(tmp_path / "derived")
+    load_int8(folder, cfg, CPU)
+    assert not (tmp_path / "derived").exists()
+
+
 def test_streamed_load_falls_back_without_a_single_safetensors_file(tiny_llm_dir, tmp_path):
     import shutil
 

@@ -17,7 +17,7 @@ import logging
 import re
 import unicodedata
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from speechwire.data.manifest import language_name as manifest_language_name
+from speechwire.derived import DerivedReader
 from speechwire.errors import OFFLINE_SIGNS, loading
 from speechwire.memory import release_file_pages, trim_heap
 from speechwire.quantize import load_int8, quantize_for_inference
@@ -261,6 +262,9 @@ def _byte_level_bytes() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
+LATIN_ROWS_VERSION = 1  # bump when latin_token_ids picks differently (derived files keyed on it)
+
+
 def latin_token_ids(tokenizer, keep: set[int]) -> list[int]:
     """Ids of the tokens a Latin-script answer can use: pieces whose text is Latin letters, digits,
     punctuation, symbols, marks or spaces; byte pieces that can belong to such text (byte-level BPE,
@@ -333,6 +337,8 @@ class RowSubsetHead:
         self.precision = precision
         self.rows = torch.tensor(sorted({r for r in rows if r < weight.shape[0]}), dtype=torch.long, device=weight.device)
         self.weight, self._packed = None, []  # float rows (K, d), or the int8 kernels' packed row chunks
+        self._piece_rows: list[int] = []  # rows per packed chunk
+        self.width = weight.shape[1]
         if precision != "int8":
             self.weight = weight.new_empty(len(self.rows), weight.shape[1], dtype=torch_dtype(precision))
         for i in range(0, len(self.rows), chunk):
@@ -344,6 +350,7 @@ class RowSubsetHead:
                     scale[j: j + len(block)] = block.abs().amax(1).clamp_(min=1e-12).div_(127)
                     values[j: j + len(block)] = block.div_(scale[j: j + len(block), None]).round_().clamp_(-127, 127)
                 self._packed.append(_pack_int8(values, scale.double()))  # packed chunk by chunk: no whole int8 copy
+                self._piece_rows.append(len(part))
                 del values
             else:
                 for j, block in _float_blocks(weight, part):
@@ -351,6 +358,52 @@ class RowSubsetHead:
             trim_heap()  # else the heap keeps every chunk's freed temporaries resident (~0.2 GiB at the peak)
         self.vocab_size = weight.shape[0]
         self._position: torch.Tensor | None = None  # token id -> its row here (logprobs), built at first use
+
+    @classmethod
+    def from_derived(cls, derived: DerivedReader, vocab_size: int, precision: str) -> "RowSubsetHead | None":
+        """The head an earlier start kept (`derived_tensors`), read piece by piece; None if incomplete."""
+        rows, pieces = derived.get("rows"), []
+        if rows is None:
+            return None
+        head = cls.__new__(cls)
+        head.precision, head.rows, head.vocab_size, head._position = precision, rows, vocab_size, None
+        head.weight, head._packed, head._piece_rows, head.width = None, [], [], 0
+        if precision != "int8":
+            head.weight = derived.get("weight")
+            head.width = head.weight.shape[1] if head.weight is not None else 0
+            return head if head.weight is not None else None
+        while f"int8.{len(pieces)}" in derived:
+            values, scales = derived.get(f"int8.{len(pieces)}"), derived.get(f"scales.{len(pieces)}")
+            if values is None or scales is None:
+                return None
+            pieces.append(len(values))
+            head._packed.append(_pack_int8(values, scales))
+            head.width = values.shape[1]
+            del values, scales
+            trim_heap()  # as when the rows are computed: freed pieces would stay resident (~0.08 GiB)
+        head._piece_rows = pieces
+        return head if sum(pieces) == len(rows) else None
+
+    def derived_tensors(self) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], Callable[[str], torch.Tensor]]:
+        """What `from_derived` reads, as derived.save_derived's (specs, produce): the row ids, and the
+        rows (int8: each packed piece's values and scales, unpacked one piece at a time)."""
+        specs: list[tuple[str, torch.dtype, tuple[int, ...]]] = [("rows", torch.long, (len(self.rows),))]
+        if self.weight is not None:
+            specs.append(("weight", self.weight.dtype, tuple(self.weight.shape)))
+        for i, rows in enumerate(self._piece_rows):
+            specs += [(f"int8.{i}", torch.int8, (rows, self.width)), (f"scales.{i}", torch.float64, (rows,))]
+        last: dict[int, torch.Tensor] = {}  # one unpacked piece at a time
+
+        def produce(name: str) -> torch.Tensor:
+            if name in ("rows", "weight"):
+                return getattr(self, name)
+            part, _, piece = name.partition(".")
+            if int(piece) not in last:
+                last.clear()
+                last[int(piece)] = torch.ops.quantized.linear_unpack(self._packed[int(piece)])[0]
+            weight = last[int(piece)]
+            return weight.int_repr() if part == "int8" else weight.q_per_channel_scales()
+        return specs, produce
 
     def _scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """(M, d) -> (M, K) float32 scores of the rows."""

@@ -55,10 +55,19 @@ from speechwire.decoding import (
     word_change,
     words,
 )
+from speechwire.derived import DerivedReader, derived_key, save_derived
 from speechwire.encoders import SAMPLE_RATE, build_encoder
 from speechwire.files import read_safetensors, safetensors_bytes, write_atomic
 from speechwire.lexicon import WORD_KEYS
-from speechwire.llm import LATIN_LANGUAGES, ChatPrompter, RowSubsetHead, latin_token_ids, load_llm, load_tokenizer
+from speechwire.llm import (
+    LATIN_LANGUAGES,
+    LATIN_ROWS_VERSION,
+    ChatPrompter,
+    RowSubsetHead,
+    latin_token_ids,
+    load_llm,
+    load_tokenizer,
+)
 from speechwire.memory import trim_heap
 from speechwire.prefix_cache import PrefixCache, cache_keyword, common_prefix, returned_cache
 from speechwire.rescore import choose, start_token
@@ -673,9 +682,23 @@ class SpeechLLM(nn.Module):
         if self.cfg.llm.output_vocab != "auto" or self.llm_quantized != "int8" or getattr(head, "bias", None) is not None:
             return None
         if self._latin_head is None:
-            self._latin_head = RowSubsetHead(head.weight, latin_token_ids(self.tokenizer, set(self.prompter.stop_ids)),
-                                             precision=self.cfg.llm.output_precision)
+            self._latin_head = self._derived_latin_rows(head.weight)
         return self._latin_head
+
+    def _derived_latin_rows(self, weight: torch.Tensor) -> RowSubsetHead:
+        """The Latin rows as an earlier start kept them (derived.py: picking and quantising them is
+        ~2 s of a start), else computed and kept for the next one."""
+        folder = Path(getattr(self.llm, "name_or_path", "") or ".")
+        sources = [folder / name for name in ("model.safetensors", "tokenizer.json") if (folder / name).is_file()]
+        stops, precision = set(self.prompter.stop_ids), self.cfg.llm.output_precision
+        key = derived_key("latin-rows", sources, precision=precision, stops=sorted(stops), rows=LATIN_ROWS_VERSION,
+                          shape=list(weight.shape)) if len(sources) == 2 else None
+        head = RowSubsetHead.from_derived(DerivedReader(key), weight.shape[0], precision) if key else None
+        if head is None:
+            head = RowSubsetHead(weight, latin_token_ids(self.tokenizer, stops), precision=precision)
+            if key:
+                save_derived(key, *head.derived_tensors())
+        return head
 
     # --- checkpoints ------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from speechwire.derived import DerivedReader, derived_key, save_derived
 from speechwire.memory import trim_heap
 from speechwire.schema import LLMConfig, torch_dtype
 
@@ -115,10 +116,19 @@ def load_int8(folder: str | Path, cfg: LLMConfig, device: torch.device) -> nn.Mo
     if set(names) != set(llm.state_dict()) - set(tied):
         return None
     int8 = set(_int8_names(llm))
+    derived_name = derived_key("int8-llm", [file], dtype=cfg.dtype, layers=sorted(int8))
+    derived = DerivedReader(derived_name)
     modules: dict[str, list[str]] = {}
     for name in names:
         modules.setdefault(name.rpartition(".")[0], []).append(name)
+    complete = True
     for module, keys in modules.items():
+        if module in int8:
+            linear = _derived_int8_linear(derived, module)
+            if linear is not None:  # quantised by an earlier start: its float weights are not read
+                llm.set_submodule(module, linear)
+                continue
+            complete = False
         owner = llm.get_submodule(module)
         for key in keys:  # the file opened per tensor: its mapping's pages leave this process as it closes
             with safe_open(str(file), framework="pt") as f:
@@ -135,7 +145,51 @@ def load_int8(folder: str | Path, cfg: LLMConfig, device: torch.device) -> nn.Mo
             quantize_linear_int8(llm, [module])
     llm.tie_weights()
     trim_heap()  # glibc keeps the freed float32 layers' heap pages resident until asked (~0.14 GiB on the demo)
+    if not complete:
+        _save_int8_layers(llm, derived_name, sorted(int8))
     return llm
+
+
+_INT8_PARTS = ("int8", "scales", "zero_points", "bias")
+
+
+def _derived_int8_linear(derived: DerivedReader, module: str) -> nn.Module | None:
+    """Layer `module` of an earlier start's int8 LLM (derived.py), or None when the file lacks it."""
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    values, scales, zeros = (derived.get(f"{module}.{part}") for part in _INT8_PARTS[:3])
+    if values is None or scales is None or zeros is None:
+        return None
+    bias = derived.get(f"{module}.bias")
+    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        weight = torch._make_per_channel_quantized_tensor(values, scales, zeros, 0)
+        linear = Linear(values.shape[1], values.shape[0], bias_=bias is not None, dtype=torch.qint8)
+        linear.set_weight_bias(weight, bias)
+    return linear
+
+
+def _save_int8_layers(llm: nn.Module, key: str, layers: list[str]) -> None:
+    """Keep the int8 layers for the next start (derived.py): values, per-row scales and zero points, bias."""
+    specs, unpacked = [], {}
+    for name in layers:
+        linear = llm.get_submodule(name)
+        rows, cols = linear.out_features, linear.in_features
+        specs += [(f"{name}.int8", torch.int8, (rows, cols)), (f"{name}.scales", torch.float64, (rows,)),
+                  (f"{name}.zero_points", torch.int64, (rows,))]
+        if linear.bias() is not None:
+            specs.append((f"{name}.bias", torch.float32, (rows,)))
+
+    def produce(tensor_name: str) -> torch.Tensor:
+        name, _, part = tensor_name.rpartition(".")
+        if name not in unpacked:
+            unpacked.clear()  # one layer's copies at a time
+            unpacked[name] = llm.get_submodule(name)._weight_bias()
+        weight, bias = unpacked[name]
+        return {"int8": weight.int_repr, "scales": weight.q_per_channel_scales,
+                "zero_points": weight.q_per_channel_zero_points, "bias": lambda: bias}[part]()
+    save_derived(key, specs, produce)
 
 
 def quantize_for_inference(llm: nn.Module, cfg: LLMConfig, device: torch.device) -> str:
