@@ -133,7 +133,9 @@ def save_derived(key: str, specs: list[tuple[str, torch.dtype, tuple[int, ...]]]
                 if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
                     raise ValueError(f"derived tensor {name}: {tensor.dtype} {tuple(tensor.shape)}, "
                                      f"announced {dtype} {tuple(shape)}")
-                out.write(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+                if tensor.numel():
+                    out.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
+                del tensor
         os.replace(tmp, path)
         return path
     except OSError as e:
