@@ -8,6 +8,8 @@ Systems (ASR), each in its own process (so its peak resident memory is its own),
 another, same torch/CTranslate2 threads:
 - speechwire: the shipped demo run as `speechwire transcribe/evaluate/serve` load it now
   (llm.quantize=auto: int8 LLM on the CPU; prompt-prefix KV cache);
+- speechwire one by one: the same, one clip per call (as faster-whisper runs and `speechwire
+  transcribe` decodes a file); "no draft": also without eval.draft (the LLM's answer token by token);
 - speechwire rescoring: the same with align.rescore=0.7 (the frozen LLM picks among the beam's best texts);
 - speechwire float32 rows: the same with llm.output_precision=float32 (the Latin output rows as the
   layer stores them, the default before int8 rows);
@@ -44,11 +46,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ASR_SYSTEMS = ("speechwire", "speechwire rescoring", "speechwire float32 rows", "speechwire full vocab", "speechwire fp32",
+ASR_SYSTEMS = ("speechwire", "speechwire one by one", "speechwire one by one, no draft", "speechwire rescoring",
+               "speechwire float32 rows", "speechwire full vocab", "speechwire fp32",
                "faster-whisper int8", "faster-whisper fp32", "plain HF whisper")
 ST_SYSTEMS = ("speechwire", "speechwire rescoring", "speechwire float32 rows", "speechwire full vocab", "speechwire fp32")
 # each speechwire system: the shipped run loaded with these overrides
-SPEECHWIRE_OVERRIDES = {"speechwire": [], "speechwire rescoring": ["align.rescore=0.7"],
+SPEECHWIRE_OVERRIDES = {"speechwire": [], "speechwire one by one": ["eval.batch_size=1"],
+                        "speechwire one by one, no draft": ["eval.batch_size=1", "eval.draft=false"],
+                        "speechwire rescoring": ["align.rescore=0.7"],
                         "speechwire float32 rows": ["llm.output_precision=float32"],
                         "speechwire full vocab": ["llm.output_vocab=full"], "speechwire fp32": ["llm.quantize=none"]}
 SILENCE_S = 0.5  # between clips of the long recording
