@@ -18,6 +18,7 @@ The files are safetensors (data, never pickle), ~0.4 GB for the demo's LLM.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -139,7 +140,9 @@ def save_derived(key: str, specs: list[tuple[str, torch.dtype, tuple[int, ...]]]
         os.replace(tmp, path)
         return path
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         log.warning("could not keep derived weights in %s (%s): the next start computes them again "
                     "(set %s to a writable folder, or to off)", folder, e, DIR_ENV)
         return None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # only left when the rename did not happen

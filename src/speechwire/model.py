@@ -692,7 +692,7 @@ class SpeechLLM(nn.Module):
         sources = [folder / name for name in ("model.safetensors", "tokenizer.json") if (folder / name).is_file()]
         stops, precision = set(self.prompter.stop_ids), self.cfg.llm.output_precision
         key = derived_key("latin-rows", sources, precision=precision, stops=sorted(stops), rows=LATIN_ROWS_VERSION,
-                          shape=list(weight.shape)) if len(sources) == 2 else None
+                          shape=list(weight.shape), vocab=len(self.tokenizer)) if len(sources) == 2 else None
         head = RowSubsetHead.from_derived(DerivedReader(key), weight.shape[0], precision) if key else None
         if head is None:
             head = RowSubsetHead(weight, latin_token_ids(self.tokenizer, stops), precision=precision)
