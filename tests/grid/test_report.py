@@ -100,3 +100,25 @@ def test_where_from_the_command_line_with_out(tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
     assert "the runs with llm = good, adapter = mlp or conv" in (out / "report.md").read_text()
+
+
+def test_learning_curves_are_read_from_the_runs_dev_logs(tmp_path):
+    from speechwire.grid.report import dev_curve, learning_curves
+
+    for enc, ad, seed, wer in [("tiny", "mlp", 0, 0.6), ("tiny", "conv", 0, 1.0), ("base", "mlp", 0, 0.5)]:
+        _run(tmp_path, enc, ad, seed, wer)
+    rows, factors = collect(tmp_path)
+    assert learning_curves(tmp_path / "plots", tmp_path, rows, factors) == []  # no run logged a dev evaluation
+    log = tmp_path / rows[0]["run"] / "align" / "log.jsonl"
+    log.parent.mkdir()
+    log.write_text("\n".join([json.dumps({"step": 25, "loss": 3.0}),
+                              json.dumps({"step": 250, "dev": {"asr": {"wer": 0.9, "wer_percent": 90.0}}}),
+                              '{"step": 500, "dev": {"asr": {"wer": 0.7',  # a line cut short by a kill
+                              json.dumps({"step": 500, "dev": {"asr": {"wer": 0.7}}})]))
+    assert dev_curve(tmp_path / rows[0]["run"]) == [(250, 90.0, "wer"), (500, 70.0, "wer")]
+    (tmp_path / rows[1]["run"] / "log.jsonl").write_text(  # no alignment stage: the run's own log
+        json.dumps({"step": 10, "dev": {"st": {"bleu": 3.0}}}) + "\n" + json.dumps({"step": 20, "dev": {"st": {"bleu": 5.0}}}))
+    assert dev_curve(tmp_path / rows[1]["run"]) == [(10, 3.0, "bleu"), (20, 5.0, "bleu")]
+    [png] = learning_curves(tmp_path / "plots", tmp_path, rows, factors)
+    assert png.name == "learning_curves.png" and png.stat().st_size > 1000
+    assert "learning_curves.png" in write_report(tmp_path).read_text()

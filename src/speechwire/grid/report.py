@@ -198,6 +198,8 @@ def write_report(grid_dir: str | Path, plots: bool = True, where: dict[str, list
     (out / "results.json").write_text(json.dumps({"factors": factors, "where": where, "rows": rows,
                                                   "analysis": analysis}, indent=2))
     images = make_plots(out / "plots", rows, factors, analysis) if plots else []
+    if plots:
+        images += learning_curves(out / "plots", grid_dir, rows, factors)
     title = f"# Grid report: {grid_dir.name}" + (", the runs with " + ", ".join(
         f"{f} = {' or '.join(levels)}" for f, levels in where.items()) if where else "")
     lines = [title, "", f"{len(rows)} finished run(s); factors: "
@@ -327,6 +329,59 @@ def make_plots(folder: Path, rows: list[dict[str, Any]], factors: list[str], ana
         ax.legend(fontsize=7)
         out.append(_save(fig, folder / "variance_shares.png"))
     return out
+
+
+def dev_curve(run_dir: Path) -> list[tuple[int, float, str]]:
+    """(step, dev value, metric) of a run's alignment stage (align/log.jsonl), else of its own
+    log.jsonl: the dev evaluations `train.eval_every` wrote (the first metric of the first task;
+    WER in percent)."""
+    for log in (run_dir / "align" / "log.jsonl", run_dir / "log.jsonl"):
+        points = []
+        if log.is_file():
+            for line in log.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                dev = rec.get("dev") if isinstance(rec, dict) else None
+                if dev and rec.get("step"):
+                    task = next(iter(dev.values()), {})
+                    metric = next((m for m in METRICS if isinstance(task.get(m), (int, float))), None)
+                    if metric is not None:
+                        points.append((int(rec["step"]), float(task[metric]) * (100 if metric == "wer" else 1), metric))
+        if points:
+            return points
+    return []
+
+
+def learning_curves(folder: Path, grid_dir: Path, rows: list[dict[str, Any]], factors: list[str]) -> list[Path]:
+    """plots/learning_curves.png: each run's dev curve against steps, one panel per SFM level (issue:
+    every adapter must be seen to leave its plateau); [] when no run logged dev evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panel_factor = next((f for f in factors if role(f) == "encoder"), None)
+    curves = [(r, dev_curve(grid_dir / r["run"])) for r in rows]
+    curves = [(r, c) for r, c in curves if len(c) > 1]
+    if not curves:
+        return []
+    panels = sorted({r[panel_factor] for r, _ in curves}) if panel_factor else [None]
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, level in zip(axes[0], panels):
+        for r, c in curves:
+            if panel_factor and r[panel_factor] != level:
+                continue
+            name = ", ".join(str(r[f]) for f in factors if f != panel_factor) + (f" s{r['seed']}" if r["seed"] else "")
+            ax.plot([p[0] for p in c], [p[1] for p in c], marker="o", ms=3, label=name)
+        ax.set(xlabel="training step", title=f"{label(panel_factor)}: {level}" if panel_factor else "")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    metric = curves[0][1][0][2]
+    axes[0][0].set_ylabel(f"dev {'WER %' if metric == 'wer' else metric} (alignment stage if any)")
+    return [_save(fig, folder / "learning_curves.png")]
 
 
 def _save(fig: Any, path: Path) -> Path:
