@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from speechwire.config import load_config
@@ -246,3 +248,37 @@ def test_forward_takes_its_objective_from_the_caller_and_checks_it(tiny_llm_dir)
     align, lm = model(batch, objective="align"), model(batch)
     assert align.num_target_tokens > 0 and lm.num_target_tokens > 0
     assert not torch.isclose(align.loss, lm.loss)  # two different losses: the CTC one and the LLM's
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(400, 400_000), min_size=1, max_size=24))
+def test_length_groups_cover_every_item_once_within_the_padding_allowance(lengths):
+    from speechwire.model import PADDING_ALLOWANCE, length_groups
+
+    groups = length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    if len(groups) > 1:
+        for g in groups:
+            assert len(g) * max(lengths[i] for i in g) <= (1 + PADDING_ALLOWANCE) * sum(lengths[i] for i in g) + 1e-6
+
+
+def test_encoding_in_length_groups_equals_one_padded_batch(tmp_path):
+    """encode_audio on the CPU encodes a batch of mixed lengths in groups of similar length (no
+    wasted padding); each item's frames are those of the one padded batch (trimmed Whisper masks the
+    padding), and the batch keeps its order."""
+    from speechwire.data.batch import Batch
+    from speechwire.testing import save_tiny_llm, save_tiny_whisper
+
+    cfg = load_config(None, [f"llm.model={save_tiny_llm(tmp_path / 'llm')}", "encoder.name=whisper",
+                             f"encoder.model={save_tiny_whisper(tmp_path / 'whisper')}", *TINY_ADAPTER])
+    model = SpeechLLM(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    waves = [torch.randn(n, generator=g) * 0.1 for n in (64000, 4000, 300000, 8000, 6000, 70000)]
+    batch = Batch.from_waveforms(waves, ["asr"] * 6, ["en"] * 6, [None] * 6, 16000)
+    grouped, lengths = model.encode_audio(batch)
+    with torch.no_grad():
+        whole = model.encoder(batch.audio, batch.audio_lengths)
+    assert torch.equal(lengths, whole.lengths)
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(grouped[b, :n], whole.hidden[b, :n], atol=1e-5, rtol=1e-4)
+        assert not grouped[b, n:].any()

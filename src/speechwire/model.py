@@ -151,6 +151,25 @@ def rescale_output(adapter: nn.Module, d_llm: int, token_rms: float) -> float:
     return factor
 
 
+PADDING_ALLOWANCE = 0.25  # length_groups: padded samples allowed per real sample in a group
+
+
+def length_groups(lengths: list[int], allowance: float = PADDING_ALLOWANCE) -> list[list[int]]:
+    """Item indices grouped by similar length (shortest first), so that padding each group to its
+    longest item adds at most `allowance` of the group's real length (one group when the whole
+    batch already does)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            group = groups[-1]
+            if (len(group) + 1) * lengths[i] <= (1 + allowance) * (sum(lengths[j] for j in group) + lengths[i]):
+                group.append(i)
+                continue
+        groups.append([i])
+    return groups if len(groups) > 1 else [list(range(len(lengths)))]
+
+
 def left_pad(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
     """(L_i, ...) tensors -> (B, max L_i, ...), padded with `value` before each item."""
     return pad_sequence(seqs, batch_first=True, padding_value=value, padding_side="left")
@@ -269,9 +288,25 @@ class SpeechLLM(nn.Module):
             raise ValueError("the batch has neither audio (audio, audio_lengths) nor cached features (hidden, "
                              "hidden_lengths)")
         audio, lengths = batch.audio.to(self.device), batch.audio_lengths.to(self.device)
+        groups = length_groups(lengths.tolist()) if self.device.type == "cpu" else [list(range(len(lengths)))]
         with torch.no_grad():
-            out = self.encoder(audio, lengths)
-        return out.hidden, out.lengths
+            if len(groups) == 1:
+                out = self.encoder(audio, lengths)
+                return out.hidden, out.lengths
+            # on a CPU the encoder is compute-bound: batching gains nothing, padding costs (one 19 s
+            # recording among 16 short ones made the batch 5.7x the items' own time); each item's
+            # frames do not depend on its batch (trimmed mode masks the padding)
+            parts = []
+            for idx in groups:
+                width = int(lengths[idx].max())
+                parts.append((idx, self.encoder(audio[idx, :width], lengths[idx])))
+        T = max(o.hidden.shape[1] for _, o in parts)
+        hidden = parts[0][1].hidden.new_zeros(len(lengths), T, parts[0][1].hidden.shape[2])
+        out_lengths = parts[0][1].lengths.new_zeros(len(lengths))
+        for idx, o in parts:
+            hidden[idx, : o.hidden.shape[1]] = o.hidden
+            out_lengths[idx] = o.lengths
+        return hidden, out_lengths
 
     def _adapter_targets(self, batch: Batch) -> AdapterTargets:
         """The adapter's training targets, both from the source transcript (for ST too, as in the
