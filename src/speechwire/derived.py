@@ -138,6 +138,8 @@ def save_derived(key: str, specs: list[tuple[str, torch.dtype, tuple[int, ...]]]
                     out.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
                 del tensor
         os.replace(tmp, path)
+        log.info("kept %.2f GB of derived inference weights in %s (later starts read them; safe to delete)",
+                 path.stat().st_size / 1e9, path)
         return path
     except OSError as e:
         log.warning("could not keep derived weights in %s (%s): the next start computes them again "
