@@ -16,7 +16,6 @@ import hashlib
 import logging
 import re
 import unicodedata
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from speechwire.data.manifest import language_name as manifest_language_name
 from speechwire.derived import DerivedReader
 from speechwire.errors import OFFLINE_SIGNS, loading
 from speechwire.memory import release_file_pages, trim_heap
-from speechwire.quantize import load_int8, quantize_for_inference
+from speechwire.quantize import int8_parts, load_int8, quantize_for_inference, quantized_api
 from speechwire.schema import LLMConfig, instructions, torch_dtype
 from speechwire.weights.resolve import resolve_model
 
@@ -262,7 +261,7 @@ def _byte_level_bytes() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
-LATIN_ROWS_VERSION = 1  # bump when latin_token_ids picks differently (derived files keyed on it)
+LATIN_ROWS_VERSION = 2  # bump when the rows or their derived file change (derived files keyed on it; 2: piece names)
 
 
 def latin_token_ids(tokenizer, keep: set[int]) -> list[int]:
@@ -303,9 +302,7 @@ OUTPUT_PRECISIONS = ("float32", "bfloat16", "int8")
 def _pack_int8(values: torch.Tensor, scales: torch.Tensor):
     """(K, d) int8 values and (K,) per-row scales -> the packed weight of torch's int8 matrix kernels
     (what torch's dynamic int8 Linear holds)."""
-    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with quantized_api():
         zero = torch.zeros(len(scales), dtype=torch.long)
         weight = torch._make_per_channel_quantized_tensor(values, scales, zero, 0)
         return torch.ops.quantized.linear_prepack(weight, None)
@@ -372,8 +369,8 @@ class RowSubsetHead:
             head.weight = derived.get("weight")
             head.width = head.weight.shape[1] if head.weight is not None else 0
             return head if head.weight is not None else None
-        while f"int8.{len(pieces)}" in derived:
-            values, scales = derived.get(f"int8.{len(pieces)}"), derived.get(f"scales.{len(pieces)}")
+        while f"{len(pieces)}.int8" in derived:
+            values, scales = derived.get(f"{len(pieces)}.int8"), derived.get(f"{len(pieces)}.scales")
             if values is None or scales is None:
                 return None
             pieces.append(len(values))
@@ -391,18 +388,11 @@ class RowSubsetHead:
         if self.weight is not None:
             specs.append(("weight", self.weight.dtype, tuple(self.weight.shape)))
         for i, rows in enumerate(self._piece_rows):
-            specs += [(f"int8.{i}", torch.int8, (rows, self.width)), (f"scales.{i}", torch.float64, (rows,))]
-        last: dict[int, torch.Tensor] = {}  # one unpacked piece at a time
+            specs += [(f"{i}.int8", torch.int8, (rows, self.width)), (f"{i}.scales", torch.float64, (rows,))]
+        pieces = int8_parts(lambda piece: torch.ops.quantized.linear_unpack(self._packed[int(piece)]))
 
         def produce(name: str) -> torch.Tensor:
-            if name in ("rows", "weight"):
-                return getattr(self, name)
-            part, _, piece = name.partition(".")
-            if int(piece) not in last:
-                last.clear()
-                last[int(piece)] = torch.ops.quantized.linear_unpack(self._packed[int(piece)])[0]
-            weight = last[int(piece)]
-            return weight.int_repr() if part == "int8" else weight.q_per_channel_scales()
+            return getattr(self, name) if name in ("rows", "weight") else pieces(name)
         return specs, produce
 
     def _scores(self, hidden: torch.Tensor) -> torch.Tensor:

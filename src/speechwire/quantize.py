@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -67,6 +69,33 @@ def _int8_names(llm: nn.Module) -> list[str]:
     return [name for name, m in llm.named_modules() if type(m) is nn.Linear and name not in KEEP_FLOAT]
 
 
+@contextmanager
+def quantized_api() -> Iterator[None]:
+    """torch's quantized tensor API without its warnings: torch marks it deprecated, and its
+    kernels are what the int8 path runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def int8_parts(unpack: Callable[[str], tuple[torch.Tensor, torch.Tensor | None]]) -> Callable[[str], torch.Tensor]:
+    """derived.save_derived's `produce` for int8 weights stored as NAME.int8, NAME.scales,
+    NAME.zero_points and NAME.bias: `unpack(NAME)` gives the quantised weight (one scale per row)
+    and bias; one NAME is unpacked at a time (the tensors come in NAME order)."""
+    last: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def produce(tensor_name: str) -> torch.Tensor:
+        name, _, part = tensor_name.rpartition(".")
+        if name not in last:
+            last.clear()
+            last[name] = unpack(name)
+        weight, bias = last[name]
+        return {"int8": weight.int_repr, "scales": weight.q_per_channel_scales,
+                "zero_points": weight.q_per_channel_zero_points, "bias": lambda: bias}[part]()
+    return produce
+
+
 def quantize_linear_int8(llm: nn.Module, names: list[str] | None = None) -> int:
     """Replace the `nn.Linear` layers `names` of `llm` (default: all but KEEP_FLOAT), in place, with
     torch's dynamic int8 Linear (what quantize_dynamic swaps in). Returns how many were replaced."""
@@ -77,9 +106,7 @@ def quantize_linear_int8(llm: nn.Module, names: list[str] | None = None) -> int:
         raise RuntimeError("llm.quantize=int8: this torch build has no quantized CPU engine "
                            f"(supported: {torch.backends.quantized.supported_engines}); set llm.quantize=none")
     names = _int8_names(llm) if names is None else names
-    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with quantized_api():
         for name in names:
             linear = llm.get_submodule(name)
             # one scale per output row: a per-tensor scale lets the largest row set every row's step
@@ -161,9 +188,7 @@ def _derived_int8_linear(derived: DerivedReader, module: str) -> nn.Module | Non
     if values is None or scales is None or zeros is None:
         return None
     bias = derived.get(f"{module}.bias")
-    with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated; the kernels are what we use
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with quantized_api():
         weight = torch._make_per_channel_quantized_tensor(values, scales, zeros, 0)
         linear = Linear(values.shape[1], values.shape[0], bias_=bias is not None, dtype=torch.qint8)
         linear.set_weight_bias(weight, bias)
@@ -172,7 +197,7 @@ def _derived_int8_linear(derived: DerivedReader, module: str) -> nn.Module | Non
 
 def _save_int8_layers(llm: nn.Module, key: str, layers: list[str]) -> None:
     """Keep the int8 layers for the next start (derived.py): values, per-row scales and zero points, bias."""
-    specs, unpacked = [], {}
+    specs = []
     for name in layers:
         linear = llm.get_submodule(name)
         rows, cols = linear.out_features, linear.in_features
@@ -180,16 +205,7 @@ def _save_int8_layers(llm: nn.Module, key: str, layers: list[str]) -> None:
                   (f"{name}.zero_points", torch.int64, (rows,))]
         if linear.bias() is not None:
             specs.append((f"{name}.bias", torch.float32, (rows,)))
-
-    def produce(tensor_name: str) -> torch.Tensor:
-        name, _, part = tensor_name.rpartition(".")
-        if name not in unpacked:
-            unpacked.clear()  # one layer's copies at a time
-            unpacked[name] = llm.get_submodule(name)._weight_bias()
-        weight, bias = unpacked[name]
-        return {"int8": weight.int_repr, "scales": weight.q_per_channel_scales,
-                "zero_points": weight.q_per_channel_zero_points, "bias": lambda: bias}[part]()
-    save_derived(key, specs, produce)
+    save_derived(key, specs, int8_parts(lambda name: llm.get_submodule(name)._weight_bias()))
 
 
 def quantize_for_inference(llm: nn.Module, cfg: LLMConfig, device: torch.device) -> str:
