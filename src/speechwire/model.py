@@ -160,13 +160,14 @@ def length_groups(lengths: list[int], allowance: float = PADDING_ALLOWANCE) -> l
     batch already does)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
+    total = 0  # real length of the last group
     for i in order:
-        if groups:
-            group = groups[-1]
-            if (len(group) + 1) * lengths[i] <= (1 + allowance) * (sum(lengths[j] for j in group) + lengths[i]):
-                group.append(i)
-                continue
-        groups.append([i])
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + allowance) * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
     return groups if len(groups) > 1 else [list(range(len(lengths)))]
 
 
