@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is faster on a busy machine)")
+    p.add_argument("--beam-workers", type=int, default=1, help="as `speechwire serve --beam-workers` (0: one per core)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     p.add_argument("--skip-baseline", action="store_true", help="do not time the transcribe path")
     p.add_argument("--json", default=None, help="write the numbers here")
@@ -115,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     files = [Path(f) for f in args.audio] if args.audio else demo_files(args.files)
     durations = {f: audio_info(f).duration for f in files}
-    model = SpeechLLM.from_pretrained(args.run, args.overrides).eval()
+    model = SpeechLLM.from_pretrained(args.run, [f"align.beam_workers={args.beam_workers}", *args.overrides]).eval()
     run = describe_run(args.run, model.cfg)
     results: dict = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                      "cpu": platform.processor() or platform.machine(), "threads": args.threads,
                      "load_average": os.getloadavg(), "llm_dtype": model.cfg.llm.dtype,
                      "llm_quantized": getattr(model, "llm_quantized", "none"), "prefix_cache": model.prefix_cache is not None,
+                     "beam_workers": model.cfg.align.beam_workers,
                      "files": len(files), "audio_seconds": round(sum(durations.values()), 1), "levels": []}
     if not args.skip_baseline:
         results["transcribe"] = transcribe_baseline(model, files, durations)

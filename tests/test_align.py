@@ -690,6 +690,12 @@ def test_a_lexicon_rides_in_the_checkpoint_and_the_beam_spells_with_it(aligned, 
         best = ctc_nbest(log_probs[b, : int(o.lengths[b])], beam=a.beam_size, lm=model.align_head.lm,
                          lm_weight=a.lm_weight, token_bonus=a.lm_bonus, words=reference)[0][0]
         assert heard[b] == sentence(tok.decode(model.align_head.token_ids(torch.tensor(best))))
+    # align.beam_workers: the batch's searches in two worker processes hear the same texts
+    model.cfg.align.beam_workers = 2
+    with torch.no_grad():
+        assert model._greedy(batch, 1)[1] == heard
+    assert model.beam_search._pool is not None and not model.beam_search._failed
+    model.beam_search.close()
     bare = tmp_path / "bare"
     shutil.copytree(out, bare)
     from safetensors.torch import save_file

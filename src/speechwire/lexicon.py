@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import bisect
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from speechwire.ngram import EOS, TokenNgramLM
+
+if TYPE_CHECKING:  # torch loads where a checkpoint is read or written: not in a beam search process (beam_pool.py)
+    import torch
 
 MEMO_ENTRIES = 100_000  # per memo: spelt prefixes and partial words remembered (one clip makes a few thousand)
 
@@ -41,6 +42,8 @@ def read_word_list(paths: Sequence[str]) -> list[str]:
 
 
 def _bytes(text: str) -> torch.Tensor:
+    import torch
+
     return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
 
 
@@ -149,6 +152,10 @@ class WordScorer:
     def clear(self) -> None:
         """Drop the memos (a server decodes for days)."""
         self._inside, self._word_ids = {(): True}, {(): ()}
+
+    def __getstate__(self) -> dict:
+        """Without the memos (a copy for a beam search process: they refill there)."""
+        return {**self.__dict__, "_inside": {(): True}, "_word_ids": {(): ()}}
 
     # --- storage in a checkpoint -----------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from speechwire.align import (
     sentence,
     time_mask,
 )
+from speechwire.beam_pool import BatchSearch
 from speechwire.config import ExperimentConfig, load_config, resolve_device, to_dict
 from speechwire.data.batch import Batch, BatchTokenizer, BatchTokens, pad_right
 from speechwire.decoding import (
@@ -227,6 +228,7 @@ class SpeechLLM(nn.Module):
         # KV cache of the prompt before the audio, shared by every batch (prefix_cache.py); None: no reuse
         self.prefix_cache: PrefixCache | None = PrefixCache()
         self._latin_head: RowSubsetHead | None = None  # llm.output_vocab=auto, built at the first Latin answer
+        self.beam_search = BatchSearch()  # align.decode=beam: a batch's searches, in processes (align.beam_workers)
 
     @functools.cached_property
     def token_rms(self) -> float:
@@ -407,6 +409,15 @@ class SpeechLLM(nn.Module):
             embeds, lengths = collapse(out.embeds, out.lengths, logits)
         return AdapterOutput(embeds, lengths, aux, aux_losses)  # ratio: the adapter's, not the collapse's
 
+    def _search_setup(self) -> tuple:
+        """What the head's beam search runs with: the search, its n-gram LM, its lexicon (or None), align.beam_workers."""
+        a, head = self.cfg.align, self.align_head
+        search = label_nbest if self.adapter.one_output_per_token else ctc_nbest  # CIF: one token per output
+        words = head.words if a.word_weight > 0 else None
+        if words is not None:
+            words.weight, words.oov = a.word_weight, a.word_oov  # the config's, which --set may have changed
+        return search, head.lm, words, a.beam_workers
+
     def _beam_tokens(self, logits: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
         """align.decode=beam: the LLM token embeddings of each item's best beam (decoding.ctc_nbest
         with the head's n-gram LM; with align.rescore, the best of its first align.rescore_nbest
@@ -420,13 +431,10 @@ class SpeechLLM(nn.Module):
         chars = a.vocab == "chars"
         keep = a.rescore_nbest if a.rescore > 0 else 1
         candidates = []  # per item: (LLM token ids, beam score, heard sentence of a chars head)
-        search = label_nbest if self.adapter.one_output_per_token else ctc_nbest  # CIF: one token per output
-        words = head.words if a.word_weight > 0 else None
-        if words is not None:
-            words.weight, words.oov = a.word_weight, a.word_oov  # the config's, which --set may have changed
-        for b in range(logits.shape[0]):
-            nbest = search(log_probs[b, : int(lengths[b])], beam=a.beam_size, lm=head.lm, lm_weight=a.lm_weight,
-                           token_bonus=a.lm_bonus, words=words)[:keep]
+        searched = self.beam_search([log_probs[b, : int(lengths[b])] for b in range(logits.shape[0])],
+                                    *self._search_setup(), beam=a.beam_size, lm_weight=a.lm_weight, token_bonus=a.lm_bonus)
+        for nbest in searched:
+            nbest = nbest[:keep]
             cands = []
             for tokens, score in nbest if nbest[0][0] else []:  # the best beam empty: nothing heard
                 if not tokens or score < nbest[0][1] - a.rescore_margin:
@@ -813,6 +821,8 @@ class SpeechLLM(nn.Module):
         read_safetensors(path / WEIGHTS_NAME, "trainable weights", DAMAGED_HINT)  # fail fast, before the LLM loads
         model = cls(cfg, device=resolve_device(cfg.train.device))  # llm.quantize: int8 on the CPU by default
         model.load_trainable(path)
+        if cfg.align.decode == "beam" and model.align_head is not None:
+            model.beam_search.start(*model._search_setup())  # align.beam_workers > 1: the workers load meanwhile
         return model
 
     def describe(self) -> dict:

@@ -21,9 +21,12 @@ from array import array
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads where a checkpoint is read or written: not in a beam search process (beam_pool.py)
+    import torch
 
 BOS, EOS = -1, -2
 DISCOUNT = 0.75
@@ -94,6 +97,10 @@ class TokenNgramLM:
             self._followers_memo[context] = memo
         return memo
 
+    def __getstate__(self) -> dict:
+        """Without the memos (a copy for a beam search process: they refill there)."""
+        return {**self.__dict__, "_cache": {}, "_followers_memo": {}}
+
     def items(self) -> Iterator[tuple[int, int]]:
         """(key, count) of every n-gram, in key order."""
         return zip(self._keys, self._counts)
@@ -162,6 +169,8 @@ class TokenNgramLM:
         """(N, order) n-grams right-aligned and left-padded with 0 (no symbol is 0), in the smallest
         integer type that holds the vocabulary (a character LM's millions of n-grams: int8), (N,) int32 counts,
         in key order."""
+        import torch
+
         dtype = next(t for t in (torch.int8, torch.int16, torch.int32) if self.vocab_size <= torch.iinfo(t).max)
         rows = [(0,) * (self.order - len(gram)) + gram for gram in map(self.gram, self._keys)]
         return (torch.tensor(rows, dtype=dtype).reshape(len(rows), self.order),

@@ -255,6 +255,9 @@ class AlignConfig:
     vocab: Literal["transcripts", "words", "full", "chars"] = "transcripts"
     decode: Literal["greedy", "beam"] = "greedy"  # how the head's outputs become the tokens the LLM reads (greedy: best path)
     beam_size: int = 8
+    # processes for a batch's beam searches (beam_pool.py): 1 this one; 0 one per CPU core (for a GPU
+    # server or many cores; no gain on 2). Above 1 a script keeps its work under the main guard
+    beam_workers: int = 1
     lm_order: int = 0  # > 0: an n-gram LM over the head's tokens (ngram.py), fused into the beam search
     lm_weight: float = 0.5  # fusion weight of the LM's log-probabilities
     lm_bonus: float = 1.0  # added per token (the LM alone would prefer short answers)
@@ -287,6 +290,8 @@ class AlignConfig:
             p.append("decode=beam needs collapse: true and readout: posterior (the LLM reads the beam's tokens)")
         if self.vocab == "chars" and self.decode != "beam":
             p.append("vocab=chars needs decode=beam (the LLM reads the spelt text's own tokens, not its letters)")
+        if self.beam_workers < 0:
+            p.append(f"beam_workers={self.beam_workers} must be >= 0 (0: one per CPU core, 1: no extra process)")
         if self.beam_size < 1 or self.lm_order < 0 or self.lm_weight < 0:
             p.append("beam_size must be >= 1, lm_order and lm_weight >= 0")
         if self.rescore < 0 or self.rescore_nbest < 1 or self.rescore_margin < 0:
