@@ -121,6 +121,8 @@ def test_pickled_models_leave_their_memos_behind():
 def test_the_setting_and_its_checks(monkeypatch):
     monkeypatch.setattr(beam_pool, "available_cores", lambda: 6)
     assert (pool_size(0), pool_size(1), pool_size(3)) == (6, 1, 3)
+    monkeypatch.setattr(beam_pool, "available_cores", lambda: 64)
+    assert (pool_size(0), pool_size(12)) == (beam_pool.MOST_AUTO_WORKERS, 12)
     assert load_config(None, ["align.beam_workers=0"]).align.beam_workers == 0
     with pytest.raises(Exception, match=r"beam_workers=-1 must be >= 0"):
         load_config(None, ["align.beam_workers=-1"])

@@ -54,16 +54,17 @@ def test_overrides_may_follow_the_flags(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(evaluate, "evaluate_run", lambda **kw: seen.update(kw) or {"wer": 0})
     assert main(["evaluate", "RUN", "eval.batch_size=4", "--manifest", "m.jsonl", "llm.output_vocab=full", "--quiet"]) == 0
-    assert seen["overrides"] == ["eval.batch_size=4", "llm.output_vocab=full"] and seen["manifest"] == "m.jsonl"
+    # evaluate searches a batch's beams in one process per core (--beam-workers 0) unless told otherwise;
     # --beam-workers N is align.beam_workers=N, before the other overrides (an explicit --set wins)
+    assert seen["overrides"] == ["align.beam_workers=0", "eval.batch_size=4", "llm.output_vocab=full"]
+    assert seen["manifest"] == "m.jsonl"
     assert main(["evaluate", "RUN", "--manifest", "m.jsonl", "--beam-workers", "3", "align.beam_workers=1", "--quiet"]) == 0
     assert seen["overrides"] == ["align.beam_workers=3", "align.beam_workers=1"]
     import speechwire.serve.server as server
 
     monkeypatch.setattr(server, "run_server", lambda **kw: seen.update(kw))
-    assert main(["serve", "RUN"]) == 0 and seen["overrides"] == []
-    assert main(["serve", "RUN", "--beam-workers", "0", "--set", "eval.draft=false"]) == 0
-    assert seen["overrides"] == ["align.beam_workers=0", "eval.draft=false"]
+    assert main(["serve", "RUN"]) == 0 and seen["beam_workers"] == 1  # serving gained nothing on 2 cores
+    assert main(["serve", "RUN", "--beam-workers", "0"]) == 0 and seen["beam_workers"] == 0
     for stray in (["--bogus"], ["word"]):  # not a key=value override: still an argparse error
         with pytest.raises(SystemExit) as e:
             main(["evaluate", "RUN", "--manifest", "m.jsonl", *stray])

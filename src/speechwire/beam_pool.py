@@ -4,9 +4,8 @@
 the encoder and the LLM use every core (and on a GPU take a fraction of it). The items' searches
 are independent, so a pool of worker processes, each holding its own copy of the head's n-gram LM
 and lexicon, runs them side by side and answers exactly what the calling process would (the same
-Python arithmetic). On 2 CPU cores the searches are a sixth of a batch of 16 and the pool gains
-nothing end to end (docs/serving.md), so it is off unless asked for; it is meant for a GPU server
-or a machine with many cores, where the searches are most of a batch.
+Python arithmetic). On 2 CPU cores the searches of a batch of 16 run 1.7x faster and
+`speechwire evaluate` 9 % (docs/serving.md); on a GPU server they are a larger share of a batch.
 
 Workers are started by the ``forkserver`` method (``spawn`` where there is none): forking a
 process whose torch threads are running is not safe. Like every such pool this re-imports the
@@ -33,6 +32,9 @@ UNGUARDED = ("align.beam_workers > 1 starts worker processes, which re-import th
              "a script that decodes when imported must keep that under `if __name__ == \"__main__\":` "
              "(or set align.beam_workers=1)")
 
+# align.beam_workers=0 stops here: a worker's memos grow to ~0.1 GB, and a batch has at most 16 items
+MOST_AUTO_WORKERS = 8
+
 # one worker process's search and its copy of the head's LM and lexicon (set by _start)
 _worker: dict = {}
 
@@ -46,9 +48,9 @@ def available_cores() -> int:
 
 
 def pool_size(setting: int) -> int:
-    """Worker processes under ``align.beam_workers`` = `setting` (0: one per core; 1: none, the
-    calling process searches)."""
-    return available_cores() if setting == 0 else setting
+    """Worker processes under ``align.beam_workers`` = `setting` (0: one per core, at most
+    `MOST_AUTO_WORKERS`; 1: none, the calling process searches)."""
+    return min(available_cores(), MOST_AUTO_WORKERS) if setting == 0 else setting
 
 
 def _start(search: Callable, lm, words) -> None:

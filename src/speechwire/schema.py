@@ -255,8 +255,8 @@ class AlignConfig:
     vocab: Literal["transcripts", "words", "full", "chars"] = "transcripts"
     decode: Literal["greedy", "beam"] = "greedy"  # how the head's outputs become the tokens the LLM reads (greedy: best path)
     beam_size: int = 8
-    # processes for a batch's beam searches (beam_pool.py): 1 this one; 0 one per CPU core (for a GPU
-    # server or many cores; no gain on 2). Above 1 a script keeps its work under the main guard
+    # worker processes for a batch's beam searches (beam_pool.py): 1 none; 0 one per CPU core (the
+    # evaluate command's default). Above 1 a script keeps its work under the main guard
     beam_workers: int = 1
     lm_order: int = 0  # > 0: an n-gram LM over the head's tokens (ngram.py), fused into the beam search
     lm_weight: float = 0.5  # fusion weight of the LM's log-probabilities

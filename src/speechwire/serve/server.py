@@ -81,7 +81,7 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
                max_wait_ms: float = 10.0, max_upload_mb: float = 25.0, max_queue: int = 1024, vad: str = "auto",
                tasks: list[str] | None = None, threads: int | None = None, log_level: str = "info",
                overrides: list[str] | None = None, api_key_file: str | Path | None = None,
-               open_browser: bool = False) -> None:
+               open_browser: bool = False, beam_workers: int = 1) -> None:
     """Load the run folder `run_dir` and serve it until interrupted (`speechwire serve`; docs/serving.md).
 
     Args:
@@ -99,6 +99,8 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         overrides: dotted config overrides, e.g. ["eval.max_new_tokens=100"].
         api_key_file: a file holding one key; requests must send `Authorization: Bearer KEY` (serve/auth.py).
         open_browser: open the page in the default browser once listening.
+        beam_workers: worker processes for a batch's beam searches (align.beam_workers; 0: one per
+            CPU core, at most 8; 1: none, measured as fast on 2 cores); one in `overrides` wins.
     """
     import logging
 
@@ -118,7 +120,7 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         print(f"speechwire serve: warning: {api_key_file} is readable by other users; chmod 600 it", flush=True)
     if threads:
         torch.set_num_threads(threads)
-    model = SpeechLLM.from_pretrained(run_dir, overrides or []).eval()
+    model = SpeechLLM.from_pretrained(run_dir, [f"align.beam_workers={beam_workers}", *(overrides or [])]).eval()
     model.to(resolve_device(model.cfg.train.device))
     if model.device.type == "cpu" and model.cfg.llm.dtype != "float32":
         print(f"speechwire serve: note: the LLM runs in {model.cfg.llm.dtype} on the CPU; CPUs without native "
