@@ -463,3 +463,20 @@ class Forker:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def encode_with_ffmpeg(path, codec: str, container: str, x: np.ndarray, rate: int) -> None:
+    """Write (channels, n) float samples with an FFmpeg encoder (PyAV), as a phone or browser would."""
+    import av
+
+    layout = "stereo" if x.shape[0] == 2 else "mono"
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x, np.float32), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        wanted = stream.codec_context.codec.audio_formats[0].name
+        for part in av.AudioResampler(format=wanted, layout=layout, rate=rate).resample(frame):
+            for packet in stream.encode(part):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)

@@ -8,6 +8,8 @@ import soundfile as sf
 
 from speechwire.audio import AudioError, audio_info, load_audio, seconds_to_samples
 
+from helpers import encode_with_ffmpeg as encode
+
 
 def sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(sr * seconds)) / sr
@@ -143,3 +145,47 @@ def test_split_long_cuts_at_pauses_and_keeps_every_sample():
         assert all(0 < len(p) <= int(round(max_s * sr)) for p in parts)
 
     prop()
+
+
+@pytest.mark.parametrize("codec, container, suffix, rate", [
+    ("aac", "mp4", "m4a", 44100),        # a phone's voice memo
+    ("libopus", "webm", "webm", 48000),  # a browser's MediaRecorder
+    ("libopus", "ogg", "opus", 48000),   # a messenger's voice note
+    ("alac", "mp4", "m4a", 44100),       # Apple lossless
+])
+def test_formats_only_ffmpeg_reads_are_converted(tmp_path, codec, container, suffix, rate):
+    pytest.importorskip("av")
+    path = tmp_path / f"memo.{suffix}"
+    encode(path, codec, container, np.stack([sine(440, rate, 2.0, 0.6), sine(440, rate, 2.0, 0.2)]), rate)
+    sr, frames, channels, seconds = audio_info(path)
+    assert (sr, channels) == (rate, 2) and abs(seconds - 2.0) < 0.1 and frames == round(seconds * sr)
+    wav = load_audio(path)
+    assert wav.dtype == np.float32 and wav.ndim == 1 and abs(len(wav) - 32000) < 1600
+    f, a = peak_freq_amp(wav[4000:-4000], 16000)
+    assert abs(f - 440) < 2 and abs(a - 0.4) < 0.03  # the two channels' mean, through a lossy codec
+    seg = load_audio(path, offset=0.5, duration=1.0)  # a manifest's segment: decoded whole, then cut
+    assert len(seg) == 16000
+    with pytest.raises(AudioError, match=rf"memo\.{suffix}: segment \[1\.500, 4\.500\] s runs past the end"):
+        load_audio(path, offset=1.5, duration=3.0)
+
+
+def test_what_ffmpeg_cannot_use_is_named(tmp_path):
+    av = pytest.importorskip("av")
+    memo = tmp_path / "memo.m4a"
+    encode(memo, "aac", "mp4", sine(440, 44100, 1.0)[None], 44100)
+    cut = tmp_path / "cut.m4a"  # an upload that stopped half way: the index at its end never arrived
+    cut.write_bytes(memo.read_bytes()[: memo.stat().st_size // 2])
+    with pytest.raises(AudioError, match=r"cut\.m4a: cannot decode audio .*m4a, aac, webm.*ffmpeg -i"):
+        load_audio(cut)
+    silent_film = tmp_path / "film.mp4"  # a container FFmpeg reads, with no sound in it
+    with av.open(str(silent_film), "w") as out:
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(3):
+            image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(image):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with pytest.raises(AudioError, match=r"film\.mp4: the file holds no audio stream \(only video\)"):
+        audio_info(silent_film)

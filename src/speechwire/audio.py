@@ -1,11 +1,14 @@
-"""Read, validate and resample audio: any libsndfile format (wav, flac, ogg, mp3) -> 16 kHz mono.
+"""Read, validate and resample audio: wav, flac, ogg, mp3 and what else FFmpeg reads (m4a, aac,
+webm, opus, mp4, wma, ...) -> 16 kHz mono.
 
     wav = load_audio("talk.wav", offset=12.3, duration=4.5)   # (S,) float32 at 16 kHz
     sr, frames, channels, seconds = audio_info("talk.wav")    # header only, no decode
 
-Only the requested segment is read from disk (seek + read), channels are averaged to mono and
-other rates are resampled with soxr (band-limited, 'HQ'). Every failure raises `AudioError`,
-whose message names the file, what is wrong and how to fix it.
+libsndfile reads the formats it knows, and only the requested segment is read from disk (seek +
+read). A file it cannot read is handed to FFmpeg's decoders (PyAV), as a phone's voice memo
+(m4a/AAC) or a browser's recording (webm/Opus), OpenAI's audio formats, are: decoded whole, then
+cut. Channels are averaged to mono and other rates are resampled with soxr (band-limited, 'HQ').
+Every failure raises `AudioError`, whose message names the file, what is wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -42,8 +45,66 @@ def _hint(path: Path) -> str:
     return REENCODE_HINT.format(p=path, stem=path.stem)
 
 
-def _open(path: str | Path) -> sf.SoundFile:
-    """Open `path` with libsndfile, turning every failure into an AudioError."""
+class DecodedAudio:
+    """A whole file decoded by FFmpeg, read as a `soundfile.SoundFile` is read (the part of its
+    interface `_open`'s callers use)."""
+
+    def __init__(self, samples: np.ndarray, samplerate: int) -> None:
+        self.samples, self.samplerate = samples, samplerate  # (frames, channels) float32
+        self.frames, self.channels = samples.shape
+        self._at = 0
+
+    def seek(self, frame: int) -> None:
+        self._at = frame
+
+    def read(self, frames: int, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        out = self.samples[self._at: self._at + frames]
+        self._at += len(out)
+        return out
+
+    def __enter__(self) -> "DecodedAudio":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _ffmpeg_decode(p: Path) -> DecodedAudio | None:
+    """The first audio stream of `p` through FFmpeg's decoders, or None: FFmpeg does not know the
+    file either (or PyAV is not installed).
+
+    Raises:
+        AudioError: FFmpeg knows the container but it holds no audio, or its audio is damaged.
+    """
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        container = av.open(str(p))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError):
+        return None
+    with container:
+        if not container.streams.audio:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+            raise AudioError(f"{p}: the file holds no audio stream (only {kinds}); pass a recording with sound")
+        stream = container.streams.audio[0]
+        to_float = av.AudioResampler(format="fltp")  # planar float32, the stream's own rate and channels
+        chunks = []
+        try:
+            for frame in container.decode(stream):
+                chunks += [f.to_ndarray() for f in to_float.resample(frame)]
+            chunks += [f.to_ndarray() for f in to_float.resample(None)]
+        except av.FFmpegError as e:
+            raise AudioError(f"{p}: decoding failed ({e}); the file is damaged; {_hint(p)}") from None
+        rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+    if not chunks or not rate:
+        raise AudioError(f"{p}: the file holds no audio samples (empty); remove it from the manifest")
+    return DecodedAudio(np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), rate)
+
+
+def _open(path: str | Path) -> sf.SoundFile | DecodedAudio:
+    """Open `path` with libsndfile, or else decode it with FFmpeg; every failure is an AudioError."""
     p = Path(path)
     try:
         is_dir, is_file = p.is_dir(), p.is_file()
@@ -62,17 +123,21 @@ def _open(path: str | Path) -> sf.SoundFile:
     try:
         return sf.SoundFile(str(p))
     except (sf.SoundFileError, RuntimeError, TypeError) as e:
+        error = e
+    decoded = _ffmpeg_decode(p)
+    if decoded is None:
         raise AudioError(
-            f"{p}: cannot decode audio ({e}); the file is corrupt or not a libsndfile format "
-            f"(wav, flac, ogg, mp3); {_hint(p)}"
-        ) from None
+            f"{p}: cannot decode audio ({error}); the file is corrupt or not an audio format libsndfile "
+            f"or FFmpeg reads (wav, flac, ogg, mp3, m4a, aac, webm, opus, ...); {_hint(p)}"
+        )
+    return decoded
 
 
 def audio_info(path: str | Path) -> AudioInfo:
-    """Read the header of an audio file (no decoding).
+    """Read the header of an audio file (no decoding; a file only FFmpeg reads is decoded).
 
     Args:
-        path: audio file readable by libsndfile.
+        path: an audio file (see load_audio).
 
     Returns:
         AudioInfo(sample_rate, frames, channels, duration in seconds).
@@ -96,7 +161,8 @@ def load_audio(
     """Load `[offset, offset + duration)` seconds of an audio file as mono float32 at `sample_rate`.
 
     Args:
-        path: audio file readable by libsndfile (wav, flac, ogg, mp3, ...).
+        path: an audio file: what libsndfile reads (wav, flac, ogg, mp3, ...) or FFmpeg (m4a, aac,
+            webm, opus, mp4, wma, ...).
         offset: start of the segment in seconds.
         duration: length of the segment in seconds; None reads to the end of the file.
         sample_rate: output rate; other rates are resampled with soxr 'HQ'.

@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, task in (("transcribe", "asr"), ("translate", "st")):
         c = _command(sub, name, lambda a, task=task: cmd_infer(a, task),
-                     f"{name} audio files (any sample rate/channels; wav, flac, ogg, mp3)", "run_dir")
+                     f"{name} audio files (any sample rate/channels; wav, flac, ogg, mp3, m4a, webm, opus, ...)", "run_dir")
         c.add_argument("files", nargs="+")
         if task == "st":
             c.add_argument("--to", required=True, help="target language code, e.g. de")

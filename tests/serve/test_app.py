@@ -30,7 +30,7 @@ from speechwire.model import SpeechLLM  # noqa: E402
 from speechwire.serve.app import create_app  # noqa: E402
 from speechwire.serve.run import describe_run  # noqa: E402
 
-from helpers import SR, speech_with_pauses  # noqa: E402
+from helpers import SR, encode_with_ffmpeg, speech_with_pauses  # noqa: E402
 
 SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)")
 
@@ -64,6 +64,18 @@ def test_text_json_and_plain_text_round_trip(world):
         text = client.audio.transcriptions.create(file=fh, model="run", response_format="text", language="en",
                                                    prompt="ignored", temperature=0.2)
     assert text == world["refs"][f] + "\n"
+
+
+@pytest.mark.parametrize("codec, container, name", [("aac", "mp4", "memo.m4a"), ("libopus", "webm", "take.webm")])
+def test_a_phones_voice_memo_and_a_browsers_recording_are_read(world, tmp_path, codec, container, name):
+    """OpenAI's API takes m4a and webm uploads; so does this server (FFmpeg decodes what libsndfile cannot)."""
+    pytest.importorskip("av")
+    path = tmp_path / name
+    wav = load_audio(world["files"][2])
+    encode_with_ffmpeg(path, codec, container, np.stack([wav, 0.5 * wav]), 16000)
+    with open(path, "rb") as fh:
+        out = world["server"].client().audio.transcriptions.create(file=fh, model="run")
+    assert out.text == world["model"].generate([load_audio(path)])[0]
 
 
 def test_verbose_json_and_srt_give_each_piece_its_times(world, tmp_path):

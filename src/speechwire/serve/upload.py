@@ -2,7 +2,7 @@
 
     wav, pieces = decode_upload(data, "talk.mp3", limit_seconds=30.0, vad="auto")
 
-Decoding is `audio.load_audio` (any libsndfile format and rate, NaN/inf and empty files refused)
+Decoding is `audio.load_audio` (any libsndfile or FFmpeg format and rate, NaN/inf and empty files refused)
 on a temporary copy of the upload; its error messages name the client's file name, never the
 temporary path. A WAV file whose data chunk is shorter than its header declares is refused as
 truncated (libsndfile would silently decode the part that arrived); formats that carry no
