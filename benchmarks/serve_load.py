@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument("--beam-workers", type=int, default=1, help="as `speechwire serve --beam-workers` (0: one per core)")
+    p.add_argument("--decode-silence", action="store_true", help="as `speechwire serve --decode-silence` (no VAD check)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     p.add_argument("--skip-baseline", action="store_true", help="do not time the transcribe path")
     p.add_argument("--json", default=None, help="write the numbers here")
@@ -122,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                      "cpu": platform.processor() or platform.machine(), "threads": args.threads,
                      "load_average": os.getloadavg(), "llm_dtype": model.cfg.llm.dtype,
                      "llm_quantized": getattr(model, "llm_quantized", "none"), "prefix_cache": model.prefix_cache is not None,
-                     "beam_workers": model.cfg.align.beam_workers,
+                     "beam_workers": model.cfg.align.beam_workers, "skip_silent": not args.decode_silence,
                      "files": len(files), "audio_seconds": round(sum(durations.values()), 1), "levels": []}
     if not args.skip_baseline:
         results["transcribe"] = transcribe_baseline(model, files, durations)
     for batching, max_batch in (("off", 1), ("on", args.max_batch)):
-        app = create_app(model, run, max_batch=max_batch, max_wait_ms=args.max_wait_ms)
+        app = create_app(model, run, max_batch=max_batch, max_wait_ms=args.max_wait_ms, skip_silent=not args.decode_silence)
         with BackgroundServer(app) as server:
             client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=3600)
             with open(files[0], "rb") as fh:  # warm-up

@@ -46,6 +46,11 @@ def test_transcribe_reports_bad_files_and_continues(mustc_corpus, tmp_path, caps
     assert "text" in lines[0] and "error" in lines[1] and "broken.wav" in lines[1]["error"]
     assert "missing.wav" in lines[2]["error"]
     assert "text" in lines[3]
+    # noise is no speech: empty text and no segment (silero-vad), unless --decode-silence
+    assert (lines[0]["text"], lines[0]["segments"], lines[3]["segments"]) == ("", [], [])
+    assert main(["transcribe", str(tmp / "tr"), str(stereo), "--json", "--decode-silence"]) == 0
+    decoded = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [(s["start"], s["end"]) for s in decoded["segments"]] == [(0.0, 1.0)]
 
 
 def test_overrides_may_follow_the_flags(monkeypatch, capsys):
@@ -64,6 +69,8 @@ def test_overrides_may_follow_the_flags(monkeypatch, capsys):
 
     monkeypatch.setattr(server, "run_server", lambda **kw: seen.update(kw))
     assert main(["serve", "RUN"]) == 0 and seen["beam_workers"] == 1  # serving gained nothing on 2 cores
+    assert seen["decode_silence"] is False  # a recording without speech answers empty text
+    assert main(["serve", "RUN", "--decode-silence"]) == 0 and seen["decode_silence"] is True
     assert main(["serve", "RUN", "--beam-workers", "0"]) == 0 and seen["beam_workers"] == 0
     for stray in (["--bogus"], ["word"]):  # not a key=value override: still an argparse error
         with pytest.raises(SystemExit) as e:

@@ -48,6 +48,29 @@ def test_long_silence_has_no_pieces():
     assert split_recording(wav, 30.0, method="silero") == []
 
 
+def test_a_short_recording_without_speech_has_no_pieces_when_asked():
+    """skip_silent (transcribe and serve): silence or noise answers empty text instead of what the
+    model makes of it; speech, however short, is one untouched piece; has_speech is silero's own
+    rule (speech_regions) stopping at the first region."""
+    pytest.importorskip("silero_vad")
+    rng = np.random.default_rng(0)
+    speech, _ = speech_with_pauses([])  # two sentences
+    t = np.arange(3 * SR) / SR
+    quiet = {"silence": np.zeros(3 * SR, np.float32), "hiss": 1e-4 * rng.standard_normal(5 * SR),
+             "noise": 0.1 * rng.standard_normal(5 * SR), "hum": 0.3 * np.sin(2 * np.pi * 120 * t),
+             "a click": np.pad(np.ones(80), (SR, SR)), "too short": 0.1 * rng.standard_normal(400)}
+    word = speech[SR // 2: SR]  # half a second of the first sentence (it starts after 0.5 s of lead)
+    voiced = {"speech": speech, "a word in silence": np.concatenate([np.zeros(2 * SR), word, np.zeros(2 * SR)]),
+              "speech in noise": speech + 0.01 * rng.standard_normal(len(speech))}
+    for name, wav in {**quiet, **voiced}.items():
+        wav = wav.astype(np.float32)
+        heard = longform.has_speech(wav)
+        assert heard == bool(longform.speech_regions(wav, 30.0)) == (name in voiced), name
+        assert split_recording(wav, 30.0, skip_silent=True) == ([Piece(0, len(wav))] if heard else []), name
+        assert split_recording(wav, 30.0) == [Piece(0, len(wav))]  # the library decodes what it is given
+        assert split_recording(wav, 30.0, method="energy", skip_silent=True) == [Piece(0, len(wav))]  # no VAD
+
+
 def test_energy_fallback_tiles_the_recording(monkeypatch):
     monkeypatch.setattr(longform, "load_vad", lambda: None)  # silero-vad not installed
     rng = np.random.default_rng(1)

@@ -93,7 +93,8 @@ def cmd_infer(args: argparse.Namespace, task: str) -> int:
             # long recordings: cut at speech pauses (Silero VAD) into pieces the encoder takes,
             # decoded eval.batch_size at a time (bounded memory for any length)
             segments = transcribe_long(model, wav, task=task, src_lang=args.src_lang, tgt_lang=getattr(args, "to", None),
-                                       batch_size=model.cfg.eval.batch_size, method=args.vad)
+                                       batch_size=model.cfg.eval.batch_size, method=args.vad,
+                                       skip_silent=not args.decode_silence)
             text = join_text(segments)
         except (AudioError, ValueError) as e:
             failed += 1
@@ -215,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
                vad=args.vad, tasks=args.tasks, threads=args.threads, log_level=args.log_level,
                overrides=args.overrides, api_key_file=args.api_key_file, open_browser=args.open,
-               beam_workers=args.beam_workers)
+               beam_workers=args.beam_workers, decode_silence=args.decode_silence)
     return 0
 
 
@@ -405,6 +406,12 @@ def _beam_workers_option(p: argparse.ArgumentParser, default: int) -> None:
                         f"0 one per CPU core, at most 8; 1 none (default {default}; docs/serving.md)")
 
 
+def _decode_silence_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decode-silence", action="store_true",
+                   help="decode a recording in which the VAD hears no speech (default: empty text, as for "
+                        "the silent stretches of a long recording; needs silero-vad, not with --vad energy)")
+
+
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     """`serve RUN_DIR` (fastapi and uvicorn load only when it runs)."""
     s = _command(sub, "serve", cmd_serve, "serve a run over HTTP: OpenAI-compatible /v1/audio/transcriptions "
@@ -421,6 +428,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="tasks to answer (default: those of the run's training manifest)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     _beam_workers_option(s, 1)  # no gain measured in serving on 2 cores (docs/serving.md)
+    _decode_silence_option(s)
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--set", dest="overrides", action="append", default=[],
                    help="config override, e.g. eval.max_new_tokens=100")
@@ -457,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="one JSON object per line (text + timed segments)")
         c.add_argument("--vad", choices=["auto", "silero", "energy"], default="auto",
                        help="how recordings over the encoder's limit are cut (auto: Silero VAD when installed)")
+        _decode_silence_option(c)
         c.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
 
     d = sub.add_parser("data", help="build or import data: `data import {mustc,covost2,hf}`, `data synth`")

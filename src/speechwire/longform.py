@@ -11,6 +11,12 @@ decoded (a long recording with no speech at all gives no pieces). Without `siler
 `method="energy"`) the recording is cut at the quietest frame near each limit
 (`audio.split_long`); the pieces then tile the whole recording.
 
+`skip_silent=True` (what `speechwire transcribe` and `serve` do; `--decode-silence` turns it off)
+applies the same rule to a short recording: one in which the VAD hears no speech gives no pieces
+(empty text) instead of what the model makes of silence or noise ("T.", a babble of letters).
+`has_speech` stops at the first speech it hears, so a recording with speech costs a few
+milliseconds of VAD.
+
 Memory: the waveform is held at 16 kHz mono (3.8 MB per minute); the model sees at most
 `batch_size` pieces at once, so a 10-minute recording costs what a batch of 30 s clips costs.
 """
@@ -30,6 +36,12 @@ from speechwire.audio import SAMPLE_RATE, seconds_to_samples, split_long
 METHODS = ("auto", "silero", "energy")
 SPEECH_PAD_SECONDS = 0.2  # silence kept either side of each speech region (silero's speech_pad_ms)
 MIN_SILENCE_SECONDS = 0.3  # shorter pauses do not end a speech region
+# has_speech: silero's own rule for a speech region (get_speech_timestamps, as speech_regions calls
+# it): a window scoring >= SPEECH_THRESHOLD starts one; it ends where windows score below
+# SPEECH_THRESHOLD - 0.15 for MIN_SILENCE_SECONDS; it counts if it lasted over MIN_SPEECH_SECONDS
+VAD_WINDOW = 512  # samples at 16 kHz that silero scores at a time
+SPEECH_THRESHOLD = 0.5
+MIN_SPEECH_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,41 @@ def speech_regions(wav: np.ndarray, max_seconds: float, sample_rate: int = SAMPL
     return [Piece(int(s["start"]), int(s["end"])) for s in stamps]
 
 
+def has_speech(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bool:
+    """Whether Silero VAD hears speech anywhere in `wav` (see VAD_WINDOW); it stops at the first.
+
+    Raises:
+        RuntimeError: silero-vad is not installed.
+    """
+    import torch
+
+    model = load_vad()
+    if model is None:
+        raise RuntimeError("silero-vad is not installed; `pip install silero-vad` or use method='energy'")
+    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+    min_speech, min_silence = MIN_SPEECH_SECONDS * sample_rate, MIN_SILENCE_SECONDS * sample_rate
+    start = silent_since = None  # the open region's first sample; where its current pause began
+    with _VAD_LOCK, torch.no_grad():
+        model.reset_states()
+        for at in range(0, len(x), VAD_WINDOW):
+            window = x[at: at + VAD_WINDOW]
+            if len(window) < VAD_WINDOW:
+                window = torch.nn.functional.pad(window, (0, VAD_WINDOW - len(window)))
+            p = model(window, sample_rate).item()
+            if p >= SPEECH_THRESHOLD:
+                start = at if start is None else start
+                silent_since = None
+            elif start is not None and p < SPEECH_THRESHOLD - 0.15:
+                silent_since = at if silent_since is None else silent_since
+                if at + VAD_WINDOW - silent_since >= min_silence:  # the pause ends the region
+                    if silent_since - start > min_speech:
+                        return True
+                    start = silent_since = None
+            if start is not None and silent_since is None and at + VAD_WINDOW - start > min_speech:
+                return True  # a region already long enough, still going
+    return start is not None and (len(x) if silent_since is None else silent_since) - start > min_speech
+
+
 # --- cutting --------------------------------------------------------------------------------------
 
 def _energy_pieces(wav: np.ndarray, start: int, end: int, max_seconds: float) -> list[Piece]:
@@ -138,23 +185,29 @@ def group_regions(regions: list[Piece], limit: int) -> list[Piece]:
 
 
 def split_recording(wav: np.ndarray, max_seconds: float, method: str = "auto",
-                    sample_rate: int = SAMPLE_RATE) -> list[Piece]:
+                    sample_rate: int = SAMPLE_RATE, skip_silent: bool = False) -> list[Piece]:
     """Cut a recording into pieces the encoder takes (each at most `max_seconds`).
 
     Args:
         wav: (S,) mono float32 waveform at 16 kHz.
         max_seconds: the encoder's limit (30 s for Whisper).
         method: "auto" (Silero VAD when installed, else energy), "silero" or "energy".
+        skip_silent: a short recording in which the VAD hears no speech gives no pieces, as a long
+            one does (never with the energy method, which has no VAD).
 
     Returns:
-        pieces in time order, not overlapping; `[Piece(0, S)]` when the recording is short enough.
+        pieces in time order, not overlapping; `[Piece(0, S)]` when the recording is short enough
+        (and, with skip_silent, speech is heard in it).
     """
     if method not in METHODS:
         raise ValueError(f"vad method {method!r} is unknown; choose one of {METHODS}")
     limit = seconds_to_samples(max_seconds, sample_rate)
+    def vad() -> bool:
+        return method == "silero" or (method == "auto" and load_vad() is not None)
+
     if len(wav) <= limit:
-        return [Piece(0, len(wav))]
-    if method == "energy" or (method == "auto" and load_vad() is None):
+        return [] if skip_silent and vad() and not has_speech(wav, sample_rate) else [Piece(0, len(wav))]
+    if not vad():
         return _energy_pieces(wav, 0, len(wav), max_seconds)
     pieces = []
     for p in group_regions(speech_regions(wav, max_seconds, sample_rate), limit):
@@ -181,7 +234,8 @@ def encoder_limit_seconds(model) -> float:
 
 
 def transcribe_long(model, wav: np.ndarray, task: str = "asr", src_lang: str = "en",
-                    tgt_lang: str | None = None, batch_size: int = 8, method: str = "auto") -> list[Segment]:
+                    tgt_lang: str | None = None, batch_size: int = 8, method: str = "auto",
+                    skip_silent: bool = False) -> list[Segment]:
     """Cut `wav` at pauses and decode the pieces, at most `batch_size` at a time.
 
     Args:
@@ -190,11 +244,12 @@ def transcribe_long(model, wav: np.ndarray, task: str = "asr", src_lang: str = "
         task, src_lang, tgt_lang: as SpeechLLM.generate.
         batch_size: pieces per generate call (bounds memory for any recording length).
         method: how long recordings are cut (see split_recording).
+        skip_silent: a short recording without speech gives no segment (see split_recording).
 
     Returns:
         one Segment per decoded piece, in time order.
     """
-    pieces = split_recording(wav, encoder_limit_seconds(model), method)
+    pieces = split_recording(wav, encoder_limit_seconds(model), method, skip_silent=skip_silent)
     min_samples = int(getattr(model.encoder, "min_samples", 1))
     segments = []
     for i in range(0, len(pieces), max(1, batch_size)):

@@ -66,6 +66,29 @@ def test_text_json_and_plain_text_round_trip(world):
     assert text == world["refs"][f] + "\n"
 
 
+def test_silence_answers_empty_text_without_decoding(world, tmp_path):
+    """`speechwire serve` (skip_silent): a recording the VAD hears no speech in is not decoded; speech is."""
+    pytest.importorskip("silero_vad")
+    model = world["model"]
+    quiet, spoken = tmp_path / "quiet.wav", tmp_path / "spoken.flac"
+    sf.write(quiet, (1e-3 * np.random.default_rng(0).standard_normal(3 * SR)).astype(np.float32), SR)
+    speech, _ = speech_with_pauses([])
+    sf.write(spoken, speech, SR)
+    app = create_app(model, describe_run(world["run"], model.cfg), max_batch=4, skip_silent=True)
+    with LiveServer(app) as server:
+        client, batcher = server.client(), app.state.batcher
+        decoded = sum(n * c for n, c in batcher.batch_sizes.items())
+        with open(quiet, "rb") as fh:
+            v = client.audio.transcriptions.create(file=fh, model="run", response_format="verbose_json")
+        assert (v.text, v.segments, v.duration) == ("", [], 3.0)
+        with open(quiet, "rb") as fh:
+            events = list(client.audio.transcriptions.create(file=fh, model="run", stream=True))
+        assert [e.type for e in events] == ["transcript.text.done"] and events[0].text == ""
+        assert sum(n * c for n, c in batcher.batch_sizes.items()) == decoded  # nothing reached the model
+        with open(spoken, "rb") as fh:
+            assert client.audio.transcriptions.create(file=fh, model="run").text == model.generate([load_audio(spoken)])[0]
+
+
 @pytest.mark.parametrize("codec, container, name", [("aac", "mp4", "memo.m4a"), ("libopus", "webm", "take.webm")])
 def test_a_phones_voice_memo_and_a_browsers_recording_are_read(world, tmp_path, codec, container, name):
     """OpenAI's API takes m4a and webm uploads; so does this server (FFmpeg decodes what libsndfile cannot)."""
@@ -417,9 +440,14 @@ def test_speechwire_serve_command(world):
                 break
             except Exception:  # noqa: BLE001
                 time.sleep(0.1)
-        f = world["files"][5]
+        f = world["files"][5]  # a hum in noise: no speech, so the command answers empty text undecoded
         with open(f, "rb") as fh:
-            assert client.audio.transcriptions.create(file=fh, model="run").text == world["refs"][f]
+            assert client.audio.transcriptions.create(file=fh, model="run").text == ""
+        spoken = world["root"] / "spoken.flac"
+        sf.write(spoken, speech_with_pauses([])[0], SR)
+        with open(spoken, "rb") as fh:
+            assert client.audio.transcriptions.create(file=fh, model="run").text == \
+                world["model"].generate([load_audio(spoken)])[0]
     finally:
         proc.terminate()
         proc.wait(30)

@@ -116,7 +116,8 @@ def test_speechwire_serve_api_key_file_and_open(world, tmp_path):
     browser.chmod(0o755)
     env = dict(os.environ, BROWSER=str(browser))
     proc = subprocess.Popen([sys.executable, "-m", "speechwire.cli", "serve", str(world["run"]), "--port", "0",
-                             "--api-key-file", str(key_file), "--open", "--log-level", "debug"],
+                             "--api-key-file", str(key_file), "--open", "--log-level", "debug",
+                             "--decode-silence"],  # the test clip is a tone: decode it all the same
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
     try:

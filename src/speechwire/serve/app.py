@@ -53,7 +53,7 @@ BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 def create_app(model, run: RunInfo, max_batch: int = 16, max_wait_ms: float = 10.0,
                max_upload_mb: float = 25.0, vad: str = "auto", max_queue: int = 1024,
-               api_key: str | None = None) -> FastAPI:
+               api_key: str | None = None, skip_silent: bool = False) -> FastAPI:
     """The FastAPI app serving `model`; its batcher starts and stops with the app (lifespan).
 
     Args:
@@ -63,6 +63,8 @@ def create_app(model, run: RunInfo, max_batch: int = 16, max_wait_ms: float = 10
         max_upload_mb: larger uploads get 413.
         vad: how long recordings are cut: auto | silero | energy (longform.split_recording).
         api_key: when set, every request but the page needs `Authorization: Bearer <api_key>`.
+        skip_silent: a recording in which the VAD hears no speech answers empty text without being
+            decoded (`speechwire serve` does this unless --decode-silence; longform.split_recording).
     """
     batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
@@ -76,6 +78,7 @@ def create_app(model, run: RunInfo, max_batch: int = 16, max_wait_ms: float = 10
 
     app = FastAPI(title="speechwire", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.model, app.state.run, app.state.batcher, app.state.vad = model, run, batcher, vad
+    app.state.skip_silent = skip_silent
     app.state.limit_seconds = encoder_limit_seconds(model)
     app.state.min_samples = int(getattr(model.encoder, "min_samples", 1))
     app.state.settled, app.state.streams = SettledText(model), set()
@@ -208,7 +211,7 @@ async def audio_endpoint(request: Request, task: str) -> Response:
         await form.close()
     if not data:
         raise APIError(400, f"{clip(name)}: the uploaded file is empty (0 bytes)", "file", "empty_file")
-    wav, pieces = await run_in_threadpool(decode_upload, data, name, state.limit_seconds, state.vad)
+    wav, pieces = await run_in_threadpool(decode_upload, data, name, state.limit_seconds, state.vad, state.skip_silent)
     audio = [piece_audio(wav, p, state.min_samples) for p in pieces]
     if stream:
         return _stream_response(state, audio, task, src, tgt, len(wav) / SAMPLE_RATE)

@@ -81,7 +81,7 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
                max_wait_ms: float = 10.0, max_upload_mb: float = 25.0, max_queue: int = 1024, vad: str = "auto",
                tasks: list[str] | None = None, threads: int | None = None, log_level: str = "info",
                overrides: list[str] | None = None, api_key_file: str | Path | None = None,
-               open_browser: bool = False, beam_workers: int = 1) -> None:
+               open_browser: bool = False, beam_workers: int = 1, decode_silence: bool = False) -> None:
     """Load the run folder `run_dir` and serve it until interrupted (`speechwire serve`; docs/serving.md).
 
     Args:
@@ -101,6 +101,8 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         open_browser: open the page in the default browser once listening.
         beam_workers: worker processes for a batch's beam searches (align.beam_workers; 0: one per
             CPU core, at most 8; 1: none, measured as fast on 2 cores); one in `overrides` wins.
+        decode_silence: decode a recording in which the VAD hears no speech, instead of answering
+            empty text (create_app's skip_silent).
     """
     import logging
 
@@ -132,7 +134,8 @@ def run_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000
             raise ValueError("--vad silero: the silero-vad package is not installed; `pip install silero-vad`")
         print("speechwire serve: silero-vad is not installed; long recordings are cut by energy", flush=True)
     app = create_app(model, run, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     max_upload_mb=max_upload_mb, vad=vad, max_queue=max_queue, api_key=api_key)
+                     max_upload_mb=max_upload_mb, vad=vad, max_queue=max_queue, api_key=api_key,
+                     skip_silent=not decode_silence)
     sock = bind(host, port)
     print(f"speechwire serve: model {run.id!r} (tasks: {', '.join(run.tasks)}; from {run.tasks_from}) "
           f"listening on {url_of(sock)} (the page: {page_url(sock)}" + (", API key required)" if api_key else ")"),

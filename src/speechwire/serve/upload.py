@@ -40,8 +40,10 @@ def wav_truncation(data: bytes) -> str | None:
     return None  # no data chunk: libsndfile reports it
 
 
-def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str) -> tuple[np.ndarray, list[Piece]]:
-    """Decode an upload and cut it into pieces of at most `limit_seconds` (longform.split_recording).
+def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str,
+                  skip_silent: bool = False) -> tuple[np.ndarray, list[Piece]]:
+    """Decode an upload and cut it into pieces of at most `limit_seconds` (longform.split_recording;
+    with `skip_silent`, none for a recording without speech).
 
     Raises:
         APIError: 400 with a message naming `filename` (its first ECHO_CHARS characters) for anything that
@@ -61,4 +63,4 @@ def decode_upload(data: bytes, filename: str, limit_seconds: float, vad: str) ->
             # the temporary file's path and stem (in the re-encoding hint) become the client's file name
             message = str(e).replace(tmp.name, shown_name).replace(Path(tmp.name).stem, Path(shown_name).stem)
             raise APIError(400, message.splitlines()[0], "file", "invalid_audio") from None
-    return wav, split_recording(wav, limit_seconds, vad)
+    return wav, split_recording(wav, limit_seconds, vad, skip_silent=skip_silent)
