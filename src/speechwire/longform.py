@@ -14,8 +14,8 @@ decoded (a long recording with no speech at all gives no pieces). Without `siler
 `skip_silent=True` (what `speechwire transcribe` and `serve` do; `--decode-silence` turns it off)
 applies the same rule to a short recording: one in which the VAD hears no speech gives no pieces
 (empty text) instead of what the model makes of silence or noise ("T.", a babble of letters).
-`has_speech` stops at the first speech it hears, so a recording with speech costs a few
-milliseconds of VAD.
+`has_speech` stops at the first speech it hears, so a recording that starts with speech costs a
+few tens of milliseconds of VAD.
 
 Memory: the waveform is held at 16 kHz mono (3.8 MB per minute); the model sees at most
 `batch_size` pieces at once, so a 10-minute recording costs what a batch of 30 s clips costs.
@@ -202,6 +202,7 @@ def split_recording(wav: np.ndarray, max_seconds: float, method: str = "auto",
     if method not in METHODS:
         raise ValueError(f"vad method {method!r} is unknown; choose one of {METHODS}")
     limit = seconds_to_samples(max_seconds, sample_rate)
+
     def vad() -> bool:
         return method == "silero" or (method == "auto" and load_vad() is not None)
 
