@@ -55,11 +55,13 @@ def world(tmp_path_factory):
     info = describe_run(run, model.cfg)
     with LiveServer(create_app(model, info, max_batch=4)) as open_server, \
             LiveServer(create_app(model, info, max_batch=4, api_key=KEY)) as locked_server, \
+            LiveServer(create_app(model, info, max_batch=4, skip_silent=True)) as quiet_server, \
             sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={mic}"])
-        yield {"root": root, "model": model, "server": open_server, "locked": locked_server, "browser": browser,
+        yield {"root": root, "model": model, "server": open_server, "locked": locked_server, "quiet": quiet_server,
+               "browser": browser,
                "files": audio_files(root / "audio", n=4)}
         browser.close()
 
@@ -72,7 +74,7 @@ def _open(world, server):
 
 
 def _finished(page, timeout_ms: float = 20000) -> None:
-    page.wait_for_function("document.getElementById('status').textContent === 'done' "
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('done') "
                            "|| document.getElementById('error').textContent !== ''", timeout=timeout_ms)
 
 
@@ -116,6 +118,21 @@ def test_a_picked_file_is_transcribed_and_translated(world):
     page.wait_for_function("document.getElementById('status').textContent !== 'done'")
     _finished(page)
     assert page.text_content("#transcript") == world["model"].generate([load_audio(f)], task="st", tgt_lang="de")[0]
+    page.close()
+
+
+def test_a_recording_without_speech_says_so(world):
+    """`speechwire serve` answers a recording without speech with empty text (skip_silent); the page says
+    why nothing appeared (a muted microphone looks just like this)."""
+    pytest.importorskip("silero_vad")
+    quiet = world["root"] / "muted.wav"
+    sf.write(quiet, (1e-4 * np.random.default_rng(0).standard_normal(2 * 16000)).astype(np.float32), 16000)
+    page = _open(world, world["quiet"])
+    page.wait_for_selector("#model:has-text('model')")
+    page.set_input_files("#file", str(quiet))
+    _finished(page)
+    assert (page.text_content("#status"), page.text_content("#transcript"), page.text_content("#error")) == \
+        ("done: no speech heard", "", "")
     page.close()
 
 
