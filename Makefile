@@ -33,6 +33,7 @@ bench: install   # the CPU benchmarks whose tables docs/ records: adapters.md, t
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/asr_speed.py --limit 50 --threads 1
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/asr_speed.py --task st --limit 50 --threads 1 --out docs/results/speed/st
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/transcribe_memory.py --json docs/results/speed/memory_profile.json
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/beam_workers.py --workers 1 2 3 --json docs/results/speed/beam_workers/beam_stage.json
 
 bench-serve: install   # `speechwire serve` load test on the demo's real ASR run at concurrency 1, 4, 16 (docs/serving.md)
 	test -f runs/demo-asr/config.yaml || $(BIN)/speechwire demo --limit 3 --out runs/demo-asr --quiet
