@@ -69,6 +69,38 @@ def test_a_short_recording_without_speech_has_no_pieces_when_asked():
         assert split_recording(wav, 30.0, skip_silent=True) == ([Piece(0, len(wav))] if heard else []), name
         assert split_recording(wav, 30.0) == [Piece(0, len(wav))]  # the library decodes what it is given
         assert split_recording(wav, 30.0, method="energy", skip_silent=True) == [Piece(0, len(wav))]  # no VAD
+    # speech cut off mid-word or in a short pause: a region still open at the end runs to the end, as in silero
+
+
+class ScriptedVAD:
+    """A stand-in for the Silero model that scores each 512-sample window from a script."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs, self.at = probs, 0
+
+    def reset_states(self) -> None:
+        self.at = 0
+
+    def __call__(self, window, sample_rate):
+        self.at += 1
+        return torch.tensor(self.probs[self.at - 1])
+
+
+def test_has_speech_is_silero_s_own_region_rule(monkeypatch):
+    """has_speech stops early but decides as silero's get_speech_timestamps (speech_regions) does on
+    the recording padded to whole windows, down to pauses at a region's end and regions still open
+    when the recording ends (they count to the end of their last window)."""
+    pytest.importorskip("silero_vad")
+    rng = np.random.default_rng(0)
+    for case in range(400):
+        probs = []
+        while len(probs) < rng.integers(1, 60):  # runs of speech, doubt and silence, 1-20 windows each
+            probs += [float(rng.choice([0.9, 0.6, 0.45, 0.3, 0.05]))] * int(rng.integers(1, 20))
+        vad = ScriptedVAD(probs)
+        monkeypatch.setattr(longform, "load_vad", lambda: vad)
+        whole = np.zeros(len(probs) * longform.VAD_WINDOW, np.float32)
+        wav = whole[: len(whole) - int(rng.integers(0, longform.VAD_WINDOW))]  # the last window cut short
+        assert longform.has_speech(wav) == bool(longform.speech_regions(whole, 30.0)), (case, probs)
 
 
 def test_energy_fallback_tiles_the_recording(monkeypatch):

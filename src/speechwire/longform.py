@@ -38,7 +38,9 @@ SPEECH_PAD_SECONDS = 0.2  # silence kept either side of each speech region (sile
 MIN_SILENCE_SECONDS = 0.3  # shorter pauses do not end a speech region
 # has_speech: silero's own rule for a speech region (get_speech_timestamps, as speech_regions calls
 # it): a window scoring >= SPEECH_THRESHOLD starts one; it ends where windows score below
-# SPEECH_THRESHOLD - 0.15 for MIN_SILENCE_SECONDS; it counts if it lasted over MIN_SPEECH_SECONDS
+# SPEECH_THRESHOLD - 0.15 for MIN_SILENCE_SECONDS; it counts if it lasted over MIN_SPEECH_SECONDS.
+# Applied to the recording padded to whole windows (the windows the VAD scores): a word cut off by
+# the end of the recording counts to the end of its window (a real test prompt, "l", needs it)
 VAD_WINDOW = 512  # samples at 16 kHz that silero scores at a time
 SPEECH_THRESHOLD = 0.5
 MIN_SPEECH_SECONDS = 0.25
@@ -153,13 +155,13 @@ def has_speech(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bool:
                 silent_since = None
             elif start is not None and p < SPEECH_THRESHOLD - 0.15:
                 silent_since = at if silent_since is None else silent_since
-                if at + VAD_WINDOW - silent_since >= min_silence:  # the pause ends the region
+                if at - silent_since >= min_silence:  # the pause ends the region
                     if silent_since - start > min_speech:
                         return True
                     start = silent_since = None
             if start is not None and silent_since is None and at + VAD_WINDOW - start > min_speech:
-                return True  # a region already long enough, still going
-    return start is not None and (len(x) if silent_since is None else silent_since) - start > min_speech
+                return True  # a region already long enough, still going: it ends no earlier
+    return start is not None and -(-len(x) // VAD_WINDOW) * VAD_WINDOW - start > min_speech  # open: to the end
 
 
 # --- cutting --------------------------------------------------------------------------------------
